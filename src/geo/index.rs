@@ -1,0 +1,396 @@
+//! The officer index of one region: a spade Delaunay triangulation of officer positions in
+//! the region's local projection, with exact haversine k-nearest-within-radius queries.
+//!
+//! Invariants:
+//! * every indexed officer sits on exactly one vertex, the one at its projected position;
+//!   officers at identical coordinates share that vertex (spade would otherwise overwrite);
+//! * vertices are found by position, never by stored handles (spade removes by swapping).
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::Arc;
+
+use spade::handles::FixedVertexHandle;
+use spade::{DelaunayTriangulation, HasPosition, HierarchyHintGenerator, Point2, Triangulation};
+
+use super::{LatLon, Projection, haversine_m};
+
+/// Officer ids as stored in indexes and sent on the wire.
+pub type OfficerKey = Arc<str>;
+
+struct Vertex {
+    pos: Point2<f64>,
+    officers: Vec<OfficerKey>,
+}
+
+impl HasPosition for Vertex {
+    type Scalar = f64;
+    fn position(&self) -> Point2<f64> {
+        self.pos
+    }
+}
+
+type Tri = DelaunayTriangulation<Vertex, (), (), (), HierarchyHintGenerator<f64>>;
+
+struct Entry<T> {
+    pos: LatLon,
+    planar: Point2<f64>,
+    data: T,
+}
+
+/// One answer of a nearest query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nearby<T> {
+    /// The officer's id.
+    pub id: OfficerKey,
+    /// Where the officer is.
+    pub pos: LatLon,
+    /// Haversine distance from the query point.
+    pub distance_m: f64,
+    /// The caller's payload for this officer.
+    pub data: T,
+}
+
+/// Error inserting a position spade cannot take (never for in-range coordinates).
+#[derive(Debug, thiserror::Error)]
+#[error("position cannot be indexed: {0}")]
+pub struct IndexError(String);
+
+/// Officers of one region and their triangulation.
+pub struct OfficerIndex<T> {
+    proj: Projection,
+    tri: Tri,
+    entries: HashMap<OfficerKey, Entry<T>>,
+    /// Latitude band that covers every indexed officer (only ever widened while non-empty).
+    lat_band: (f64, f64),
+}
+
+/// Degrees of latitude added around the band to cover the bow of short geodesics.
+const BAND_PAD_DEG: f64 = 0.1;
+
+#[derive(PartialEq)]
+struct Frontier(f64, FixedVertexHandle);
+impl Eq for Frontier {}
+impl PartialOrd for Frontier {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Frontier {
+    // Reversed: BinaryHeap pops the smallest planar distance first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.total_cmp(&self.0)
+            .then_with(|| o.1.index().cmp(&self.1.index()))
+    }
+}
+
+/// Max-heap entry by distance, so the heap root is the current k-th best.
+struct Best<T>(Nearby<T>);
+impl<T> PartialEq for Best<T> {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == Ordering::Equal
+    }
+}
+impl<T> Eq for Best<T> {}
+impl<T> PartialOrd for Best<T> {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl<T> Ord for Best<T> {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0
+            .distance_m
+            .total_cmp(&o.0.distance_m)
+            .then_with(|| self.0.id.cmp(&o.0.id))
+    }
+}
+
+impl<T: Clone> OfficerIndex<T> {
+    /// An empty index projected around `origin` (the region's centroid).
+    pub fn new(origin: LatLon) -> Self {
+        Self {
+            proj: Projection::new(origin),
+            tri: Tri::new(),
+            entries: HashMap::new(),
+            lat_band: (origin.lat, origin.lat),
+        }
+    }
+
+    /// Number of officers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no officer is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Where an officer is, if indexed.
+    pub fn get(&self, id: &str) -> Option<(LatLon, &T)> {
+        self.entries.get(id).map(|e| (e.pos, &e.data))
+    }
+
+    /// Every officer with position and payload (snapshot order is unspecified).
+    pub fn iter(&self) -> impl Iterator<Item = (&OfficerKey, LatLon, &T)> {
+        self.entries.iter().map(|(k, e)| (k, e.pos, &e.data))
+    }
+
+    /// Inserts or moves an officer. Returns the previous position, if any.
+    pub fn upsert(
+        &mut self,
+        id: OfficerKey,
+        pos: LatLon,
+        data: T,
+    ) -> Result<Option<LatLon>, IndexError> {
+        let [x, y] = self.proj.project(pos);
+        let planar = Point2::new(x, y);
+        if let Some(e) = self.entries.get_mut(&id) {
+            let old = e.pos;
+            e.data = data;
+            if e.planar == planar {
+                e.pos = pos;
+                return Ok(Some(old));
+            }
+            let old_planar = e.planar;
+            self.detach(&id, old_planar);
+            self.attach(id.clone(), planar)?;
+            let e = self.entries.get_mut(&id).expect("entry exists");
+            e.pos = pos;
+            e.planar = planar;
+            self.widen(pos.lat);
+            return Ok(Some(old));
+        }
+        self.attach(id.clone(), planar)?;
+        self.entries.insert(id, Entry { pos, planar, data });
+        self.widen(pos.lat);
+        Ok(None)
+    }
+
+    /// Removes an officer. Returns where it was.
+    pub fn remove(&mut self, id: &str) -> Option<LatLon> {
+        let e = self.entries.remove(id)?;
+        self.detach(id, e.planar);
+        if self.entries.is_empty() {
+            let lat = self.proj_origin_lat();
+            self.lat_band = (lat, lat);
+        }
+        Some(e.pos)
+    }
+
+    fn proj_origin_lat(&self) -> f64 {
+        self.proj.origin.lat
+    }
+
+    fn widen(&mut self, lat: f64) {
+        self.lat_band.0 = self.lat_band.0.min(lat);
+        self.lat_band.1 = self.lat_band.1.max(lat);
+    }
+
+    fn attach(&mut self, id: OfficerKey, planar: Point2<f64>) -> Result<(), IndexError> {
+        if let Some(v) = self.tri.locate_vertex(planar).map(|v| v.fix()) {
+            self.tri.vertex_data_mut(v).officers.push(id);
+            return Ok(());
+        }
+        self.tri
+            .insert(Vertex {
+                pos: planar,
+                officers: vec![id],
+            })
+            .map(|_| ())
+            .map_err(|e| IndexError(format!("{e:?}")))
+    }
+
+    fn detach(&mut self, id: &str, planar: Point2<f64>) {
+        let Some(v) = self.tri.locate_vertex(planar).map(|v| v.fix()) else {
+            debug_assert!(false, "indexed officer without a vertex");
+            return;
+        };
+        let officers = &mut self.tri.vertex_data_mut(v).officers;
+        officers.retain(|o| &**o != id);
+        if officers.is_empty() {
+            self.tri.remove(v);
+        }
+    }
+
+    /// The `k` nearest officers within `radius_m` of `q`, nearest first, by haversine.
+    ///
+    /// Best-first expansion over the Delaunay graph pops vertices in exact planar distance
+    /// order (a vertex that is not the nearest always has a nearer Delaunay neighbour). The
+    /// projection's distortion bound `haversine >= lo * planar` over the latitude band says
+    /// when no unvisited vertex can still be within the radius or beat the k-th answer.
+    pub fn nearest_within(&self, q: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<T>> {
+        if k == 0 || self.entries.is_empty() {
+            return Vec::new();
+        }
+        let [qx, qy] = self.proj.project(q);
+        let qp = Point2::new(qx, qy);
+        let (lo, _) = self.proj.distortion(
+            self.lat_band.0.min(q.lat) - BAND_PAD_DEG,
+            self.lat_band.1.max(q.lat) + BAND_PAD_DEG,
+        );
+        let Some(start) = self.tri.nearest_neighbor(qp) else {
+            return Vec::new();
+        };
+        let planar = |p: Point2<f64>| ((p.x - qp.x).powi(2) + (p.y - qp.y).powi(2)).sqrt();
+
+        let mut best: BinaryHeap<Best<T>> = BinaryHeap::with_capacity(k + 1);
+        let mut seen: HashSet<FixedVertexHandle> = HashSet::new();
+        let mut frontier = BinaryHeap::new();
+        seen.insert(start.fix());
+        frontier.push(Frontier(planar(start.position()), start.fix()));
+
+        while let Some(Frontier(f, vh)) = frontier.pop() {
+            let floor = f * lo;
+            if floor > radius_m {
+                break;
+            }
+            if best.len() == k && best.peek().is_some_and(|b| floor > b.0.distance_m) {
+                break;
+            }
+            let v = self.tri.vertex(vh);
+            for id in &v.data().officers {
+                let e = &self.entries[id];
+                let d = haversine_m(q, e.pos);
+                if d > radius_m {
+                    continue;
+                }
+                let cand = Best(Nearby {
+                    id: id.clone(),
+                    pos: e.pos,
+                    distance_m: d,
+                    data: e.data.clone(),
+                });
+                if best.len() < k {
+                    best.push(cand);
+                } else if best.peek().is_some_and(|b| cand < *b) {
+                    best.pop();
+                    best.push(cand);
+                }
+            }
+            for edge in v.out_edges() {
+                let n = edge.to();
+                if seen.insert(n.fix()) {
+                    frontier.push(Frontier(planar(n.position()), n.fix()));
+                }
+            }
+        }
+        let mut out: Vec<Nearby<T>> = best.into_iter().map(|b| b.0).collect();
+        out.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+        out
+    }
+}
+
+/// Merges per-region answers into the global `k` nearest, nearest first.
+pub fn merge_nearest<T>(parts: impl IntoIterator<Item = Vec<Nearby<T>>>, k: usize) -> Vec<Nearby<T>> {
+    let mut all: Vec<Nearby<T>> = parts.into_iter().flatten().collect();
+    all.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+    all.truncate(k);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn brute(points: &[(OfficerKey, LatLon)], q: LatLon, r: f64, k: usize) -> Vec<(OfficerKey, f64)> {
+        let mut v: Vec<_> = points
+            .iter()
+            .map(|(id, p)| (id.clone(), haversine_m(q, *p)))
+            .filter(|(_, d)| *d <= r)
+            .collect();
+        v.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+        v.truncate(k);
+        v
+    }
+
+    /// Compares distances position by position: ties may come in any order.
+    fn same_answer(got: &[Nearby<()>], want: &[(OfficerKey, f64)]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            prop_assert!((g.distance_m - w.1).abs() < 1e-6, "got {:?} want {:?}", got, want);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn identical_positions_are_all_found_and_removed() {
+        let o = LatLon::new(40.75, -73.99).unwrap();
+        let mut idx = OfficerIndex::new(o);
+        for i in 0..5 {
+            idx.upsert(format!("o{i}").into(), o, ()).unwrap();
+        }
+        assert_eq!(idx.nearest_within(o, 10.0, 10).len(), 5);
+        idx.remove("o2");
+        let ids: Vec<_> = idx.nearest_within(o, 10.0, 10).into_iter().map(|n| n.id).collect();
+        assert_eq!(ids.len(), 4);
+        assert!(!ids.iter().any(|i| &**i == "o2"));
+        for i in [0, 1, 3, 4] {
+            idx.remove(&format!("o{i}"));
+        }
+        assert!(idx.is_empty());
+        assert!(idx.nearest_within(o, 10.0, 10).is_empty());
+    }
+
+    #[test]
+    fn move_keeps_one_entry() {
+        let o = LatLon::new(40.75, -73.99).unwrap();
+        let mut idx = OfficerIndex::new(o);
+        idx.upsert("a".into(), o, ()).unwrap();
+        let p = LatLon::new(40.751, -73.99).unwrap();
+        assert_eq!(idx.upsert("a".into(), p, ()).unwrap(), Some(o));
+        let got = idx.nearest_within(p, 5.0, 5);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].pos, p);
+        assert!(idx.nearest_within(o, 5.0, 5).is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Random officers (with duplicate positions), moves and removals; every query equals
+        /// the brute-force haversine answer, at any latitude the service covers.
+        #[test]
+        fn nearest_matches_brute_force(
+            lat0 in -14.0f64..71.0, lon0 in -170.0f64..-65.0,
+            pts in prop::collection::vec((-0.3f64..0.3, -0.3f64..0.3, 0u8..4), 0..120),
+            moves in prop::collection::vec((0usize..120, -0.3f64..0.3, -0.3f64..0.3), 0..30),
+            removes in prop::collection::vec(0usize..120, 0..20),
+            queries in prop::collection::vec((-0.35f64..0.35, -0.35f64..0.35, 50.0f64..30_000.0, 1usize..20), 1..8),
+        ) {
+            let origin = LatLon::new(lat0, lon0).unwrap();
+            let mut idx = OfficerIndex::new(origin);
+            let mut truth: Vec<(OfficerKey, LatLon)> = Vec::new();
+            for (i, (dlat, dlon, dup)) in pts.iter().enumerate() {
+                // Every fourth point reuses an earlier position exactly.
+                let p = if *dup == 0 && !truth.is_empty() {
+                    truth[i % truth.len()].1
+                } else {
+                    LatLon { lat: lat0 + dlat, lon: lon0 + dlon }
+                };
+                let id: OfficerKey = format!("o{i}").into();
+                idx.upsert(id.clone(), p, ()).unwrap();
+                truth.push((id, p));
+            }
+            for (i, dlat, dlon) in moves {
+                if truth.is_empty() { break; }
+                let i = i % truth.len();
+                let p = LatLon { lat: lat0 + dlat, lon: lon0 + dlon };
+                idx.upsert(truth[i].0.clone(), p, ()).unwrap();
+                truth[i].1 = p;
+            }
+            for i in removes {
+                if truth.is_empty() { break; }
+                let (id, _) = truth.remove(i % truth.len());
+                prop_assert!(idx.remove(&id).is_some());
+            }
+            prop_assert_eq!(idx.len(), truth.len());
+            for (dlat, dlon, r, k) in queries {
+                let q = LatLon { lat: lat0 + dlat, lon: lon0 + dlon };
+                same_answer(&idx.nearest_within(q, r, k), &brute(&truth, q, r, k))?;
+            }
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The US zip table shipped inside the binary, and the geometry of zip regions.
+//!
+//! A region's cell is the Voronoi cell of its centroid on the sphere. The centroids are
+//! triangulated once (spade) after a stereographic projection from the antipode of the
+//! continental centre: stereographic projection maps circles on the sphere to circles in the
+//! plane, so the planar Delaunay triangulation *is* the spherical one and its edges are the
+//! true cell adjacencies. Every walk below ranks by the exact spherical metric (dot products
+//! of unit vectors), so answers equal a brute-force haversine scan.
+
+use std::cmp::Ordering;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::io::Read;
+
+use spade::handles::FixedVertexHandle;
+use spade::{DelaunayTriangulation, HasPosition, HierarchyHintGenerator, Point2, Triangulation};
+
+use super::{EARTH_RADIUS_M, LatLon, dot, haversine_m};
+
+/// Index of a zip in the [`ZipTable`]; dense, 0..len.
+pub type ZipId = u32;
+
+/// The compressed zip table (Census 2021 ZCTA internal points, see `data/README.md`).
+static ZIPS_CSV_GZ: &[u8] = include_bytes!("../../data/zips.csv.gz");
+
+/// One zip-code region.
+#[derive(Debug, Clone)]
+pub struct Zip {
+    /// The 5-digit code.
+    pub code: Box<str>,
+    /// Centroid (the ZCTA's internal point).
+    pub centroid: LatLon,
+    /// USPS state abbreviation.
+    pub state: Box<str>,
+    /// USPS default city.
+    pub city: Box<str>,
+    unit: [f64; 3],
+}
+
+struct CentroidVertex {
+    pos: Point2<f64>,
+    id: ZipId,
+}
+
+impl HasPosition for CentroidVertex {
+    type Scalar = f64;
+    fn position(&self) -> Point2<f64> {
+        self.pos
+    }
+}
+
+type CentroidTriangulation =
+    DelaunayTriangulation<CentroidVertex, (), (), (), HierarchyHintGenerator<f64>>;
+
+/// Why a position has no region.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+pub enum LocateError {
+    /// Farther than the configured distance from every centroid.
+    #[error("position is {distance_m:.0} m from the nearest zip centroid")]
+    OutsideServiceArea {
+        /// Distance to the nearest centroid.
+        distance_m: f64,
+    },
+}
+
+/// The zip table with its triangulation: position → zip, neighbours, and the set of
+/// regions a search circle can touch.
+pub struct ZipTable {
+    zips: Vec<Zip>,
+    by_code: HashMap<Box<str>, ZipId>,
+    tri: CentroidTriangulation,
+    vertex_of: Vec<FixedVertexHandle>,
+    stereo: Stereographic,
+}
+
+impl std::fmt::Debug for ZipTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZipTable").field("zips", &self.zips.len()).finish()
+    }
+}
+
+/// Stereographic projection from the antipode of `centre` onto the plane tangent at it.
+#[derive(Clone, Copy)]
+struct Stereographic {
+    c: [f64; 3],
+    e1: [f64; 3],
+    e2: [f64; 3],
+}
+
+impl Stereographic {
+    fn new(centre: LatLon) -> Self {
+        let c = centre.unit();
+        let (slon, clon) = centre.lon.to_radians().sin_cos();
+        let (slat, clat) = centre.lat.to_radians().sin_cos();
+        let e1 = [-slon, clon, 0.0]; // east
+        let e2 = [-slat * clon, -slat * slon, clat]; // north
+        Self { c, e1, e2 }
+    }
+
+    fn project(&self, u: [f64; 3]) -> Point2<f64> {
+        let k = 2.0 / (1.0 + dot(u, self.c)).max(1e-12);
+        Point2::new(k * dot(u, self.e1), k * dot(u, self.e2))
+    }
+}
+
+/// A heap entry ordered by *largest* dot product first (= nearest first).
+#[derive(PartialEq)]
+struct ByNearness(f64, ZipId);
+impl Eq for ByNearness {}
+impl PartialOrd for ByNearness {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByNearness {
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+    }
+}
+
+impl ZipTable {
+    /// The table compiled into the binary.
+    pub fn embedded() -> Self {
+        let mut csv = String::new();
+        flate2::read::GzDecoder::new(ZIPS_CSV_GZ)
+            .read_to_string(&mut csv)
+            .expect("the embedded zip table is valid gzip");
+        Self::from_csv(&csv).expect("the embedded zip table parses")
+    }
+
+    /// Parses `zip,lat,lon,state,city[,population]` with a header row.
+    pub fn from_csv(csv: &str) -> Result<Self, String> {
+        let mut zips = Vec::new();
+        for (n, line) in csv.lines().enumerate().skip(1) {
+            let line = line.trim_end_matches('\r');
+            if line.is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split(',').collect();
+            if f.len() < 5 {
+                return Err(format!("zip table line {}: too few fields", n + 1));
+            }
+            let lat: f64 = f[1].parse().map_err(|_| format!("line {}: lat", n + 1))?;
+            let lon: f64 = f[2].parse().map_err(|_| format!("line {}: lon", n + 1))?;
+            let centroid =
+                LatLon::new(lat, lon).ok_or_else(|| format!("line {}: range", n + 1))?;
+            zips.push(Zip {
+                code: f[0].into(),
+                centroid,
+                state: f[3].into(),
+                city: f[4].into(),
+                unit: centroid.unit(),
+            });
+        }
+        Self::from_zips(zips)
+    }
+
+    fn from_zips(zips: Vec<Zip>) -> Result<Self, String> {
+        if zips.is_empty() {
+            return Err("empty zip table".into());
+        }
+        // Centre of the projection: the normalised mean of all centroids. Its antipode lies
+        // far from every centroid for any US-shaped set.
+        let mut m = [0.0; 3];
+        for z in &zips {
+            for (mi, ui) in m.iter_mut().zip(z.unit) {
+                *mi += ui;
+            }
+        }
+        let norm = dot(m, m).sqrt().max(1e-12);
+        let centre = LatLon {
+            lat: (m[2] / norm).asin().to_degrees(),
+            lon: m[1].atan2(m[0]).to_degrees(),
+        };
+        let stereo = Stereographic::new(centre);
+        let vertices: Vec<CentroidVertex> = zips
+            .iter()
+            .enumerate()
+            .map(|(i, z)| CentroidVertex {
+                pos: stereo.project(z.unit),
+                id: i as ZipId,
+            })
+            .collect();
+        let tri = CentroidTriangulation::bulk_load(vertices).map_err(|e| e.to_string())?;
+        let mut vertex_of = vec![None; zips.len()];
+        for v in tri.vertices() {
+            vertex_of[v.data().id as usize] = Some(v.fix());
+        }
+        let vertex_of = vertex_of
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| v.ok_or_else(|| format!("zip {} shares a centroid", zips[i].code)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let by_code = zips
+            .iter()
+            .enumerate()
+            .map(|(i, z)| (z.code.clone(), i as ZipId))
+            .collect();
+        Ok(Self {
+            zips,
+            by_code,
+            tri,
+            vertex_of,
+            stereo,
+        })
+    }
+
+    /// Number of zips.
+    pub fn len(&self) -> usize {
+        self.zips.len()
+    }
+
+    /// Whether the table is empty (never, for a loaded table).
+    pub fn is_empty(&self) -> bool {
+        self.zips.is_empty()
+    }
+
+    /// The zip with this id.
+    pub fn get(&self, id: ZipId) -> &Zip {
+        &self.zips[id as usize]
+    }
+
+    /// Every zip, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (ZipId, &Zip)> {
+        self.zips.iter().enumerate().map(|(i, z)| (i as ZipId, z))
+    }
+
+    /// The id of a 5-digit code.
+    pub fn by_code(&self, code: &str) -> Option<ZipId> {
+        self.by_code.get(code).copied()
+    }
+
+    fn neighbours(&self, id: ZipId) -> impl Iterator<Item = ZipId> + '_ {
+        self.tri
+            .vertex(self.vertex_of[id as usize])
+            .out_edges()
+            .map(|e| e.to().data().id)
+    }
+
+    /// Delaunay neighbours of a zip: the regions whose cells share a border with it.
+    pub fn neighbours_of(&self, id: ZipId) -> Vec<ZipId> {
+        self.neighbours(id).collect()
+    }
+
+    /// The zip whose centroid is nearest to `p` (exact), with the haversine distance.
+    pub fn nearest(&self, p: LatLon) -> (ZipId, f64) {
+        let u = p.unit();
+        let start = self
+            .tri
+            .nearest_neighbor(self.stereo.project(u))
+            .map(|v| v.data().id)
+            .unwrap_or(0);
+        // Greedy descent on the spherical Delaunay graph: a site that is not the nearest
+        // always has a Delaunay neighbour nearer to the query, so this ends at the nearest.
+        let mut best = start;
+        let mut best_dot = dot(u, self.zips[best as usize].unit);
+        loop {
+            let mut improved = false;
+            for n in self.neighbours(best) {
+                let d = dot(u, self.zips[n as usize].unit);
+                if d > best_dot || (d == best_dot && n < best) {
+                    best = n;
+                    best_dot = d;
+                    improved = true;
+                }
+            }
+            if !improved {
+                break;
+            }
+        }
+        (best, haversine_m(p, self.zips[best as usize].centroid))
+    }
+
+    /// The region holding `p`, unless it is farther than `max_distance_m` from every centroid.
+    pub fn locate(&self, p: LatLon, max_distance_m: f64) -> Result<(ZipId, f64), LocateError> {
+        let (id, d) = self.nearest(p);
+        if d > max_distance_m {
+            return Err(LocateError::OutsideServiceArea { distance_m: d });
+        }
+        Ok((id, d))
+    }
+
+    /// Every region whose cell can hold a point within `radius_m` of `q`, given that `q` lies
+    /// in region `own` at distance `d0` from its centroid. Never misses a region (exact
+    /// superset), and prunes with two conservative tests:
+    ///
+    /// * a point `p` of region `z` within `radius_m` of `q` has
+    ///   `d(q, c_z) <= r + d(p, c_z) <= r + d(p, c_own) <= 2r + d0`;
+    /// * region `z`'s cell lies in the hemisphere nearer `c_z` than `c_own`, so the search
+    ///   cap must reach that hemisphere.
+    pub fn regions_touching(&self, q: LatLon, own: ZipId, d0: f64, radius_m: f64) -> Vec<ZipId> {
+        let u = q.unit();
+        let reach = 2.0 * radius_m + d0;
+        let min_dot = (reach / EARTH_RADIUS_M).min(std::f64::consts::PI).cos();
+        let theta = (radius_m / EARTH_RADIUS_M).min(std::f64::consts::FRAC_PI_2);
+        let sin_theta = theta.sin() + 1e-12;
+        let own_unit = self.zips[own as usize].unit;
+
+        let mut out = vec![own];
+        let mut seen: HashSet<ZipId> = HashSet::from([own]);
+        let mut heap = BinaryHeap::new();
+        for n in self.neighbours(own) {
+            if seen.insert(n) {
+                heap.push(ByNearness(dot(u, self.zips[n as usize].unit), n));
+            }
+        }
+        // Best-first in exact distance order: stop at the first centroid beyond `reach`.
+        while let Some(ByNearness(d, z)) = heap.pop() {
+            if d < min_dot - 1e-12 {
+                break;
+            }
+            let cz = self.zips[z as usize].unit;
+            let n = [cz[0] - own_unit[0], cz[1] - own_unit[1], cz[2] - own_unit[2]];
+            let nn = dot(n, n).sqrt();
+            if nn == 0.0 || dot(u, n) / nn >= -sin_theta {
+                out.push(z);
+            }
+            for m in self.neighbours(z) {
+                if seen.insert(m) {
+                    heap.push(ByNearness(dot(u, self.zips[m as usize].unit), m));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn table() -> &'static ZipTable {
+        static T: OnceLock<ZipTable> = OnceLock::new();
+        T.get_or_init(ZipTable::embedded)
+    }
+
+    fn brute_nearest(t: &ZipTable, p: LatLon) -> (ZipId, f64) {
+        t.iter()
+            .map(|(id, z)| (id, haversine_m(p, z.centroid)))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+    }
+
+    #[test]
+    fn loads_every_zip() {
+        let t = table();
+        assert_eq!(t.len(), 33_791);
+        let id = t.by_code("10001").unwrap();
+        assert_eq!(&*t.get(id).city, "New York");
+        assert_eq!(&*t.get(id).state, "NY");
+        assert!(t.by_code("00000").is_none());
+    }
+
+    #[test]
+    fn centroid_maps_to_itself() {
+        let t = table();
+        for (id, z) in t.iter().step_by(97) {
+            assert_eq!(t.nearest(z.centroid).0, id, "{}", z.code);
+        }
+    }
+
+    #[test]
+    fn far_ocean_is_outside() {
+        let t = table();
+        let mid_atlantic = LatLon::new(35.0, -45.0).unwrap();
+        assert!(matches!(
+            t.locate(mid_atlantic, 50_000.0),
+            Err(LocateError::OutsideServiceArea { .. })
+        ));
+    }
+
+    fn near_zip() -> impl Strategy<Value = LatLon> {
+        (0usize..33_791, -0.3f64..0.3, -0.3f64..0.3).prop_map(|(i, dlat, dlon)| {
+            let c = table().get(i as ZipId).centroid;
+            LatLon {
+                lat: (c.lat + dlat).clamp(-89.0, 89.0),
+                lon: (c.lon + dlon).clamp(-180.0, 180.0),
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Position → zip equals the brute-force nearest centroid.
+        #[test]
+        fn nearest_matches_brute_force(p in near_zip()) {
+            let t = table();
+            let (got, gd) = t.nearest(p);
+            let (want, wd) = brute_nearest(t, p);
+            prop_assert!(got == want || (gd - wd).abs() < 1e-6, "got {got} {gd} want {want} {wd}");
+        }
+
+        /// Every zip that owns some point of the search circle is in `regions_touching`.
+        #[test]
+        fn touching_regions_cover_the_circle(
+            q in near_zip(), r in 50.0f64..10_000.0,
+            samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
+        ) {
+            let t = table();
+            let (own, d0) = t.nearest(q);
+            let got: HashSet<ZipId> = t.regions_touching(q, own, d0, r).into_iter().collect();
+            for (f, bearing) in samples {
+                let p = destination(q, r * f.sqrt(), bearing);
+                let (z, _) = t.nearest(p);
+                prop_assert!(got.contains(&z), "point {p:?} in zip {} not covered", t.get(z).code);
+            }
+        }
+    }
+
+    /// The point `dist` metres from `p` along `bearing` (radians).
+    pub(crate) fn destination(p: LatLon, dist: f64, bearing: f64) -> LatLon {
+        let d = dist / EARTH_RADIUS_M;
+        let (lat1, lon1) = (p.lat.to_radians(), p.lon.to_radians());
+        let lat2 = (lat1.sin() * d.cos() + lat1.cos() * d.sin() * bearing.cos()).asin();
+        let lon2 = lon1
+            + (bearing.sin() * d.sin() * lat1.cos()).atan2(d.cos() - lat1.sin() * lat2.sin());
+        LatLon {
+            lat: lat2.to_degrees(),
+            lon: (lon2.to_degrees() + 540.0) % 360.0 - 180.0,
+        }
+    }
+}
