@@ -1,7 +1,19 @@
 //! Hey Blue! server: officers and citizens, live, by zip region.
 //!
 //! Crate map — what each module owns, and what it must not do:
+//! - [`config`]: typed settings (embedded defaults, overlay file, environment); no I/O after start.
 //! - [`geo`]: pure geometry (zip table, cells, distances, officer index); never awaits.
+//! - [`protocol`]: the wire enums and the one decoder; no state.
+//! - [`actors`]: region directory, region and session actors; they own the live state.
+//! - [`context`]: the handles shared by a node's routes and sessions; no state of its own.
+//! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
+//! - [`server`]: start-up and the one shutdown sequence.
 #![warn(missing_docs)]
 
+pub mod actors;
+pub mod config;
+pub mod context;
 pub mod geo;
+pub mod http;
+pub mod protocol;
+pub mod server;

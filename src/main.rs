@@ -1,1 +1,133 @@
-fn main() {}
+//! `heyblue`: the Hey Blue! server and its tools.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use heyblue::config::Settings;
+use heyblue::geo::ZipTable;
+use heyblue::http::auth::Auth;
+use heyblue::protocol::Role;
+
+#[derive(Parser)]
+#[command(name = "heyblue", version, about = "Hey Blue! real-time server")]
+struct Cli {
+    /// Overlay config file (on top of the embedded config/default.toml).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server.
+    Serve {
+        /// Listen address, e.g. 127.0.0.1:8080.
+        #[arg(long)]
+        bind: Option<String>,
+        /// sqlite:// or postgres:// URL.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Print a signed development token.
+    Token {
+        /// officer, citizen or admin.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+        /// Account id.
+        #[arg(long)]
+        sub: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    match s {
+        "officer" => Ok(Role::Officer),
+        "citizen" => Ok(Role::Citizen),
+        "admin" => Ok(Role::Admin),
+        _ => Err("role is officer, citizen or admin".into()),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.cmd {
+        Cmd::Token {
+            role,
+            sub,
+            name,
+            ttl,
+        } => {
+            let auth = Auth::new(settings.auth.jwt_secret.expose());
+            println!(
+                "{}",
+                auth.mint(role, &sub, name.as_deref(), Duration::from_secs(ttl))
+            );
+            Ok(())
+        }
+        Cmd::Serve { bind, database_url } => {
+            if let Some(b) = bind {
+                settings.server.bind = b;
+            }
+            if let Some(u) = database_url {
+                settings.database.url = u;
+            }
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .init();
+            tokio::runtime::Runtime::new()?.block_on(serve(settings))
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    heyblue::http::metrics_handle();
+    let zips = Arc::new(ZipTable::embedded());
+    tracing::info!(zips = zips.len(), "zip table loaded");
+    let running = heyblue::server::start(settings, zips).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown signal: closing sessions");
+    running.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for SIGINT: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

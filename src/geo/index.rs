@@ -283,7 +283,10 @@ impl<T: Clone> OfficerIndex<T> {
 }
 
 /// Merges per-region answers into the global `k` nearest, nearest first.
-pub fn merge_nearest<T>(parts: impl IntoIterator<Item = Vec<Nearby<T>>>, k: usize) -> Vec<Nearby<T>> {
+pub fn merge_nearest<T>(
+    parts: impl IntoIterator<Item = Vec<Nearby<T>>>,
+    k: usize,
+) -> Vec<Nearby<T>> {
     let mut all: Vec<Nearby<T>> = parts.into_iter().flatten().collect();
     all.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
     all.truncate(k);
@@ -295,7 +298,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn brute(points: &[(OfficerKey, LatLon)], q: LatLon, r: f64, k: usize) -> Vec<(OfficerKey, f64)> {
+    fn brute(
+        points: &[(OfficerKey, LatLon)],
+        q: LatLon,
+        r: f64,
+        k: usize,
+    ) -> Vec<(OfficerKey, f64)> {
         let mut v: Vec<_> = points
             .iter()
             .map(|(id, p)| (id.clone(), haversine_m(q, *p)))
@@ -310,7 +318,12 @@ mod tests {
     fn same_answer(got: &[Nearby<()>], want: &[(OfficerKey, f64)]) -> Result<(), TestCaseError> {
         prop_assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(want) {
-            prop_assert!((g.distance_m - w.1).abs() < 1e-6, "got {:?} want {:?}", got, want);
+            prop_assert!(
+                (g.distance_m - w.1).abs() < 1e-6,
+                "got {:?} want {:?}",
+                got,
+                want
+            );
         }
         Ok(())
     }
@@ -324,7 +337,11 @@ mod tests {
         }
         assert_eq!(idx.nearest_within(o, 10.0, 10).len(), 5);
         idx.remove("o2");
-        let ids: Vec<_> = idx.nearest_within(o, 10.0, 10).into_iter().map(|n| n.id).collect();
+        let ids: Vec<_> = idx
+            .nearest_within(o, 10.0, 10)
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
         assert_eq!(ids.len(), 4);
         assert!(!ids.iter().any(|i| &**i == "o2"));
         for i in [0, 1, 3, 4] {

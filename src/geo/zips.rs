@@ -74,7 +74,9 @@ pub struct ZipTable {
 
 impl std::fmt::Debug for ZipTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ZipTable").field("zips", &self.zips.len()).finish()
+        f.debug_struct("ZipTable")
+            .field("zips", &self.zips.len())
+            .finish()
     }
 }
 
@@ -141,8 +143,7 @@ impl ZipTable {
             }
             let lat: f64 = f[1].parse().map_err(|_| format!("line {}: lat", n + 1))?;
             let lon: f64 = f[2].parse().map_err(|_| format!("line {}: lon", n + 1))?;
-            let centroid =
-                LatLon::new(lat, lon).ok_or_else(|| format!("line {}: range", n + 1))?;
+            let centroid = LatLon::new(lat, lon).ok_or_else(|| format!("line {}: range", n + 1))?;
             zips.push(Zip {
                 code: f[0].into(),
                 centroid,
@@ -309,7 +310,11 @@ impl ZipTable {
                 break;
             }
             let cz = self.zips[z as usize].unit;
-            let n = [cz[0] - own_unit[0], cz[1] - own_unit[1], cz[2] - own_unit[2]];
+            let n = [
+                cz[0] - own_unit[0],
+                cz[1] - own_unit[1],
+                cz[2] - own_unit[2],
+            ];
             let nn = dot(n, n).sqrt();
             if nn == 0.0 || dot(u, n) / nn >= -sin_theta {
                 out.push(z);
@@ -414,8 +419,8 @@ mod tests {
         let d = dist / EARTH_RADIUS_M;
         let (lat1, lon1) = (p.lat.to_radians(), p.lon.to_radians());
         let lat2 = (lat1.sin() * d.cos() + lat1.cos() * d.sin() * bearing.cos()).asin();
-        let lon2 = lon1
-            + (bearing.sin() * d.sin() * lat1.cos()).atan2(d.cos() - lat1.sin() * lat2.sin());
+        let lon2 =
+            lon1 + (bearing.sin() * d.sin() * lat1.cos()).atan2(d.cos() - lat1.sin() * lat2.sin());
         LatLon {
             lat: lat2.to_degrees(),
             lon: (lon2.to_degrees() + 540.0) % 360.0 - 180.0,

@@ -1,0 +1,390 @@
+//! `RegionDirectory`: the supervisor of every region actor, and [`Regions`], the handle
+//! sessions use to reach regions.
+//!
+//! Invariants:
+//! * at most one live region actor per zip; its ref is published in a slot table so that
+//!   sessions reach it without a round trip through the directory (only first use does);
+//! * a region that fails is restarted at once (one-for-one), the restart is counted, and
+//!   every session registered to the zip (process groups `o:ZIP` for officers and `w:ZIP`
+//!   for watchers) is told to resend its state, which rebuilds the region's index.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{
+    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort,
+    SupervisionEvent,
+};
+
+use super::region::{
+    OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot, Watch,
+};
+use super::session::SessionMsg;
+use crate::geo::index::OfficerKey;
+use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
+
+/// Errors reaching a region.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegionError {
+    /// The region did not answer in time.
+    #[error("region {0} timed out")]
+    Timeout(String),
+    /// The region (or the directory) is gone, e.g. during shutdown or a restart.
+    #[error("region {0} is unavailable")]
+    Unavailable(String),
+}
+
+/// Process group of the officer sessions registered to a zip.
+pub fn officer_group(zip: ZipId) -> String {
+    format!("o:{zip}")
+}
+
+/// Process group of the citizen sessions watching a zip.
+pub fn watcher_group(zip: ZipId) -> String {
+    format!("w:{zip}")
+}
+
+struct Slots {
+    refs: Vec<RwLock<Option<ActorRef<RegionMsg>>>>,
+    restarts: Vec<AtomicU64>,
+}
+
+/// Handle to the regions: lookups, casts and calls with the timeout inside.
+#[derive(Clone)]
+pub struct Regions {
+    zips: Arc<ZipTable>,
+    slots: Arc<Slots>,
+    directory: ActorRef<DirectoryMsg>,
+    timeout: Duration,
+}
+
+impl Regions {
+    /// Starts the directory; regions are spawned on first use.
+    pub async fn start(
+        zips: Arc<ZipTable>,
+        timeout: Duration,
+    ) -> Result<(Self, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
+        let slots = Arc::new(Slots {
+            refs: (0..zips.len()).map(|_| RwLock::new(None)).collect(),
+            restarts: (0..zips.len()).map(|_| AtomicU64::new(0)).collect(),
+        });
+        let (directory, join) = Actor::spawn(
+            None,
+            RegionDirectory,
+            DirectoryArgs {
+                zips: zips.clone(),
+                slots: slots.clone(),
+            },
+        )
+        .await?;
+        Ok((
+            Self {
+                zips,
+                slots,
+                directory,
+                timeout,
+            },
+            join,
+        ))
+    }
+
+    /// The zip table.
+    pub fn zips(&self) -> &Arc<ZipTable> {
+        &self.zips
+    }
+
+    fn code(&self, zip: ZipId) -> String {
+        self.zips.get(zip).code.to_string()
+    }
+
+    /// The live region actor of `zip`, if it was ever used.
+    pub fn get(&self, zip: ZipId) -> Option<ActorRef<RegionMsg>> {
+        self.slots.refs[zip as usize]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The region actor of `zip`, spawning it on first use (or replacing one that died
+    /// and whose restart is still on its way).
+    pub async fn ensure(&self, zip: ZipId) -> Result<ActorRef<RegionMsg>, RegionError> {
+        if let Some(r) = self.get(zip)
+            && r.get_status() == ActorStatus::Running
+        {
+            return Ok(r);
+        }
+        match self
+            .directory
+            .call(|reply| DirectoryMsg::Ensure(zip, reply), Some(self.timeout))
+            .await
+        {
+            Ok(CallResult::Success(Some(r))) => Ok(r),
+            Ok(CallResult::Timeout) => Err(RegionError::Timeout(self.code(zip))),
+            _ => Err(RegionError::Unavailable(self.code(zip))),
+        }
+    }
+
+    /// Number of region actors alive.
+    pub fn alive(&self) -> usize {
+        self.slots
+            .refs
+            .iter()
+            .filter(|s| s.read().map(|r| r.is_some()).unwrap_or(false))
+            .count()
+    }
+
+    /// Restarts of `zip` so far.
+    pub fn restarts(&self, zip: ZipId) -> u64 {
+        self.slots.restarts[zip as usize].load(Ordering::Relaxed)
+    }
+
+    /// Inserts or moves an officer in `zip`'s index.
+    pub async fn upsert(
+        &self,
+        zip: ZipId,
+        id: OfficerKey,
+        pos: LatLon,
+        data: OfficerData,
+    ) -> Result<(), RegionError> {
+        let r = self.ensure(zip).await?;
+        r.cast(RegionMsg::Upsert(OfficerUpdate { id, pos, data }))
+            .map_err(|_| RegionError::Unavailable(self.code(zip)))
+    }
+
+    /// Removes an officer from `zip`'s index (a no-op where it is not indexed).
+    pub fn remove(&self, zip: ZipId, id: OfficerKey, session_id: u64) {
+        if let Some(r) = self.get(zip) {
+            // A region that is gone holds nobody; its replacement is rebuilt from sessions.
+            let _ = r.cast(RegionMsg::Remove(id, session_id));
+        }
+    }
+
+    /// Stops watching `zip`.
+    pub fn unwatch(&self, zip: ZipId, session_id: u64) {
+        if let Some(r) = self.get(zip) {
+            // As above: a replacement region starts without this watcher.
+            let _ = r.cast(RegionMsg::Unwatch(session_id));
+        }
+    }
+
+    /// Nearest officers in one region, registering `watch`.
+    pub async fn query(
+        &self,
+        zip: ZipId,
+        at: LatLon,
+        radius_m: f64,
+        k: usize,
+        watch: Option<Watch>,
+    ) -> Result<Vec<Nearby<OfficerData>>, RegionError> {
+        self.call(zip, move |reply| RegionMsg::Query {
+            at,
+            radius_m,
+            k,
+            watch: watch.clone(),
+            reply,
+        })
+        .await
+    }
+
+    /// One officer's entry in `zip`, if indexed there.
+    pub async fn officer(
+        &self,
+        zip: ZipId,
+        id: OfficerKey,
+    ) -> Result<Option<(LatLon, OfficerData)>, RegionError> {
+        if self.get(zip).is_none() {
+            return Ok(None);
+        }
+        self.call(zip, move |reply| RegionMsg::Officer(id.clone(), reply))
+            .await
+    }
+
+    /// The region's snapshot (spawning it if never used).
+    pub async fn snapshot(&self, zip: ZipId) -> Result<RegionSnapshot, RegionError> {
+        let mut snap = self.call(zip, RegionMsg::Snapshot).await?;
+        snap.restarts = self.restarts(zip);
+        Ok(snap)
+    }
+
+    /// Calls a region with the timeout inside. A region that died between lookup and call
+    /// is looked up once more (its replacement is spawned by then or by that lookup).
+    async fn call<T: Send + 'static>(
+        &self,
+        zip: ZipId,
+        msg: impl Fn(RpcReplyPort<T>) -> RegionMsg,
+    ) -> Result<T, RegionError> {
+        for attempt in 0..2 {
+            let r = self.ensure(zip).await?;
+            match r.call(&msg, Some(self.timeout)).await {
+                Ok(CallResult::Success(v)) => return Ok(v),
+                Ok(CallResult::Timeout) => {
+                    metrics::counter!("region_call_timeouts_total").increment(1);
+                    return Err(RegionError::Timeout(self.code(zip)));
+                }
+                _ if attempt == 0 => continue,
+                _ => {}
+            }
+        }
+        Err(RegionError::Unavailable(self.code(zip)))
+    }
+
+    /// Makes `zip`'s region panic (fault injection for supervision tests).
+    pub fn crash(&self, zip: ZipId) -> bool {
+        self.get(zip)
+            .map(|r| r.cast(RegionMsg::Crash).is_ok())
+            .unwrap_or(false)
+    }
+
+    /// Stops the directory and every region.
+    pub fn stop(&self) {
+        self.directory.stop(None);
+    }
+}
+
+/// Messages of the directory.
+pub enum DirectoryMsg {
+    /// The region of a zip, spawned if needed (`None` if it cannot be spawned).
+    Ensure(ZipId, RpcReplyPort<Option<ActorRef<RegionMsg>>>),
+}
+
+/// Arguments of the directory.
+pub struct DirectoryArgs {
+    zips: Arc<ZipTable>,
+    slots: Arc<Slots>,
+}
+
+/// State of the directory.
+pub struct DirectoryState {
+    zips: Arc<ZipTable>,
+    slots: Arc<Slots>,
+    by_actor: HashMap<ActorId, ZipId>,
+}
+
+/// The supervisor of the region actors.
+pub struct RegionDirectory;
+
+impl RegionDirectory {
+    async fn spawn_region(
+        myself: &ActorRef<DirectoryMsg>,
+        st: &mut DirectoryState,
+        zip: ZipId,
+    ) -> Option<ActorRef<RegionMsg>> {
+        let z = st.zips.get(zip);
+        let args = RegionArgs {
+            zip,
+            code: Arc::from(&*z.code),
+            centroid: z.centroid,
+            restarts: st.slots.restarts[zip as usize].load(Ordering::Relaxed),
+        };
+        match Actor::spawn_linked(None, RegionActor, args, myself.get_cell()).await {
+            Ok((r, _)) => {
+                st.by_actor.insert(r.get_id(), zip);
+                *st.slots.refs[zip as usize]
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(r.clone());
+                Some(r)
+            }
+            Err(e) => {
+                tracing::error!(zip = %z.code, "cannot spawn region: {e}");
+                None
+            }
+        }
+    }
+
+    fn resync(zip: ZipId) {
+        for group in [officer_group(zip), watcher_group(zip)] {
+            for member in ractor::pg::get_members(&group) {
+                notify_resync(&member, zip);
+            }
+        }
+    }
+}
+
+fn notify_resync(member: &ActorCell, zip: ZipId) {
+    if member.send_message(SessionMsg::Resync(zip)).is_err() {
+        tracing::debug!(zip, "session left before resync");
+    }
+}
+
+impl Actor for RegionDirectory {
+    type Msg = DirectoryMsg;
+    type State = DirectoryState;
+    type Arguments = DirectoryArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: DirectoryArgs,
+    ) -> Result<DirectoryState, ActorProcessingErr> {
+        Ok(DirectoryState {
+            zips: args.zips,
+            slots: args.slots,
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: DirectoryMsg,
+        st: &mut DirectoryState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DirectoryMsg::Ensure(zip, reply) => {
+                let existing = st.slots.refs[zip as usize]
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let r = match existing {
+                    Some(r) if r.get_status() == ActorStatus::Running => Some(r),
+                    // Dead, its failure not yet handled: replace it now; the supervision
+                    // event will find the slot taken and only count and resync.
+                    _ => Self::spawn_region(&myself, st, zip).await,
+                };
+                let _ = reply.send(r);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        evt: SupervisionEvent,
+        st: &mut DirectoryState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(zip) = st.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let code = st.zips.get(zip).code.clone();
+                // post_stop does not run after a panic: account for the dead actor here.
+                metrics::gauge!("region_actors_alive").decrement(1.0);
+                metrics::counter!("region_restarts_total").increment(1);
+                let n = st.slots.restarts[zip as usize].fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::warn!(zip = %code, restarts = n, "region failed, restarting: {err}");
+                let current = st.slots.refs[zip as usize]
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let replaced = current.is_some_and(|r| r.get_id() != cell.get_id());
+                if replaced || Self::spawn_region(&myself, st, zip).await.is_some() {
+                    Self::resync(zip);
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                if let Some(zip) = st.by_actor.remove(&cell.get_id()) {
+                    *st.slots.refs[zip as usize]
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}

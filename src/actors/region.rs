@@ -1,0 +1,249 @@
+//! `RegionActor`: one per zip. It owns a *derived* index of the available officers whose
+//! position lies in its cell, and the search circles of the citizens watching it.
+//!
+//! Invariants:
+//! * the index only holds officers whose sessions told it so (`Upsert`) and not since
+//!   `Remove`d; it is never the truth — after a crash it is rebuilt from the sessions;
+//! * a watcher is told of a change (through its [`PushSignal`]) only when the changed
+//!   officer's old or new position lies inside the watcher's circle, and at most once until
+//!   the watcher consumes the signal;
+//! * the actor never awaits another actor: it only answers calls and casts signals.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+
+use super::session::PushSignal;
+use crate::geo::index::OfficerKey;
+use crate::geo::{LatLon, Nearby, OfficerIndex, ZipId, haversine_m};
+
+/// What a region keeps about each available officer.
+#[derive(Debug, Clone)]
+pub struct OfficerData {
+    /// Display name.
+    pub display_name: Arc<str>,
+    /// End of the availability window.
+    pub expires_at: DateTime<Utc>,
+    /// The officer session that published the entry; only it may remove it.
+    pub session_id: u64,
+}
+
+/// An officer update from its session.
+#[derive(Debug, Clone)]
+pub struct OfficerUpdate {
+    /// Account id.
+    pub id: OfficerKey,
+    /// Position.
+    pub pos: LatLon,
+    /// Payload.
+    pub data: OfficerData,
+}
+
+/// A citizen's search circle registered with a region.
+#[derive(Debug, Clone)]
+pub struct Watch {
+    /// The citizen session.
+    pub session_id: u64,
+    /// Centre.
+    pub center: LatLon,
+    /// Radius.
+    pub radius_m: f64,
+    /// How to tell the session its result may have changed.
+    pub signal: Arc<PushSignal>,
+}
+
+/// Messages of a region.
+pub enum RegionMsg {
+    /// Insert or move an available officer.
+    Upsert(OfficerUpdate),
+    /// An officer left (closed, unavailable, expired or moved to another region). Ignored
+    /// unless the entry was published by this session id (a replaced session must not
+    /// remove its successor's entry).
+    Remove(OfficerKey, u64),
+    /// The `k` nearest officers within `radius_m` of `at`; registers or refreshes `watch`.
+    Query {
+        /// Centre.
+        at: LatLon,
+        /// Radius.
+        radius_m: f64,
+        /// Count.
+        k: usize,
+        /// The asking citizen's circle, to be told of changes.
+        watch: Option<Watch>,
+        /// Answer.
+        reply: RpcReplyPort<Vec<Nearby<OfficerData>>>,
+    },
+    /// A citizen no longer watches this region.
+    Unwatch(u64),
+    /// One officer's entry, if indexed here.
+    Officer(OfficerKey, RpcReplyPort<Option<(LatLon, OfficerData)>>),
+    /// The region's own state, for the admin API and tests.
+    Snapshot(RpcReplyPort<RegionSnapshot>),
+    /// Fault injection: panics inside the handler (tests prove supervision with it).
+    Crash,
+}
+
+/// A serialisable view of one region.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionSnapshot {
+    /// The zip code.
+    pub zip: String,
+    /// Available officers.
+    pub officers: Vec<OfficerView>,
+    /// Watching citizen sessions.
+    pub citizens_watching: usize,
+    /// Times this region was restarted after a failure.
+    pub restarts: u64,
+}
+
+/// One officer in a snapshot.
+#[derive(Debug, Clone, Serialize)]
+pub struct OfficerView {
+    /// Account id.
+    pub officer_id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Window end.
+    pub window_ends_at: String,
+    /// Always `available` (only available officers are indexed).
+    pub status: &'static str,
+}
+
+/// Arguments of a region.
+pub struct RegionArgs {
+    /// Which zip.
+    pub zip: ZipId,
+    /// Its code.
+    pub code: Arc<str>,
+    /// Its centroid.
+    pub centroid: LatLon,
+    /// Restarts so far.
+    pub restarts: u64,
+}
+
+/// State of a region.
+pub struct RegionState {
+    code: Arc<str>,
+    index: OfficerIndex<OfficerData>,
+    watchers: HashMap<u64, Watch>,
+    restarts: u64,
+}
+
+impl RegionState {
+    fn notify(&mut self, changed: &[LatLon]) {
+        self.watchers.retain(|_, w| {
+            let inside = changed
+                .iter()
+                .any(|p| haversine_m(w.center, *p) <= w.radius_m);
+            // A watcher whose session is gone is dropped here.
+            !inside || w.signal.raise()
+        });
+    }
+}
+
+/// The region actor.
+pub struct RegionActor;
+
+impl Actor for RegionActor {
+    type Msg = RegionMsg;
+    type State = RegionState;
+    type Arguments = RegionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: RegionArgs,
+    ) -> Result<RegionState, ActorProcessingErr> {
+        metrics::gauge!("region_actors_alive").increment(1.0);
+        Ok(RegionState {
+            code: args.code,
+            index: OfficerIndex::new(args.centroid),
+            watchers: HashMap::new(),
+            restarts: args.restarts,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: RegionMsg,
+        st: &mut RegionState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RegionMsg::Upsert(u) => match st.index.upsert(u.id.clone(), u.pos, u.data) {
+                Ok(Some(old)) => st.notify(&[old, u.pos]),
+                Ok(None) => st.notify(&[u.pos]),
+                Err(e) => tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}"),
+            },
+            RegionMsg::Remove(id, session) => {
+                let owned = st
+                    .index
+                    .get(&id)
+                    .is_some_and(|(_, d)| d.session_id == session);
+                if owned && let Some(old) = st.index.remove(&id) {
+                    st.notify(&[old]);
+                }
+            }
+            RegionMsg::Query {
+                at,
+                radius_m,
+                k,
+                watch,
+                reply,
+            } => {
+                if let Some(w) = watch {
+                    st.watchers.insert(w.session_id, w);
+                }
+                // The asker may have timed out and gone; nothing to do then.
+                let _ = reply.send(st.index.nearest_within(at, radius_m, k));
+            }
+            RegionMsg::Unwatch(session) => {
+                st.watchers.remove(&session);
+            }
+            RegionMsg::Officer(id, reply) => {
+                let found = st.index.get(&id).map(|(p, d)| (p, d.clone()));
+                let _ = reply.send(found);
+            }
+            RegionMsg::Snapshot(reply) => {
+                let officers = st
+                    .index
+                    .iter()
+                    .map(|(id, pos, d)| OfficerView {
+                        officer_id: id.to_string(),
+                        display_name: d.display_name.to_string(),
+                        lat: pos.lat,
+                        lon: pos.lon,
+                        window_ends_at: d
+                            .expires_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                        status: "available",
+                    })
+                    .collect();
+                let _ = reply.send(RegionSnapshot {
+                    zip: st.code.to_string(),
+                    officers,
+                    citizens_watching: st.watchers.len(),
+                    restarts: st.restarts,
+                });
+            }
+            RegionMsg::Crash => panic!("injected region failure in {}", st.code),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        _st: &mut RegionState,
+    ) -> Result<(), ActorProcessingErr> {
+        metrics::gauge!("region_actors_alive").decrement(1.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,223 @@
+//! Typed settings: the embedded `config/default.toml`, an optional overlay file, then
+//! `HEYBLUE__SECTION__KEY` environment variables. Secrets are wrapped so they never print.
+
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// The defaults compiled into the binary.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A string that is never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret itself; call only where it is used.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// All settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Listener and node identity.
+    pub server: ServerSettings,
+    /// Tokens and tickets.
+    pub auth: AuthSettings,
+    /// The store.
+    pub database: DatabaseSettings,
+    /// Per-socket and per-node limits.
+    pub limits: LimitSettings,
+    /// Zip regions.
+    pub regions: RegionSettings,
+    /// Officer sessions.
+    pub officer: OfficerSettings,
+    /// Citizen sessions.
+    pub citizen: CitizenSettings,
+    /// Connection requests.
+    pub connections: ConnectionSettings,
+    /// Points.
+    pub points: PointsSettings,
+    /// Prometheus endpoint.
+    pub metrics: MetricsSettings,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub bind: String,
+    /// This node's name.
+    pub node_id: String,
+    /// Base URL for `ws_url`; empty derives it from the Host header.
+    pub public_url: String,
+    /// Time allowed for close frames to flush at shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 secret.
+    pub jwt_secret: Secret,
+    /// Ticket lifetime.
+    pub ticket_ttl_s: u64,
+    /// Outstanding tickets held at once.
+    pub max_outstanding_tickets: usize,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// sqlite:// or postgres:// URL.
+    pub url: String,
+}
+
+/// `[limits]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct LimitSettings {
+    /// Largest accepted text frame.
+    pub max_frame_bytes: usize,
+    /// Hard WebSocket message limit.
+    pub max_message_bytes: usize,
+    /// Sustained inbound messages per second.
+    pub messages_per_s: u32,
+    /// Inbound burst.
+    pub messages_burst: u32,
+    /// Consecutive errors before close 1008.
+    pub max_consecutive_errors: u32,
+    /// Outbound queue per socket.
+    pub outbound_queue: usize,
+    /// tungstenite read buffer.
+    pub ws_read_buffer_bytes: usize,
+    /// Sessions per node.
+    pub max_sessions: usize,
+    /// HTTP body limit.
+    pub max_body_bytes: usize,
+}
+
+/// `[regions]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegionSettings {
+    /// Service area radius around centroids.
+    pub max_distance_m: f64,
+    /// Region call timeout.
+    pub call_timeout_ms: u64,
+}
+
+/// `[officer]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct OfficerSettings {
+    /// Longest availability window.
+    pub max_window_s: u64,
+}
+
+/// `[citizen]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct CitizenSettings {
+    /// Search radius before any `watch`.
+    pub default_radius_m: f64,
+    /// Smallest radius a `watch` may set.
+    pub min_radius_m: f64,
+    /// Largest radius a `watch` may set.
+    pub max_radius_m: f64,
+    /// Result count before any `watch`.
+    pub default_limit: usize,
+    /// Largest `limit`.
+    pub max_limit: usize,
+    /// Minimum interval between pushed `nearby` frames.
+    pub push_interval_ms: u64,
+    /// Distance for `officer_nearby`.
+    pub proximity_m: f64,
+}
+
+/// `[connections]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectionSettings {
+    /// Largest distance for in-person requests.
+    pub in_person_m: f64,
+    /// Time an officer has to respond.
+    pub request_timeout_s: u64,
+}
+
+/// `[points]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct PointsSettings {
+    /// Points per side per connection.
+    pub per_connection: i64,
+    /// Cooldown per officer–citizen pair.
+    pub pair_cooldown_s: u64,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Extra unauthenticated listener for /metrics; empty for none.
+    pub bind: String,
+}
+
+impl Settings {
+    /// Defaults, then `overlay` if given, then the environment.
+    pub fn load(overlay: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        Self::figment(overlay).extract().map_err(Box::new)
+    }
+
+    /// The layered sources, for callers that add their own (tests).
+    pub fn figment(overlay: Option<&Path>) -> Figment {
+        let mut f = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = overlay {
+            f = f.merge(Toml::file_exact(path));
+        }
+        f.merge(Env::prefixed("HEYBLUE__").split("__"))
+    }
+
+    /// The embedded defaults alone (tests and tools).
+    pub fn defaults() -> Self {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("embedded defaults parse")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_hide_secret() {
+        let s = Settings::defaults();
+        assert_eq!(s.server.bind, "127.0.0.1:8080");
+        assert_eq!(s.limits.max_frame_bytes, 4096);
+        assert!(!format!("{s:?}").contains("heyblue-dev-secret"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type is fixed by figment
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("over.toml", "[citizen]\nproximity_m = 75.0\n")?;
+            jail.set_env("HEYBLUE__SERVER__NODE_ID", "node-7");
+            jail.set_env("HEYBLUE__CITIZEN__PUSH_INTERVAL_MS", "250");
+            let s = Settings::load(Some(Path::new("over.toml"))).unwrap();
+            assert_eq!(s.server.node_id, "node-7");
+            assert_eq!(s.citizen.push_interval_ms, 250);
+            assert_eq!(s.citizen.proximity_m, 75.0);
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,135 @@
+//! The node's shared context: settings, the zip table, the region handle and the session
+//! registry. Only handles live here; state lives in the actors that own it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::ActorRef;
+use tokio::sync::watch;
+
+use crate::actors::directory::Regions;
+use crate::actors::session::SessionMsg;
+use crate::config::Settings;
+use crate::geo::ZipTable;
+use crate::protocol::Role;
+
+/// One live session, as the registry knows it.
+#[derive(Clone)]
+pub struct SessionEntry {
+    /// Session id (unique on this node).
+    pub session_id: u64,
+    /// Role.
+    pub role: Role,
+    /// The session actor.
+    pub actor: ActorRef<SessionMsg>,
+}
+
+/// Account → its one live session on this node.
+#[derive(Default)]
+pub struct Sessions {
+    map: DashMap<Arc<str>, SessionEntry>,
+    sockets: AtomicUsize,
+}
+
+impl Sessions {
+    /// Registers a session; returns the one it replaces.
+    pub fn register(&self, account: Arc<str>, entry: SessionEntry) -> Option<SessionEntry> {
+        self.map.insert(account, entry)
+    }
+
+    /// Forgets a session, unless a newer one of the same account took its place.
+    pub fn unregister(&self, account: &str, session_id: u64) {
+        self.map
+            .remove_if(account, |_, e| e.session_id == session_id);
+    }
+
+    /// The live session of an account.
+    pub fn get(&self, account: &str) -> Option<SessionEntry> {
+        self.map.get(account).map(|e| e.clone())
+    }
+
+    /// Live sessions by role: (officers, citizens).
+    pub fn counts(&self) -> (usize, usize) {
+        let mut o = 0;
+        let mut c = 0;
+        for e in self.map.iter() {
+            match e.role {
+                Role::Officer => o += 1,
+                Role::Citizen => c += 1,
+                Role::Admin => {}
+            }
+        }
+        (o, c)
+    }
+
+    /// Reserves a socket slot if fewer than `max` are open.
+    pub fn try_open_socket(&self, max: usize) -> bool {
+        self.sockets
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Releases a socket slot.
+    pub fn close_socket(&self) {
+        self.sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Open sockets.
+    pub fn sockets(&self) -> usize {
+        self.sockets.load(Ordering::Acquire)
+    }
+}
+
+/// Everything a node's sessions and routes share.
+pub struct Context {
+    /// Settings in force.
+    pub settings: Settings,
+    /// The zip table.
+    pub zips: Arc<ZipTable>,
+    /// The regions.
+    pub regions: Regions,
+    /// Live sessions.
+    pub sessions: Sessions,
+    shutdown: watch::Sender<bool>,
+    next_session: AtomicU64,
+}
+
+impl Context {
+    /// Starts the region directory and builds the context.
+    pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Arc<Self>> {
+        let timeout = Duration::from_millis(settings.regions.call_timeout_ms);
+        let (regions, _join) = Regions::start(zips.clone(), timeout).await?;
+        Ok(Arc::new(Self {
+            settings,
+            zips,
+            regions,
+            sessions: Sessions::default(),
+            shutdown: watch::channel(false).0,
+            next_session: AtomicU64::new(1),
+        }))
+    }
+
+    /// A fresh session id.
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tells every session to close with 1001.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Resolves when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Stops the actors.
+    pub fn stop(&self) {
+        self.regions.stop();
+    }
+}

@@ -1,0 +1,229 @@
+//! Bearer tokens (HS256 JWTs) and the single-use WebSocket tickets of the orchestrator.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use dashmap::DashMap;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::geo::{LatLon, ZipId};
+use crate::protocol::Role;
+
+/// Token claims.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Account id.
+    pub sub: String,
+    /// Role.
+    pub role: Role,
+    /// Expiry (seconds since the epoch).
+    pub exp: u64,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Signs and verifies tokens.
+#[derive(Clone)]
+pub struct Auth {
+    enc: EncodingKey,
+    dec: DecodingKey,
+    validation: Validation,
+}
+
+impl Auth {
+    /// Keys from the HS256 secret.
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 5;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            enc: EncodingKey::from_secret(secret.as_bytes()),
+            dec: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// A signed token valid for `ttl`.
+    pub fn mint(&self, role: Role, sub: &str, name: Option<&str>, ttl: Duration) -> String {
+        let exp = (chrono::Utc::now().timestamp().max(0) as u64) + ttl.as_secs();
+        let claims = Claims {
+            sub: sub.to_owned(),
+            role,
+            exp,
+            name: name.map(str::to_owned),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
+            .expect("HS256 signing cannot fail")
+    }
+
+    /// The claims of a valid token.
+    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => {
+                        ApiError::unauthorized("token_expired", "the token has expired")
+                    }
+                    _ => ApiError::unauthorized("invalid_token", "the token is not valid"),
+                }
+            })?;
+        let c = data.claims;
+        if c.sub.is_empty() || c.sub.len() > 128 {
+            return Err(ApiError::unauthorized(
+                "invalid_token",
+                "sub must be 1..=128 bytes",
+            ));
+        }
+        Ok(c)
+    }
+}
+
+/// The caller of an authenticated route.
+#[derive(Debug, Clone)]
+pub struct Caller(pub Claims);
+
+impl Caller {
+    /// Refuses other roles with 403.
+    pub fn require(&self, role: Role) -> Result<&Claims, ApiError> {
+        if self.0.role == role {
+            Ok(&self.0)
+        } else {
+            Err(ApiError::forbidden(format!(
+                "this endpoint is for role {}",
+                role.as_str()
+            )))
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "missing_token",
+                    "an Authorization: Bearer token is required",
+                )
+            })?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected a Bearer token"))?;
+        state.auth.verify(token.trim()).map(Caller)
+    }
+}
+
+/// What a ticket grants: one session for this account, role and first position.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// Account id.
+    pub account: Arc<str>,
+    /// Display name.
+    pub display_name: Arc<str>,
+    /// Role.
+    pub role: Role,
+    /// First position.
+    pub pos: LatLon,
+    /// Its region.
+    pub zip: ZipId,
+    /// Distance to the region's centroid.
+    pub d0: f64,
+    /// The node that issued it (tickets are only valid there).
+    pub node: String,
+    expires: Instant,
+}
+
+impl Ticket {
+    /// A ticket for `ttl` from now.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        account: Arc<str>,
+        display_name: Arc<str>,
+        role: Role,
+        pos: LatLon,
+        zip: ZipId,
+        d0: f64,
+        node: String,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            account,
+            display_name,
+            role,
+            pos,
+            zip,
+            d0,
+            node,
+            expires: Instant::now() + ttl,
+        }
+    }
+}
+
+/// Issued, unused tickets of this node (bounded).
+pub struct Tickets {
+    map: DashMap<String, Ticket>,
+    max: usize,
+}
+
+impl Tickets {
+    /// A store holding at most `max` tickets.
+    pub fn new(max: usize) -> Self {
+        Self {
+            map: DashMap::new(),
+            max,
+        }
+    }
+
+    /// Stores a ticket and returns its secret id (128 random bits, hex).
+    pub fn issue(&self, t: Ticket) -> Result<String, ApiError> {
+        if self.map.len() >= self.max {
+            self.sweep();
+            if self.map.len() >= self.max {
+                metrics::counter!("tickets_refused_total").increment(1);
+                return Err(ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_tickets",
+                    "too many sessions are being opened; retry shortly",
+                ));
+            }
+        }
+        let id = format!("{:032x}", rand::rng().random::<u128>());
+        self.map.insert(id.clone(), t);
+        Ok(id)
+    }
+
+    /// Takes a ticket (single use); `None` if unknown, used or expired.
+    pub fn redeem(&self, id: &str, node: &str) -> Option<Ticket> {
+        let (_, t) = self.map.remove(id)?;
+        (t.expires > Instant::now() && t.node == node).then_some(t)
+    }
+
+    /// Drops expired tickets.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.map.retain(|_, t| t.expires > now);
+    }
+
+    /// Outstanding tickets.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether none are outstanding.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}

@@ -1,0 +1,224 @@
+//! The WebSocket bridge: upgrades a ticket to a socket, decodes every text frame once
+//! (size, rate limit, JSON, validation) into a typed [`Command`] for the session actor, and
+//! writes the session's bounded outbound queue to the socket.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::SinkExt;
+use futures_util::stream::{SplitSink, StreamExt};
+use governor::{Quota, RateLimiter};
+use ractor::Actor;
+use tokio::sync::{mpsc, oneshot};
+
+use super::AppState;
+use super::auth::Ticket;
+use super::error::ApiError;
+use crate::actors::outbox::{Outbound, Outbox, close};
+use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
+use crate::protocol::{DecodeLimits, decode};
+
+/// `GET /v1/ws?ticket=...`
+pub async fn upgrade(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ctx = &state.ctx;
+    let ticket = q
+        .get("ticket")
+        .and_then(|t| state.tickets.redeem(t, &ctx.settings.server.node_id));
+    let Some(ticket) = ticket else {
+        metrics::counter!("ws_upgrades_refused_total", "reason" => "ticket").increment(1);
+        return ApiError::unauthorized("invalid_ticket", "the ticket is unknown, used or expired")
+            .into_response();
+    };
+    let lim = &ctx.settings.limits;
+    if !ctx.sessions.try_open_socket(lim.max_sessions) {
+        metrics::counter!("ws_upgrades_refused_total", "reason" => "full").increment(1);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_full",
+            "this node holds its maximum of sessions",
+        )
+        .into_response();
+    }
+    ws.read_buffer_size(lim.ws_read_buffer_bytes)
+        .write_buffer_size(0)
+        .max_message_size(lim.max_message_bytes)
+        .max_frame_size(lim.max_message_bytes)
+        .on_failed_upgrade({
+            let ctx = ctx.clone();
+            move |e| {
+                tracing::info!("websocket upgrade failed: {e}");
+                ctx.sessions.close_socket();
+            }
+        })
+        .on_upgrade(move |socket| run(state, ticket, socket))
+}
+
+/// Releases the socket slot however the session ends.
+struct SocketSlot(AppState);
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.ctx.sessions.close_socket();
+    }
+}
+
+async fn run(state: AppState, t: Ticket, socket: WebSocket) {
+    let _slot = SocketSlot(state.clone());
+    let ctx = state.ctx.clone();
+    let lim = &ctx.settings.limits;
+    let (sink, mut stream) = socket.split();
+    let (out, rx, abort_rx) = Outbox::new(lim.outbound_queue, lim.max_consecutive_errors);
+    let (done_tx, mut writer_done) = oneshot::channel::<()>();
+    let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
+    tokio::spawn(write_loop(sink, rx, abort_rx, done_tx, grace));
+
+    let session_id = ctx.next_session_id();
+    let args = SessionArgs {
+        ctx: ctx.clone(),
+        session_id,
+        account: t.account.clone(),
+        display_name: t.display_name.clone(),
+        role: t.role,
+        pos: t.pos,
+        zip: t.zip,
+        d0: t.d0,
+        out: out.clone(),
+    };
+    let (actor, join) = match Actor::spawn(None, SessionActor, args).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("cannot start session: {e}");
+            out.close(close::INTERNAL, "internal error");
+            return;
+        }
+    };
+    tracing::debug!(session_id, account = %t.account, role = t.role.as_str(), "session open");
+
+    let per_s = NonZeroU32::new(lim.messages_per_s.max(1)).expect("max(1) is non-zero");
+    let burst = NonZeroU32::new(lim.messages_burst.max(1)).expect("max(1) is non-zero");
+    let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
+    let dl = DecodeLimits {
+        max_frame_bytes: lim.max_frame_bytes,
+        max_window_s: ctx.settings.officer.max_window_s,
+        min_radius_m: ctx.settings.citizen.min_radius_m,
+        max_radius_m: ctx.settings.citizen.max_radius_m,
+        max_limit: ctx.settings.citizen.max_limit,
+    };
+    let mut shutdown = ctx.shutdown_signal();
+    // At the error limit the actor closes the socket after the replies it still owes;
+    // until then further frames are read but not answered.
+    let mut draining = false;
+
+    loop {
+        let frame = tokio::select! {
+            _ = &mut writer_done => break,
+            _ = shutting_down(&mut shutdown) => {
+                out.close(close::GOING_AWAY, "server shutting down");
+                // Keep the reader alive until the writer has sent the close frame.
+                let _ = tokio::time::timeout(grace, &mut writer_done).await;
+                break;
+            }
+            f = stream.next() => f,
+        };
+        let verdict = match frame {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            _ if draining => continue,
+            Some(Ok(_)) if limiter.check().is_err() => {
+                metrics::counter!("ws_rate_limited_total").increment(1);
+                Err(("rate_limited", "too many messages".to_owned(), None))
+            }
+            Some(Ok(Message::Binary(_))) => Err((
+                "unsupported_frame",
+                "binary frames are not supported; send JSON text".to_owned(),
+                None,
+            )),
+            Some(Ok(Message::Text(text))) => {
+                decode(text.as_str(), t.role, &dl).map_err(|e| (e.code, e.message, e.reference))
+            }
+        };
+        match verdict {
+            Ok(cmd) => {
+                if actor.cast(SessionMsg::Command(cmd)).is_err() {
+                    break;
+                }
+            }
+            Err((code, message, reference)) => {
+                if out.refuse(code, &message, reference.as_deref()) {
+                    draining = true;
+                    // If the actor is gone the socket is closing anyway.
+                    let _ = actor.cast(SessionMsg::Close {
+                        code: close::POLICY,
+                        error: None,
+                        reason: "too many errors".into(),
+                    });
+                }
+            }
+        }
+    }
+
+    // The socket is done: stop the actor (post_stop withdraws the officer and unwatches).
+    actor.stop(None);
+    if tokio::time::timeout(Duration::from_secs(5), join)
+        .await
+        .is_err()
+    {
+        tracing::warn!(session_id, "session actor did not stop in time");
+    }
+    // If the actor died without post_stop, make sure the registry forgets it.
+    ctx.sessions.unregister(&t.account, session_id);
+    out.abort(close::NORMAL, "bye");
+    tracing::debug!(session_id, "session closed");
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    mut abort: oneshot::Receiver<(u16, String)>,
+    done: oneshot::Sender<()>,
+    grace: Duration,
+) {
+    let closing = loop {
+        let next = tokio::select! {
+            biased;
+            a = &mut abort => match a { Ok(c) => Outbound::Close(c.0, c.1), Err(_) => break None },
+            m = rx.recv() => match m { Some(m) => m, None => break None },
+        };
+        match next {
+            Outbound::Frame(text) => {
+                let sent = tokio::select! {
+                    biased;
+                    a = &mut abort => match a { Ok(c) => break Some(c), Err(_) => break None },
+                    r = sink.send(Message::Text(text)) => r,
+                };
+                if sent.is_err() {
+                    break None;
+                }
+            }
+            Outbound::Close(code, reason) => break Some((code, reason)),
+        }
+    };
+    if let Some((code, reason)) = closing {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A client that does not read may never take the close frame; bounded wait.
+        let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame)))).await;
+    }
+    let _ = done.send(());
+}
+
+/// Resolves once shutdown has begun (at once if it already has).
+async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    // An error means the context is gone, which is a shutdown too.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

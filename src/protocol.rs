@@ -1,0 +1,546 @@
+//! The wire: JSON frames of PROTOCOL.md as serde enums, shared by the server, the tests and
+//! the load generator. [`decode`] parses and validates a text frame once; actors only ever
+//! see the typed [`Command`] it returns.
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::LatLon;
+
+/// Session role on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// A police officer.
+    Officer,
+    /// A member of the public.
+    Citizen,
+    /// An operator (HTTP only).
+    Admin,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Officer => "officer",
+            Role::Citizen => "citizen",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// How a connection happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Face to face.
+    InPerson,
+    /// Call or chat.
+    Virtual,
+}
+
+/// Frames a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMsg {
+    /// New position.
+    Location {
+        /// Latitude.
+        lat: f64,
+        /// Longitude.
+        lon: f64,
+        /// Reported accuracy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        accuracy_m: Option<f64>,
+        /// Heading in degrees.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        heading: Option<f64>,
+        /// Speed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        speed_mps: Option<f64>,
+    },
+    /// Liveness check.
+    Ping,
+    /// Officer: start or restart an availability window.
+    Available {
+        /// Window length in seconds.
+        window_s: u64,
+    },
+    /// Officer: end the window now.
+    Unavailable,
+    /// Officer: answer a connection request.
+    Respond {
+        /// The request.
+        request_id: String,
+        /// Accept or decline.
+        accept: bool,
+    },
+    /// Citizen: set the search.
+    Watch {
+        /// Search radius.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        radius_m: Option<f64>,
+        /// Result count.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<usize>,
+    },
+    /// Citizen: ask an officer for a connection.
+    RequestConnection {
+        /// The officer.
+        officer_id: String,
+        /// In person or virtual.
+        mode: Mode,
+    },
+}
+
+/// The wire names of [`ClientMsg`] variants, for `unknown_type` detection.
+pub const CLIENT_TYPES: &[&str] = &[
+    "location",
+    "ping",
+    "available",
+    "unavailable",
+    "respond",
+    "watch",
+    "request_connection",
+];
+
+/// One officer in a `nearby` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NearbyOfficer {
+    /// Account id.
+    pub officer_id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Haversine distance from the citizen.
+    pub distance_m: f64,
+    /// The officer's region.
+    pub zip: String,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// First frame of every session.
+    Welcome {
+        /// This socket's session.
+        session_id: String,
+        /// officer or citizen.
+        role: Role,
+        /// The token's `sub`.
+        account_id: String,
+        /// The session's region.
+        zip: String,
+    },
+    /// Answer to `ping`.
+    Pong,
+    /// The only error shape.
+    Error {
+        /// Machine-readable code.
+        code: String,
+        /// Human text.
+        message: String,
+        /// Type of the offending frame, if known.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
+    /// The session moved to another region.
+    ZipChanged {
+        /// The new region.
+        zip: String,
+    },
+    /// Officer availability changed.
+    Availability {
+        /// Whether visible to citizens.
+        available: bool,
+        /// End of the window, when available.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<String>,
+    },
+    /// The window ends soon.
+    WindowExpiring {
+        /// End of the window.
+        expires_at: String,
+    },
+    /// The window ended; the socket closes next.
+    WindowExpired,
+    /// The nearest available officers.
+    Nearby {
+        /// Nearest first.
+        officers: Vec<NearbyOfficer>,
+        /// The search radius.
+        radius_m: f64,
+    },
+    /// An available officer came within the proximity distance.
+    OfficerNearby {
+        /// Account id.
+        officer_id: String,
+        /// Haversine distance.
+        distance_m: f64,
+    },
+}
+
+impl ServerMsg {
+    /// The wire type name (metrics label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerMsg::Welcome { .. } => "welcome",
+            ServerMsg::Pong => "pong",
+            ServerMsg::Error { .. } => "error",
+            ServerMsg::ZipChanged { .. } => "zip_changed",
+            ServerMsg::Availability { .. } => "availability",
+            ServerMsg::WindowExpiring { .. } => "window_expiring",
+            ServerMsg::WindowExpired => "window_expired",
+            ServerMsg::Nearby { .. } => "nearby",
+            ServerMsg::OfficerNearby { .. } => "officer_nearby",
+        }
+    }
+
+    /// An error frame.
+    pub fn error(code: &str, message: impl Into<String>, reference: Option<&str>) -> Self {
+        ServerMsg::Error {
+            code: code.to_owned(),
+            message: message.into(),
+            reference: reference.map(str::to_owned),
+        }
+    }
+}
+
+/// A frame that is refused: the `error` frame's code, text and reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WireError {
+    /// Error code.
+    pub code: &'static str,
+    /// Human text.
+    pub message: String,
+    /// The offending frame's type, when it was readable.
+    pub reference: Option<String>,
+}
+
+impl WireError {
+    fn new(code: &'static str, message: impl Into<String>, reference: Option<&str>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reference: reference.map(str::to_owned),
+        }
+    }
+
+    /// The `error` frame for this refusal.
+    pub fn to_msg(&self) -> ServerMsg {
+        ServerMsg::error(self.code, self.message.clone(), self.reference.as_deref())
+    }
+}
+
+/// Range limits applied while decoding (from config).
+#[derive(Debug, Clone)]
+pub struct DecodeLimits {
+    /// Largest frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Longest availability window.
+    pub max_window_s: u64,
+    /// Smallest watch radius.
+    pub min_radius_m: f64,
+    /// Largest watch radius.
+    pub max_radius_m: f64,
+    /// Largest watch limit.
+    pub max_limit: usize,
+}
+
+/// A validated command for a session actor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// New position (validated).
+    Location(LatLon),
+    /// Liveness check.
+    Ping,
+    /// Officer window of this many seconds (validated).
+    Available(u64),
+    /// Officer leaves.
+    Unavailable,
+    /// Officer answers a request.
+    Respond {
+        /// The request.
+        request_id: String,
+        /// Accept or decline.
+        accept: bool,
+    },
+    /// Citizen sets the search; `None` keeps the current value.
+    Watch {
+        /// Radius, validated.
+        radius_m: Option<f64>,
+        /// Limit, validated.
+        limit: Option<usize>,
+    },
+    /// Citizen asks for a connection.
+    RequestConnection {
+        /// The officer.
+        officer_id: String,
+        /// Mode.
+        mode: Mode,
+    },
+}
+
+impl Command {
+    /// Whether `role` may send this command.
+    pub fn allowed_for(&self, role: Role) -> bool {
+        match self {
+            Command::Location(_) | Command::Ping => true,
+            Command::Available(_) | Command::Unavailable | Command::Respond { .. } => {
+                role == Role::Officer
+            }
+            Command::Watch { .. } | Command::RequestConnection { .. } => role == Role::Citizen,
+        }
+    }
+
+    /// The wire type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Command::Location(_) => "location",
+            Command::Ping => "ping",
+            Command::Available(_) => "available",
+            Command::Unavailable => "unavailable",
+            Command::Respond { .. } => "respond",
+            Command::Watch { .. } => "watch",
+            Command::RequestConnection { .. } => "request_connection",
+        }
+    }
+}
+
+/// Parses and validates one text frame for a session of `role`.
+pub fn decode(text: &str, role: Role, lim: &DecodeLimits) -> Result<Command, WireError> {
+    if text.len() > lim.max_frame_bytes {
+        return Err(WireError::new(
+            "frame_too_large",
+            format!("frames are limited to {} bytes", lim.max_frame_bytes),
+            None,
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| WireError::new("invalid_json", format!("invalid JSON: {e}"), None))?;
+    let Some(obj) = value.as_object() else {
+        return Err(WireError::new(
+            "invalid_message",
+            "a frame is a JSON object",
+            None,
+        ));
+    };
+    let ty = match obj.get("type") {
+        Some(serde_json::Value::String(t)) => t.clone(),
+        Some(_) => {
+            return Err(WireError::new(
+                "invalid_message",
+                "`type` must be a string",
+                None,
+            ));
+        }
+        None => {
+            return Err(WireError::new(
+                "invalid_message",
+                "missing field `type`",
+                None,
+            ));
+        }
+    };
+    if !CLIENT_TYPES.contains(&ty.as_str()) {
+        return Err(WireError::new(
+            "unknown_type",
+            format!("unknown message type `{ty}`"),
+            Some(&ty),
+        ));
+    }
+    let r = Some(ty.as_str());
+    let msg: ClientMsg = serde_json::from_value(value)
+        .map_err(|e| WireError::new("invalid_message", e.to_string(), r))?;
+    let cmd = match msg {
+        ClientMsg::Location { lat, lon, .. } => {
+            Command::Location(LatLon::new(lat, lon).ok_or_else(|| {
+                WireError::new(
+                    "invalid_coordinates",
+                    "lat must be in [-90, 90] and lon in [-180, 180]",
+                    r,
+                )
+            })?)
+        }
+        ClientMsg::Ping => Command::Ping,
+        ClientMsg::Available { window_s } => {
+            if window_s == 0 || window_s > lim.max_window_s {
+                return Err(WireError::new(
+                    "invalid_value",
+                    format!("window_s must be 1..={}", lim.max_window_s),
+                    r,
+                ));
+            }
+            Command::Available(window_s)
+        }
+        ClientMsg::Unavailable => Command::Unavailable,
+        ClientMsg::Respond { request_id, accept } => {
+            if request_id.is_empty() || request_id.len() > 128 {
+                return Err(WireError::new(
+                    "invalid_value",
+                    "request_id must be 1..=128 bytes",
+                    r,
+                ));
+            }
+            Command::Respond { request_id, accept }
+        }
+        ClientMsg::Watch { radius_m, limit } => {
+            if let Some(rad) = radius_m
+                && !(rad.is_finite() && rad >= lim.min_radius_m && rad <= lim.max_radius_m)
+            {
+                return Err(WireError::new(
+                    "invalid_value",
+                    format!(
+                        "radius_m must be {}..={}",
+                        lim.min_radius_m, lim.max_radius_m
+                    ),
+                    r,
+                ));
+            }
+            if let Some(l) = limit
+                && !(1..=lim.max_limit).contains(&l)
+            {
+                return Err(WireError::new(
+                    "invalid_value",
+                    format!("limit must be 1..={}", lim.max_limit),
+                    r,
+                ));
+            }
+            Command::Watch { radius_m, limit }
+        }
+        ClientMsg::RequestConnection { officer_id, mode } => {
+            if officer_id.is_empty() || officer_id.len() > 128 {
+                return Err(WireError::new(
+                    "invalid_value",
+                    "officer_id must be 1..=128 bytes",
+                    r,
+                ));
+            }
+            Command::RequestConnection { officer_id, mode }
+        }
+    };
+    if !cmd.allowed_for(role) {
+        return Err(WireError::new(
+            "forbidden_for_role",
+            format!("`{ty}` is not allowed for role {}", role.as_str()),
+            r,
+        ));
+    }
+    Ok(cmd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> DecodeLimits {
+        DecodeLimits {
+            max_frame_bytes: 4096,
+            max_window_s: 900,
+            min_radius_m: 50.0,
+            max_radius_m: 10_000.0,
+            max_limit: 20,
+        }
+    }
+
+    fn code(text: &str, role: Role) -> &'static str {
+        decode(text, role, &lim()).unwrap_err().code
+    }
+
+    #[test]
+    fn decodes_valid_frames() {
+        let c = decode(
+            r#"{"type":"location","lat":40.7,"lon":-73.9,"speed_mps":1.2}"#,
+            Role::Citizen,
+            &lim(),
+        );
+        assert_eq!(
+            c.unwrap(),
+            Command::Location(LatLon {
+                lat: 40.7,
+                lon: -73.9
+            })
+        );
+        assert_eq!(
+            decode(
+                r#"{"type":"available","window_s":900}"#,
+                Role::Officer,
+                &lim()
+            )
+            .unwrap(),
+            Command::Available(900)
+        );
+        assert_eq!(
+            decode(
+                r#"{"type":"watch","radius_m":500,"limit":3}"#,
+                Role::Citizen,
+                &lim()
+            )
+            .unwrap(),
+            Command::Watch {
+                radius_m: Some(500.0),
+                limit: Some(3)
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_codes() {
+        assert_eq!(code("{", Role::Citizen), "invalid_json");
+        assert_eq!(code("[1]", Role::Citizen), "invalid_message");
+        assert_eq!(code(r#"{"lat":1}"#, Role::Citizen), "invalid_message");
+        assert_eq!(code(r#"{"type":"dance"}"#, Role::Citizen), "unknown_type");
+        assert_eq!(
+            code(r#"{"type":"location","lat":1}"#, Role::Citizen),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"location","lat":"x","lon":2}"#, Role::Citizen),
+            "invalid_message"
+        );
+        assert_eq!(
+            code(r#"{"type":"location","lat":91,"lon":2}"#, Role::Citizen),
+            "invalid_coordinates"
+        );
+        assert_eq!(
+            code(r#"{"type":"available","window_s":0}"#, Role::Officer),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"type":"available","window_s":901}"#, Role::Officer),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"type":"available","window_s":60}"#, Role::Citizen),
+            "forbidden_for_role"
+        );
+        assert_eq!(
+            code(r#"{"type":"watch","radius_m":10}"#, Role::Citizen),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"type":"watch","limit":21}"#, Role::Citizen),
+            "invalid_value"
+        );
+        assert_eq!(
+            code(r#"{"type":"watch","limit":2}"#, Role::Officer),
+            "forbidden_for_role"
+        );
+        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(5000));
+        assert_eq!(code(&big, Role::Citizen), "frame_too_large");
+    }
+
+    #[test]
+    fn error_frame_uses_ref() {
+        let e = ServerMsg::error("unknown_type", "nope", Some("dance"));
+        let s = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            s,
+            r#"{"type":"error","code":"unknown_type","message":"nope","ref":"dance"}"#
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Starting and stopping a node: binds the listener, wires context, routes and background
+//! upkeep, and runs the one shutdown sequence (stop accepting, close sockets with 1001,
+//! stop the actors).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::config::Settings;
+use crate::context::Context;
+use crate::geo::ZipTable;
+use crate::http::{self, AppState, HttpState};
+
+/// A node that is accepting sessions.
+pub struct Running {
+    /// The bound address (port 0 resolved).
+    pub addr: SocketAddr,
+    /// Shared state of the routes (tests reach the context through it).
+    pub state: AppState,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<std::io::Result<()>>,
+    upkeep: JoinHandle<()>,
+}
+
+/// Binds `settings.server.bind` and starts serving.
+pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(&settings.server.bind).await?;
+    let addr = listener.local_addr()?;
+    let metrics_bind = settings.metrics.bind.clone();
+    let ctx = Context::start(settings, zips).await?;
+    let state = HttpState::new(ctx.clone());
+    let app = http::router(state.clone());
+
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
+    });
+
+    if !metrics_bind.is_empty() {
+        let l = TcpListener::bind(&metrics_bind).await?;
+        tracing::info!(addr = %l.local_addr()?, "metrics listener (no token)");
+        let r = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(|| async { http::metrics_handle().render() }),
+        );
+        tokio::spawn(async move { axum::serve(l, r).await });
+    }
+
+    let upkeep = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                state.tickets.sweep();
+                http::metrics_handle().run_upkeep();
+            }
+        })
+    };
+    tracing::info!(%addr, node = %ctx.settings.server.node_id, "accepting sessions");
+    Ok(Running {
+        addr,
+        state,
+        stop,
+        server,
+        upkeep,
+    })
+}
+
+impl Running {
+    /// The node's context.
+    pub fn ctx(&self) -> &Arc<Context> {
+        &self.state.ctx
+    }
+
+    /// Stops accepting, closes every socket with 1001 (waiting up to the grace period for
+    /// them to flush), then stops the actors.
+    pub async fn shutdown(self) {
+        let ctx = self.state.ctx.clone();
+        let _ = self.stop.send(());
+        ctx.begin_shutdown();
+        let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
+        let deadline = Instant::now() + grace + Duration::from_millis(500);
+        while ctx.sessions.sockets() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = ctx.sessions.sockets();
+        match tokio::time::timeout(grace, self.server).await {
+            Ok(Ok(Ok(()))) => tracing::info!(sockets_left = left, "http server stopped"),
+            Ok(Ok(Err(e))) => tracing::warn!("http server ended with an error: {e}"),
+            Ok(Err(e)) => tracing::warn!("http server task failed: {e}"),
+            Err(_) => tracing::warn!("http server did not stop within the grace period"),
+        }
+        self.upkeep.abort();
+        ctx.stop();
+    }
+}

@@ -1,0 +1,223 @@
+//! Citizen sessions: exact nearby across zip borders, coalesced pushes, proximity.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use heyblue::geo::{LatLon, haversine_m};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const HERE: (f64, f64) = (40.7506, -73.9972);
+
+/// Deterministic pseudo-random offsets (no shared RNG state between tests).
+fn scatter(n: usize, seed: u64, spread_deg: f64) -> Vec<(f64, f64)> {
+    let mut x = seed;
+    let mut next = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    };
+    (0..n)
+        .map(|_| {
+            (
+                HERE.0 + next() * spread_deg,
+                HERE.1 + next() * spread_deg * 1.3,
+            )
+        })
+        .collect()
+}
+
+fn ids(n: &Value) -> Vec<String> {
+    n["officers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["officer_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn nearby_across_zip_borders_equals_brute_force() {
+    let app = spawn_app().await;
+    let spots = scatter(40, 7, 0.03);
+    let mut officers = Vec::new();
+    for (i, (lat, lon)) in spots.iter().enumerate() {
+        officers.push(app.officer(&format!("o{i:02}"), *lat, *lon).await);
+    }
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    c.send(json!({"type":"watch","radius_m":3000,"limit":20}))
+        .await;
+    for (qlat, qlon) in [
+        HERE,
+        (HERE.0 + 0.01, HERE.1 - 0.01),
+        (HERE.0 - 0.012, HERE.1 + 0.008),
+    ] {
+        c.send(json!({"type":"location","lat":qlat,"lon":qlon}))
+            .await;
+        let n = c.recv_type("nearby").await;
+        let n = if n["radius_m"] == 3000.0 {
+            n
+        } else {
+            c.recv_type("nearby").await
+        };
+        let q = LatLon::new(qlat, qlon).unwrap();
+        let mut want: Vec<(String, f64)> = spots
+            .iter()
+            .enumerate()
+            .map(|(i, (la, lo))| {
+                (
+                    format!("o{i:02}"),
+                    haversine_m(q, LatLon { lat: *la, lon: *lo }),
+                )
+            })
+            .filter(|(_, d)| *d <= 3000.0)
+            .collect();
+        want.sort_by(|a, b| a.1.total_cmp(&b.1));
+        want.truncate(20);
+        let got = n["officers"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{n}");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (g["distance_m"].as_f64().unwrap() - w.1).abs() < 1e-6,
+                "got {g} want {w:?}"
+            );
+        }
+        let zips: HashSet<&str> = got.iter().map(|o| o["zip"].as_str().unwrap()).collect();
+        assert!(zips.len() >= 3, "the circle spans several zips: {zips:?}");
+        // Each officer's zip is the one its position maps to.
+        for o in got {
+            let p = LatLon::new(o["lat"].as_f64().unwrap(), o["lon"].as_f64().unwrap()).unwrap();
+            let (z, _) = crate::helpers::zips().nearest(p);
+            assert_eq!(o["zip"], &*crate::helpers::zips().get(z).code);
+        }
+    }
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn pushes_follow_officer_moves_coalesced() {
+    let app = spawn_app().await; // push interval 200 ms
+    let mut o = app.officer("o1", HERE.0 + 0.002, HERE.1).await;
+    let (mut c, n) = app.citizen("c1", HERE.0, HERE.1).await;
+    assert_eq!(ids(&n), ["o1"]);
+
+    // One move: a push arrives within the interval (plus scheduling slack).
+    let t0 = Instant::now();
+    o.send(json!({"type":"location","lat":HERE.0 + 0.003,"lon":HERE.1}))
+        .await;
+    let p = c.recv_type("nearby").await;
+    assert!(
+        t0.elapsed() < Duration::from_millis(200 + 300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!((p["officers"][0]["lat"].as_f64().unwrap() - (HERE.0 + 0.003)).abs() < 1e-9);
+
+    // Many moves in a burst: pushes are coalesced to at most one per interval.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let start = Instant::now();
+    let mover = tokio::spawn(async move {
+        for i in 0..15 {
+            o.send(json!({"type":"location","lat":HERE.0 + 0.001 * (i % 5) as f64,"lon":HERE.1}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        o
+    });
+    let mut pushes = Vec::new();
+    while let Some(f) = c.try_recv(Duration::from_millis(500)).await {
+        if f["type"] == "nearby" {
+            pushes.push((start.elapsed(), f));
+        }
+    }
+    let _o = mover.await.unwrap();
+    let window = start.elapsed().as_millis() as usize;
+    assert!(!pushes.is_empty());
+    assert!(
+        pushes.len() <= window / 200 + 1,
+        "{} pushes in {window} ms",
+        pushes.len()
+    );
+    for w in pushes.windows(2) {
+        assert!(
+            w[1].0 - w[0].0 >= Duration::from_millis(150),
+            "pushes closer than the interval"
+        );
+    }
+    // The last push shows the last position.
+    let last = &pushes.last().unwrap().1;
+    assert!(
+        (last["officers"][0]["lat"].as_f64().unwrap() - (HERE.0 + 0.004)).abs() < 1e-9,
+        "{last}"
+    );
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn location_is_answered_at_once_even_without_change() {
+    let app = spawn_app_with(|s| s.citizen.push_interval_ms = 5_000).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        c.send(json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
+            .await;
+        let n = c.recv().await;
+        assert_eq!(n["type"], "nearby");
+        assert!(t0.elapsed() < Duration::from_millis(500));
+    }
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn officer_nearby_once_per_approach() {
+    let app = spawn_app().await;
+    let far = (HERE.0 + 0.005, HERE.1); // ~555 m
+    let close = (HERE.0 + 0.0005, HERE.1); // ~55 m
+    let mut o = app.officer("o1", far.0, far.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let mut seen = 0;
+    let step = |lat: f64, lon: f64| json!({"type":"location","lat":lat,"lon":lon});
+    o.send(step(close.0, close.1)).await;
+    let f = c.recv_type("officer_nearby").await;
+    assert_eq!(f["officer_id"], "o1");
+    assert!(f["distance_m"].as_f64().unwrap() < 100.0);
+    seen += 1;
+    // Moving about inside the distance: no second notice.
+    o.send(step(close.0 + 0.0001, close.1)).await;
+    while let Some(f) = c.try_recv(Duration::from_millis(500)).await {
+        assert_ne!(f["type"], "officer_nearby", "again while still close");
+    }
+    // Leave and come back: a new notice.
+    o.send(step(far.0, far.1)).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    o.send(step(close.0, close.1)).await;
+    c.recv_type("officer_nearby").await;
+    seen += 1;
+    assert_eq!(seen, 2);
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_changes_radius_and_limit() {
+    let app = spawn_app().await;
+    let _a = app.officer("o1", HERE.0 + 0.0027, HERE.1).await; // ~300 m
+    let _b = app.officer("o2", HERE.0 + 0.009, HERE.1).await; // ~1 km
+    let (mut c, n) = app.citizen("c1", HERE.0, HERE.1).await;
+    assert_eq!(ids(&n), ["o1", "o2"]);
+    c.send(json!({"type":"watch","radius_m":500})).await;
+    let p = c.recv_type("nearby").await;
+    assert_eq!(p["radius_m"], 500.0);
+    assert_eq!(ids(&p), ["o1"]);
+    c.send(json!({"type":"watch","radius_m":5000,"limit":1}))
+        .await;
+    let p = c.recv_type("nearby").await;
+    assert_eq!(ids(&p), ["o1"]);
+    assert_eq!(p["radius_m"], 5000.0);
+    c.send(json!({"type":"location","lat":HERE.0 + 0.0095,"lon":HERE.1}))
+        .await;
+    let p = c.recv_type("nearby").await;
+    assert_eq!(ids(&p), ["o2"], "limit 1 keeps only the nearest");
+    app.running.shutdown().await;
+}

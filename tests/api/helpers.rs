@@ -1,0 +1,210 @@
+//! `spawn_app()` and a small WebSocket client speaking the protocol, for every test.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use heyblue::config::Settings;
+use heyblue::geo::ZipTable;
+use heyblue::http::auth::Auth;
+use heyblue::protocol::{Role, ServerMsg};
+use heyblue::server::Running;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub fn zips() -> Arc<ZipTable> {
+    static Z: OnceLock<Arc<ZipTable>> = OnceLock::new();
+    Z.get_or_init(|| Arc::new(ZipTable::embedded())).clone()
+}
+
+pub struct TestApp {
+    pub running: Running,
+    pub base: String,
+    pub auth: Auth,
+    pub http: reqwest::Client,
+}
+
+/// Test settings: port 0 and short intervals.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::defaults();
+    s.server.bind = "127.0.0.1:0".into();
+    s.server.shutdown_grace_ms = 1000;
+    s.citizen.push_interval_ms = 200;
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut s = test_settings();
+    f(&mut s);
+    let auth = Auth::new(s.auth.jwt_secret.expose());
+    let running = heyblue::server::start(s, zips())
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", running.addr);
+    TestApp {
+        running,
+        base,
+        auth,
+        http: reqwest::Client::new(),
+    }
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub welcome: Value,
+}
+
+impl TestApp {
+    pub fn token(&self, role: Role, sub: &str) -> String {
+        self.auth.mint(
+            role,
+            sub,
+            Some(&format!("Name {sub}")),
+            Duration::from_secs(600),
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// Asks the orchestrator for a ticket; returns the ws_url.
+    pub async fn ticket(&self, role: Role, sub: &str, lat: f64, lon: f64) -> String {
+        let path = match role {
+            Role::Officer => "/v1/officers/session",
+            _ => "/v1/citizens/session",
+        };
+        let (status, body) = self
+            .get(
+                &format!("{path}?lat={lat}&lon={lon}"),
+                Some(&self.token(role, sub)),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["ws_url"].as_str().unwrap().to_owned()
+    }
+
+    /// Opens a session and reads its `welcome`.
+    pub async fn connect(&self, role: Role, sub: &str, lat: f64, lon: f64) -> Client {
+        let url = self.ticket(role, sub, lat, lon).await;
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("upgrade");
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+        };
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.welcome = w;
+        c
+    }
+
+    /// An officer who is available at the given point.
+    pub async fn officer(&self, sub: &str, lat: f64, lon: f64) -> Client {
+        let mut c = self.connect(Role::Officer, sub, lat, lon).await;
+        c.send(serde_json::json!({"type":"available","window_s":900}))
+            .await;
+        let a = c.recv_type("availability").await;
+        assert_eq!(a["available"], true);
+        c
+    }
+
+    /// A citizen, with its first `nearby` read.
+    pub async fn citizen(&self, sub: &str, lat: f64, lon: f64) -> (Client, Value) {
+        let mut c = self.connect(Role::Citizen, sub, lat, lon).await;
+        let n = c.recv_type("nearby").await;
+        (c, n)
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    pub async fn send(&mut self, v: Value) {
+        self.ws
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.ws.send(m).await.expect("send");
+    }
+
+    /// Next text frame as JSON (panics on close or timeout).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the wait")
+                .expect("stream open")
+                .expect("frame");
+            match m {
+                Message::Text(t) => {
+                    let v: Value = serde_json::from_str(&t).expect("json");
+                    // Every frame must also parse as the server's wire type.
+                    serde_json::from_value::<ServerMsg>(v.clone()).expect("a ServerMsg");
+                    return v;
+                }
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one of `ty`.
+    pub async fn recv_type(&mut self, ty: &str) -> Value {
+        loop {
+            let v = self.recv().await;
+            if v["type"] == ty {
+                return v;
+            }
+        }
+    }
+
+    /// The next frame within `d`, if any.
+    pub async fn try_recv(&mut self, d: Duration) -> Option<Value> {
+        let m = tokio::time::timeout(d, self.ws.next()).await.ok()??.ok()?;
+        match m {
+            Message::Text(t) => serde_json::from_str(&t).ok(),
+            _ => None,
+        }
+    }
+
+    /// Reads until the close frame; returns its code (None if the stream just ended).
+    pub async fn closed(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut frames = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close within the wait")
+            {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(c))) => return (frames, c.map(|c| u16::from(c.code))),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return (frames, None),
+            }
+        }
+    }
+
+    pub async fn ping(&mut self) {
+        self.send(serde_json::json!({"type":"ping"})).await;
+        self.recv_type("pong").await;
+    }
+}

@@ -1,0 +1,9 @@
+//! The whole server over real HTTP and WebSockets on port 0.
+
+mod helpers;
+
+mod bad_input;
+mod citizen;
+mod http_api;
+mod officer;
+mod supervision;
