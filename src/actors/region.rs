@@ -29,6 +29,8 @@ pub struct OfficerData {
     pub expires_at: DateTime<Utc>,
     /// The officer session that published the entry; only it may remove it.
     pub session_id: u64,
+    /// The region the officer is in (its position's zip).
+    pub zip: ZipId,
 }
 
 /// An officer update from its session.

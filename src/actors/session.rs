@@ -26,7 +26,8 @@ use super::outbox::{Outbox, close};
 use super::region::{OfficerData, Watch};
 use crate::context::{Context, SessionEntry};
 use crate::geo::index::OfficerKey;
-use crate::geo::{LatLon, Nearby, ZipId};
+use crate::geo::index::merge_nearest;
+use crate::geo::{LatLon, ZipId};
 use crate::protocol::{Command, NearbyOfficer, Role, ServerMsg};
 
 /// How a region tells a citizen session that its answer may have changed: a flag that is
@@ -167,6 +168,7 @@ impl SessionState {
             display_name: self.name.clone(),
             expires_at,
             session_id: self.id,
+            zip: self.zip,
         }
     }
 
@@ -353,11 +355,9 @@ impl SessionState {
         c.watched = touching.clone();
 
         let mut parts = Vec::with_capacity(answers.len());
-        for (z, a) in touching.iter().zip(answers) {
+        for a in answers {
             match a {
-                Ok(found) => {
-                    parts.push(found.into_iter().map(move |n| (n, *z)).collect::<Vec<_>>())
-                }
+                Ok(found) => parts.push(found),
                 Err(e) => {
                     tracing::warn!(session, "nearby incomplete: {e}");
                     metrics::counter!("ws_errors_total", "code" => "unavailable").increment(1);
@@ -370,29 +370,23 @@ impl SessionState {
                 }
             }
         }
-        let mut merged: Vec<(Nearby<OfficerData>, ZipId)> = parts.into_iter().flatten().collect();
-        merged.sort_by(|a, b| {
-            a.0.distance_m
-                .total_cmp(&b.0.distance_m)
-                .then(a.0.id.cmp(&b.0.id))
-        });
-        merged.truncate(c.limit);
+        let merged = merge_nearest(parts, c.limit);
         metrics::histogram!("nearby_query_seconds").record(started.elapsed().as_secs_f64());
 
         let key: Vec<(OfficerKey, f64, f64)> = merged
             .iter()
-            .map(|(n, _)| (n.id.clone(), n.pos.lat, n.pos.lon))
+            .map(|n| (n.id.clone(), n.pos.lat, n.pos.lon))
             .collect();
         let changed = key != c.last_sent || c.radius_m != c.last_radius;
         let officers: Vec<NearbyOfficer> = merged
             .iter()
-            .map(|(n, z)| NearbyOfficer {
+            .map(|n| NearbyOfficer {
                 officer_id: n.id.to_string(),
                 display_name: n.data.display_name.to_string(),
                 lat: n.pos.lat,
                 lon: n.pos.lon,
                 distance_m: n.distance_m,
-                zip: self.ctx.zips.get(*z).code.to_string(),
+                zip: self.ctx.zips.get(n.data.zip).code.to_string(),
             })
             .collect();
         if reply || changed {
@@ -410,12 +404,12 @@ impl SessionState {
         let proximity = self.ctx.settings.citizen.proximity_m;
         let close_now: HashSet<OfficerKey> = merged
             .iter()
-            .filter(|(n, _)| n.distance_m <= proximity)
-            .map(|(n, _)| n.id.clone())
+            .filter(|n| n.distance_m <= proximity)
+            .map(|n| n.id.clone())
             .collect();
-        for (n, _) in merged
+        for n in merged
             .iter()
-            .filter(|(n, _)| close_now.contains(&n.id) && !c.close_by.contains(&n.id))
+            .filter(|n| close_now.contains(&n.id) && !c.close_by.contains(&n.id))
         {
             self.out.send(&ServerMsg::OfficerNearby {
                 officer_id: n.id.to_string(),

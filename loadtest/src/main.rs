@@ -1,0 +1,184 @@
+//! `heyblue-loadtest`: drives a running server exactly as phones do — orchestrator ticket,
+//! then a real WebSocket — and measures it.
+//!
+//! Modes so far:
+//! * `--idle N`: open N idle sessions and report the server's RSS growth per session
+//!   (from `/proc/PID/status` with `--server-pid`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use futures_util::StreamExt;
+use heyblue::http::auth::Auth;
+use heyblue::protocol::Role;
+use tokio::net::TcpSocket;
+use tokio::sync::Semaphore;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "heyblue-loadtest",
+    about = "Load generator for the Hey Blue! server"
+)]
+struct Args {
+    /// Server base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    target: String,
+    /// HS256 secret the server verifies tokens with.
+    #[arg(
+        long,
+        env = "HEYBLUE__AUTH__JWT_SECRET",
+        default_value = "heyblue-dev-secret-change-me"
+    )]
+    jwt_secret: String,
+    /// Open this many idle sessions, hold them, report memory per session.
+    #[arg(long)]
+    idle: Option<usize>,
+    /// Role of the idle sessions.
+    #[arg(long, default_value = "citizen")]
+    idle_role: String,
+    /// Server process id, for RSS from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Sessions opened concurrently.
+    #[arg(long, default_value_t = 64)]
+    open_concurrency: usize,
+    /// Seconds to hold idle sessions before measuring.
+    #[arg(long, default_value_t = 3)]
+    settle_s: u64,
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
+}
+
+/// Source address for the i-th socket: 127.0.0.x, 20k sockets per address.
+fn source(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8))
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+async fn open(
+    http: &reqwest::Client,
+    args: &Args,
+    auth: &Auth,
+    role: Role,
+    i: usize,
+) -> anyhow::Result<Ws> {
+    let sub = format!("lt-{}-{i}", role.as_str());
+    let token = auth.mint(role, &sub, None, Duration::from_secs(3600));
+    let path = if role == Role::Officer {
+        "officers"
+    } else {
+        "citizens"
+    };
+    // Spread over Manhattan.
+    let lat = 40.70 + (i % 100) as f64 * 0.001;
+    let lon = -74.01 + (i / 100 % 100) as f64 * 0.0005;
+    let url = format!("{}/v1/{path}/session?lat={lat}&lon={lon}", args.target);
+    let resp = http.get(url).bearer_auth(token).send().await?;
+    if !resp.status().is_success() {
+        bail!("orchestrator answered {}", resp.status());
+    }
+    let body: serde_json::Value = resp.json().await?;
+    let ws_url = body["ws_url"].as_str().context("ws_url")?.to_owned();
+    let addr: SocketAddr = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .context("host")?
+        .parse()?;
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(source(i), 0))?;
+    let stream = sock.connect(addr).await?;
+    let (ws, _) = tokio_tungstenite::client_async(ws_url, stream).await?;
+    Ok(ws)
+}
+
+async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
+    let role = match args.idle_role.as_str() {
+        "officer" => Role::Officer,
+        _ => Role::Citizen,
+    };
+    let auth = Arc::new(Auth::new(&args.jwt_secret));
+    let http = reqwest::Client::new();
+    let before = args.server_pid.map(rss_kb).transpose()?;
+    let started = Instant::now();
+    let sem = Arc::new(Semaphore::new(args.open_concurrency));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let args = Arc::new(args);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let permit = sem.clone().acquire_owned().await?;
+        let (http, args, auth, failed) = (http.clone(), args.clone(), auth.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = open(&http, &args, &auth, role, i).await;
+            drop(permit);
+            match r {
+                Ok(mut ws) => {
+                    // Read the welcome (and a citizen's first nearby), then sit idle.
+                    let _ = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+                    Some(ws)
+                }
+                Err(e) => {
+                    if failed.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("session {i}: {e:#}");
+                    }
+                    None
+                }
+            }
+        }));
+    }
+    let mut held = Vec::with_capacity(n);
+    for t in tasks {
+        if let Some(ws) = t.await? {
+            held.push(ws);
+        }
+    }
+    let opened = held.len();
+    println!(
+        "opened {opened} {} sessions in {:.1} s ({} failed)",
+        role.as_str(),
+        started.elapsed().as_secs_f64(),
+        failed.load(Ordering::Relaxed)
+    );
+    tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
+    if let (Some(pid), Some(b)) = (args.server_pid, before) {
+        let after = rss_kb(pid)?;
+        let per = (after.saturating_sub(b)) as f64 * 1024.0 / opened.max(1) as f64;
+        println!(
+            "server RSS {b} kB -> {after} kB: {:.0} bytes per idle session",
+            per
+        );
+    }
+    drop(held);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if let Ok((soft, hard)) = rlimit::Resource::NOFILE.get() {
+        let want = hard.max(soft);
+        if rlimit::Resource::NOFILE.set(want, hard).is_err() {
+            eprintln!("cannot raise the fd limit above {soft}");
+        }
+    }
+    match args.idle {
+        Some(n) => idle(args, n).await,
+        None => bail!("choose a mode: --idle N"),
+    }
+}
