@@ -142,9 +142,10 @@ fn through_actors(c: &mut Criterion) {
     let mut g = c.benchmark_group("actor_nearby_k5_r2km");
     for n in [1_000, 100_000] {
         let regions = rt.block_on(async {
-            let (regions, _) = Regions::start(zips.clone(), Duration::from_secs(5))
-                .await
-                .unwrap();
+            let (regions, _) =
+                Regions::start(zips.clone(), Default::default(), Duration::from_secs(5))
+                    .await
+                    .unwrap();
             let mut rng = Rng(n as u64 + 1);
             for i in 0..n {
                 let p = rng.point();

@@ -50,6 +50,11 @@ impl Sessions {
         self.map.get(account).map(|e| e.clone())
     }
 
+    /// Every live session (a snapshot; for rare broadcasts).
+    pub fn all(&self) -> Vec<SessionEntry> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
     /// Live sessions by role: (officers, citizens).
     pub fn counts(&self) -> (usize, usize) {
         let mut o = 0;
@@ -93,7 +98,7 @@ pub struct Context {
     /// The regions.
     pub regions: Regions,
     /// Live sessions.
-    pub sessions: Sessions,
+    pub sessions: Arc<Sessions>,
     shutdown: watch::Sender<bool>,
     next_session: AtomicU64,
 }
@@ -102,12 +107,13 @@ impl Context {
     /// Starts the region directory and builds the context.
     pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Arc<Self>> {
         let timeout = Duration::from_millis(settings.regions.call_timeout_ms);
-        let (regions, _join) = Regions::start(zips.clone(), timeout).await?;
+        let sessions = Arc::new(Sessions::default());
+        let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
         Ok(Arc::new(Self {
             settings,
             zips,
             regions,
-            sessions: Sessions::default(),
+            sessions,
             shutdown: watch::channel(false).0,
             next_session: AtomicU64::new(1),
         }))

@@ -5,8 +5,9 @@
 //! * at most one live region actor per zip; its ref is published in a slot table so that
 //!   sessions reach it without a round trip through the directory (only first use does);
 //! * a region that fails is restarted at once (one-for-one), the restart is counted, and
-//!   every session registered to the zip (process groups `o:ZIP` for officers and `w:ZIP`
-//!   for watchers) is told to resend its state, which rebuilds the region's index.
+//!   every live session of the node is told to resend what the region derived from it
+//!   (officers in that zip re-publish, citizens watching it re-query); failures are rare,
+//!   so one broadcast beats keeping per-zip membership for every session.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,14 +16,14 @@ use std::time::Duration;
 
 use ractor::rpc::CallResult;
 use ractor::{
-    Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort,
-    SupervisionEvent,
+    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
 };
 
 use super::region::{
     OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot, Watch,
 };
 use super::session::SessionMsg;
+use crate::context::Sessions;
 use crate::geo::index::OfficerKey;
 use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
 
@@ -35,16 +36,6 @@ pub enum RegionError {
     /// The region (or the directory) is gone, e.g. during shutdown or a restart.
     #[error("region {0} is unavailable")]
     Unavailable(String),
-}
-
-/// Process group of the officer sessions registered to a zip.
-pub fn officer_group(zip: ZipId) -> String {
-    format!("o:{zip}")
-}
-
-/// Process group of the citizen sessions watching a zip.
-pub fn watcher_group(zip: ZipId) -> String {
-    format!("w:{zip}")
 }
 
 struct Slots {
@@ -65,6 +56,7 @@ impl Regions {
     /// Starts the directory; regions are spawned on first use.
     pub async fn start(
         zips: Arc<ZipTable>,
+        sessions: Arc<Sessions>,
         timeout: Duration,
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
         let slots = Arc::new(Slots {
@@ -77,6 +69,7 @@ impl Regions {
             DirectoryArgs {
                 zips: zips.clone(),
                 slots: slots.clone(),
+                sessions,
             },
         )
         .await?;
@@ -254,12 +247,14 @@ pub enum DirectoryMsg {
 pub struct DirectoryArgs {
     zips: Arc<ZipTable>,
     slots: Arc<Slots>,
+    sessions: Arc<Sessions>,
 }
 
 /// State of the directory.
 pub struct DirectoryState {
     zips: Arc<ZipTable>,
     slots: Arc<Slots>,
+    sessions: Arc<Sessions>,
     by_actor: HashMap<ActorId, ZipId>,
 }
 
@@ -294,18 +289,19 @@ impl RegionDirectory {
         }
     }
 
-    fn resync(zip: ZipId) {
-        for group in [officer_group(zip), watcher_group(zip)] {
-            for member in ractor::pg::get_members(&group) {
-                notify_resync(&member, zip);
+    fn resync(st: &DirectoryState, zip: ZipId) {
+        let mut told = 0usize;
+        for s in st.sessions.all() {
+            // A session that stopped meanwhile has nothing to resend.
+            if s.actor.cast(SessionMsg::Resync(zip)).is_ok() {
+                told += 1;
             }
         }
-    }
-}
-
-fn notify_resync(member: &ActorCell, zip: ZipId) {
-    if member.send_message(SessionMsg::Resync(zip)).is_err() {
-        tracing::debug!(zip, "session left before resync");
+        tracing::info!(
+            zip,
+            sessions = told,
+            "asked sessions to rebuild a restarted region"
+        );
     }
 }
 
@@ -322,6 +318,7 @@ impl Actor for RegionDirectory {
         Ok(DirectoryState {
             zips: args.zips,
             slots: args.slots,
+            sessions: args.sessions,
             by_actor: HashMap::new(),
         })
     }
@@ -373,7 +370,7 @@ impl Actor for RegionDirectory {
                     .clone();
                 let replaced = current.is_some_and(|r| r.get_id() != cell.get_id());
                 if replaced || Self::spawn_region(&myself, st, zip).await.is_some() {
-                    Self::resync(zip);
+                    Self::resync(st, zip);
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {

@@ -7,8 +7,8 @@
 //! * a citizen watches exactly the regions its circle can touch, and is told `nearby` at
 //!   once after each `location`, and otherwise at most once per push interval, only when
 //!   the answer changed;
-//! * the session is registered in process group `o:ZIP` (officer) or `w:ZIP` (each watched
-//!   zip), so a restarted region can ask it to resend its state;
+//! * every session is in the node's session registry, so a restarted region can ask all of
+//!   them to resend what it derived from them (each checks whether the zip is its own);
 //! * handlers never fail: errors go to the client as `error` frames and to the log.
 
 use std::collections::HashSet;
@@ -21,7 +21,7 @@ use futures_util::future::join_all;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
 
-use super::directory::{RegionError, officer_group, watcher_group};
+use super::directory::RegionError;
 use super::outbox::{Outbox, close};
 use super::region::{OfficerData, Watch};
 use crate::context::{Context, SessionEntry};
@@ -193,7 +193,7 @@ impl SessionState {
             .remove(self.zip, self.account.clone(), self.id);
     }
 
-    async fn on_location(&mut self, myself: &ActorRef<SessionMsg>, p: LatLon) {
+    async fn on_location(&mut self, p: LatLon) {
         let max = self.ctx.settings.regions.max_distance_m;
         let (zip, d0) = match self.ctx.zips.locate(p, max) {
             Ok(v) => v,
@@ -209,8 +209,6 @@ impl SessionState {
         if zip != old {
             if matches!(self.role, RoleState::Officer(_)) {
                 self.withdraw();
-                ractor::pg::leave(officer_group(old), vec![myself.get_cell()]);
-                ractor::pg::join(officer_group(zip), vec![myself.get_cell()]);
             }
             self.zip = zip;
             self.out.send(&ServerMsg::ZipChanged {
@@ -223,7 +221,7 @@ impl SessionState {
                     self.server_error("location", &e);
                 }
             }
-            RoleState::Citizen(_) => self.refresh(myself, true).await,
+            RoleState::Citizen(_) => self.refresh(true).await,
         }
     }
 
@@ -317,7 +315,7 @@ impl SessionState {
 
     /// Citizen: recompute the answer over every region the circle touches, update the
     /// watched set, and send `nearby` when `reply` (answer to a location) or when changed.
-    async fn refresh(&mut self, myself: &ActorRef<SessionMsg>, reply: bool) {
+    async fn refresh(&mut self, reply: bool) {
         let (pos, zip, d0, session, regions) = (
             self.pos,
             self.zip,
@@ -343,13 +341,8 @@ impl SessionState {
             .map(|&z| regions.query(z, pos, c.radius_m, c.limit, Some(watch.clone())));
         let answers = join_all(calls).await;
 
-        // Watched set: join new groups, leave (and unwatch) dropped ones.
-        let cell = myself.get_cell();
-        for &z in touching.iter().filter(|z| !c.watched.contains(z)) {
-            ractor::pg::join(watcher_group(z), vec![cell.clone()]);
-        }
+        // Watched set: regions no longer touched forget this watcher.
         for &z in c.watched.iter().filter(|z| !touching.contains(z)) {
-            ractor::pg::leave(watcher_group(z), vec![cell.clone()]);
             regions.unwatch(z, session);
         }
         c.watched = touching.clone();
@@ -434,7 +427,7 @@ impl SessionState {
             .unwrap_or_else(Instant::now);
         let now = Instant::now();
         if due <= now {
-            self.refresh(myself, false).await;
+            self.refresh(false).await;
         } else {
             c.push_pending = true;
             myself.send_after(due - now, || SessionMsg::PushTick);
@@ -470,10 +463,7 @@ impl Actor for SessionActor {
         a: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let role = match a.role {
-            Role::Officer => {
-                ractor::pg::join(officer_group(a.zip), vec![myself.get_cell()]);
-                RoleState::Officer(OfficerState::default())
-            }
+            Role::Officer => RoleState::Officer(OfficerState::default()),
             _ => {
                 let cfg = &a.ctx.settings.citizen;
                 RoleState::Citizen(Box::new(CitizenState {
@@ -522,7 +512,7 @@ impl Actor for SessionActor {
 
     async fn post_start(
         &self,
-        myself: ActorRef<Self::Msg>,
+        _myself: ActorRef<Self::Msg>,
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         st.out.send(&ServerMsg::Welcome {
@@ -532,7 +522,7 @@ impl Actor for SessionActor {
             zip: st.code(st.zip),
         });
         if matches!(st.role, RoleState::Citizen(_)) {
-            st.refresh(&myself, true).await;
+            st.refresh(true).await;
         }
         Ok(())
     }
@@ -551,7 +541,7 @@ impl Actor for SessionActor {
                         st.out.accepted();
                         st.out.send(&ServerMsg::Pong);
                     }
-                    Command::Location(p) => st.on_location(&myself, p).await,
+                    Command::Location(p) => st.on_location(p).await,
                     Command::Available(w) => {
                         st.out.accepted();
                         st.on_available(&myself, w).await;
@@ -586,7 +576,7 @@ impl Actor for SessionActor {
                 if let RoleState::Citizen(c) = &st.role
                     && c.push_pending
                 {
-                    st.refresh(&myself, false).await;
+                    st.refresh(false).await;
                 }
             }
             SessionMsg::WindowTick {
@@ -599,7 +589,7 @@ impl Actor for SessionActor {
                         tracing::warn!(session = st.id, "resync failed: {e}");
                     }
                 }
-                RoleState::Citizen(_) => st.refresh(&myself, false).await,
+                RoleState::Citizen(_) => st.refresh(false).await,
                 _ => {}
             },
             SessionMsg::Close {

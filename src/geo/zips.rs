@@ -286,15 +286,22 @@ impl ZipTable {
     ///
     /// * a point `p` of region `z` within `radius_m` of `q` has
     ///   `d(q, c_z) <= r + d(p, c_z) <= r + d(p, c_own) <= 2r + d0`;
-    /// * region `z`'s cell lies in the hemisphere nearer `c_z` than `c_own`, so the search
-    ///   cap must reach that hemisphere.
+    /// * region `z`'s cell lies in the hemisphere nearer `c_z` than any other centroid
+    ///   `c_m` (for `c_own` and each Delaunay neighbour `m` of `z`), so the search cap must
+    ///   reach every one of those hemispheres.
     pub fn regions_touching(&self, q: LatLon, own: ZipId, d0: f64, radius_m: f64) -> Vec<ZipId> {
         let u = q.unit();
         let reach = 2.0 * radius_m + d0;
         let min_dot = (reach / EARTH_RADIUS_M).min(std::f64::consts::PI).cos();
         let theta = (radius_m / EARTH_RADIUS_M).min(std::f64::consts::FRAC_PI_2);
         let sin_theta = theta.sin() + 1e-12;
-        let own_unit = self.zips[own as usize].unit;
+        // Whether the cap reaches the hemisphere of points nearer `z` than `m`.
+        let reaches = |z: ZipId, m: ZipId| {
+            let (cz, cm) = (self.zips[z as usize].unit, self.zips[m as usize].unit);
+            let n = [cz[0] - cm[0], cz[1] - cm[1], cz[2] - cm[2]];
+            let nn = dot(n, n).sqrt();
+            nn == 0.0 || dot(u, n) / nn >= -sin_theta
+        };
 
         let mut out = vec![own];
         let mut seen: HashSet<ZipId> = HashSet::from([own]);
@@ -309,14 +316,7 @@ impl ZipTable {
             if d < min_dot - 1e-12 {
                 break;
             }
-            let cz = self.zips[z as usize].unit;
-            let n = [
-                cz[0] - own_unit[0],
-                cz[1] - own_unit[1],
-                cz[2] - own_unit[2],
-            ];
-            let nn = dot(n, n).sqrt();
-            if nn == 0.0 || dot(u, n) / nn >= -sin_theta {
+            if reaches(z, own) && self.neighbours(z).all(|m| reaches(z, m)) {
                 out.push(z);
             }
             for m in self.neighbours(z) {

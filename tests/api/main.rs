@@ -6,4 +6,5 @@ mod bad_input;
 mod citizen;
 mod http_api;
 mod officer;
+mod process;
 mod supervision;
