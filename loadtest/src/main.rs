@@ -64,9 +64,11 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
         .parse()?)
 }
 
-/// Source address for the i-th socket: 127.0.0.x, 20k sockets per address.
-fn source(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i / 20_000) as u8))
+/// Source address for the i-th socket beyond the first 20k: 127.0.0.x, 20k per address.
+/// (Binding before connect makes the kernel pick a port without knowing the destination,
+/// which is slow and cannot reuse TIME_WAIT ports, so the first 20k do not bind.)
+fn source(i: usize) -> Option<IpAddr> {
+    (i >= 20_000).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8)))
 }
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
@@ -102,8 +104,12 @@ async fn open(
         .context("host")?
         .parse()?;
     let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(source(i), 0))?;
+    if let Some(ip) = source(i) {
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(ip, 0))?;
+    }
     let stream = sock.connect(addr).await?;
+    stream.set_nodelay(true)?;
     let (ws, _) = tokio_tungstenite::client_async(ws_url, stream).await?;
     Ok(ws)
 }
