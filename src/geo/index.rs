@@ -7,11 +7,12 @@
 //! * vertices are found by position, never by stored handles (spade removes by swapping).
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use rustc_hash::{FxHashMap, FxHashSet};
 use spade::handles::FixedVertexHandle;
-use spade::{DelaunayTriangulation, HasPosition, HierarchyHintGenerator, Point2, Triangulation};
+use spade::{DelaunayTriangulation, HasPosition, Point2, PositionInTriangulation, Triangulation};
 
 use super::{LatLon, Projection, haversine_m};
 
@@ -20,7 +21,9 @@ pub type OfficerKey = Arc<str>;
 
 struct Vertex {
     pos: Point2<f64>,
-    officers: Vec<OfficerKey>,
+    /// The officers at exactly this point, with their geographic positions (so a query
+    /// ranks them without a map lookup).
+    officers: Vec<(OfficerKey, LatLon)>,
 }
 
 impl HasPosition for Vertex {
@@ -30,7 +33,7 @@ impl HasPosition for Vertex {
     }
 }
 
-type Tri = DelaunayTriangulation<Vertex, (), (), (), HierarchyHintGenerator<f64>>;
+type Tri = DelaunayTriangulation<Vertex, (), (), (), super::hint::GridHint>;
 
 struct Entry<T> {
     pos: LatLon,
@@ -60,9 +63,15 @@ pub struct IndexError(String);
 pub struct OfficerIndex<T> {
     proj: Projection,
     tri: Tri,
-    entries: HashMap<OfficerKey, Entry<T>>,
+    entries: FxHashMap<OfficerKey, Entry<T>>,
     /// Latitude band that covers every indexed officer (only ever widened while non-empty).
     lat_band: (f64, f64),
+}
+
+type Scratch = (FxHashSet<FixedVertexHandle>, BinaryHeap<Frontier>);
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Default::default());
 }
 
 /// Degrees of latitude added around the band to cover the bow of short geodesics.
@@ -112,7 +121,7 @@ impl<T: Clone> OfficerIndex<T> {
         Self {
             proj: Projection::new(origin),
             tri: Tri::new(),
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
             lat_band: (origin.lat, origin.lat),
         }
     }
@@ -149,20 +158,19 @@ impl<T: Clone> OfficerIndex<T> {
         if let Some(e) = self.entries.get_mut(&id) {
             let old = e.pos;
             e.data = data;
-            if e.planar == planar {
-                e.pos = pos;
+            if e.planar == planar && e.pos == pos {
                 return Ok(Some(old));
             }
             let old_planar = e.planar;
             self.detach(&id, old_planar);
-            self.attach(id.clone(), planar)?;
+            self.attach(id.clone(), pos, planar)?;
             let e = self.entries.get_mut(&id).expect("entry exists");
             e.pos = pos;
             e.planar = planar;
             self.widen(pos.lat);
             return Ok(Some(old));
         }
-        self.attach(id.clone(), planar)?;
+        self.attach(id.clone(), pos, planar)?;
         self.entries.insert(id, Entry { pos, planar, data });
         self.widen(pos.lat);
         Ok(None)
@@ -188,18 +196,36 @@ impl<T: Clone> OfficerIndex<T> {
         self.lat_band.1 = self.lat_band.1.max(lat);
     }
 
-    fn attach(&mut self, id: OfficerKey, planar: Point2<f64>) -> Result<(), IndexError> {
-        if let Some(v) = self.tri.locate_vertex(planar).map(|v| v.fix()) {
-            self.tri.vertex_data_mut(v).officers.push(id);
-            return Ok(());
+    fn attach(
+        &mut self,
+        id: OfficerKey,
+        pos: LatLon,
+        planar: Point2<f64>,
+    ) -> Result<(), IndexError> {
+        // One walk: either the vertex already exists, or the walk's end is the hint that
+        // makes the insertion's own walk trivial.
+        let hint = match self.tri.locate(planar) {
+            PositionInTriangulation::OnVertex(v) => {
+                self.tri.vertex_data_mut(v).officers.push((id, pos));
+                return Ok(());
+            }
+            PositionInTriangulation::OnFace(f) => Some(self.tri.face(f).vertices()[0].fix()),
+            PositionInTriangulation::OnEdge(e)
+            | PositionInTriangulation::OutsideOfConvexHull(e) => {
+                Some(self.tri.directed_edge(e).from().fix())
+            }
+            PositionInTriangulation::NoTriangulation => None,
+        };
+        let vertex = Vertex {
+            pos: planar,
+            officers: vec![(id, pos)],
+        };
+        match hint {
+            Some(h) => self.tri.insert_with_hint(vertex, h),
+            None => self.tri.insert(vertex),
         }
-        self.tri
-            .insert(Vertex {
-                pos: planar,
-                officers: vec![id],
-            })
-            .map(|_| ())
-            .map_err(|e| IndexError(format!("{e:?}")))
+        .map(|_| ())
+        .map_err(|e| IndexError(format!("{e:?}")))
     }
 
     fn detach(&mut self, id: &str, planar: Point2<f64>) {
@@ -208,7 +234,7 @@ impl<T: Clone> OfficerIndex<T> {
             return;
         };
         let officers = &mut self.tri.vertex_data_mut(v).officers;
-        officers.retain(|o| &**o != id);
+        officers.retain(|(o, _)| &**o != id);
         if officers.is_empty() {
             self.tri.remove(v);
         }
@@ -236,8 +262,10 @@ impl<T: Clone> OfficerIndex<T> {
         let planar = |p: Point2<f64>| ((p.x - qp.x).powi(2) + (p.y - qp.y).powi(2)).sqrt();
 
         let mut best: BinaryHeap<Best<T>> = BinaryHeap::with_capacity(k + 1);
-        let mut seen: HashSet<FixedVertexHandle> = HashSet::new();
-        let mut frontier = BinaryHeap::new();
+        // Reuse this thread's scratch space: no allocation per query once warm.
+        let (mut seen, mut frontier) = SCRATCH.with(|s| s.take());
+        seen.clear();
+        frontier.clear();
         seen.insert(start.fix());
         frontier.push(Frontier(planar(start.position()), start.fix()));
 
@@ -250,24 +278,29 @@ impl<T: Clone> OfficerIndex<T> {
                 break;
             }
             let v = self.tri.vertex(vh);
-            for id in &v.data().officers {
-                let e = &self.entries[id];
-                let d = haversine_m(q, e.pos);
+            for (id, pos) in &v.data().officers {
+                let d = haversine_m(q, *pos);
                 if d > radius_m {
+                    continue;
+                }
+                let full = best.len() == k;
+                if full
+                    && best
+                        .peek()
+                        .is_some_and(|b| (d, id) >= (b.0.distance_m, &b.0.id))
+                {
                     continue;
                 }
                 let cand = Best(Nearby {
                     id: id.clone(),
-                    pos: e.pos,
+                    pos: *pos,
                     distance_m: d,
-                    data: e.data.clone(),
+                    data: self.entries[id].data.clone(),
                 });
-                if best.len() < k {
-                    best.push(cand);
-                } else if best.peek().is_some_and(|b| cand < *b) {
+                if full {
                     best.pop();
-                    best.push(cand);
                 }
+                best.push(cand);
             }
             for edge in v.out_edges() {
                 let n = edge.to();
@@ -276,6 +309,7 @@ impl<T: Clone> OfficerIndex<T> {
                 }
             }
         }
+        SCRATCH.with(|s| s.set((seen, frontier)));
         let mut out: Vec<Nearby<T>> = best.into_iter().map(|b| b.0).collect();
         out.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
         out

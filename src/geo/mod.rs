@@ -5,6 +5,7 @@
 //! same metric as the angle between unit vectors: "nearest by haversine" and "largest dot
 //! product of unit vectors" are the same order, which is what the exact region pruning uses.
 
+mod hint;
 pub mod index;
 pub mod zips;
 
