@@ -5,11 +5,12 @@
 //! — the queue never grows. Error frames are counted here: after
 //! `limits.max_consecutive_errors` in a row the socket is closed with 1008.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Notify;
 
 use crate::protocol::ServerMsg;
 
@@ -31,18 +32,28 @@ pub mod close {
     pub const SLOW_CLIENT: u16 = 4008;
 }
 
-/// What the writer task receives.
+/// A queued item.
 #[derive(Debug)]
-pub enum Outbound {
+enum Outbound {
     /// A serialised text frame.
     Frame(Utf8Bytes),
     /// Send a close frame with this code and reason, then stop.
     Close(u16, String),
 }
 
+#[derive(Default)]
+struct Queue {
+    /// Allocated on first use and only as deep as the client lags: an idle socket's
+    /// queue costs nothing.
+    frames: VecDeque<Outbound>,
+    /// An immediate close, overtaking whatever is queued.
+    abort: Option<(u16, String)>,
+}
+
 struct Shared {
-    tx: mpsc::Sender<Outbound>,
-    abort: Mutex<Option<oneshot::Sender<(u16, String)>>>,
+    queue: Mutex<Queue>,
+    ready: Notify,
+    capacity: usize,
     closing: AtomicBool,
     errors: AtomicU32,
     max_errors: u32,
@@ -52,26 +63,29 @@ struct Shared {
 #[derive(Clone)]
 pub struct Outbox(Arc<Shared>);
 
+/// What the writer gets next.
+pub enum Next {
+    /// Write this frame.
+    Frame(Utf8Bytes),
+    /// Send a close frame after the frames written so far, then stop.
+    Close(u16, String),
+}
+
 impl Outbox {
-    /// A queue of `capacity` frames; returns the writer's ends.
-    pub fn new(
-        capacity: usize,
-        max_errors: u32,
-    ) -> (
-        Self,
-        mpsc::Receiver<Outbound>,
-        oneshot::Receiver<(u16, String)>,
-    ) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let (abort_tx, abort_rx) = oneshot::channel();
-        let shared = Shared {
-            tx,
-            abort: Mutex::new(Some(abort_tx)),
+    /// A queue of at most `capacity` frames.
+    pub fn new(capacity: usize, max_errors: u32) -> Self {
+        Self(Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
             closing: AtomicBool::new(false),
             errors: AtomicU32::new(0),
             max_errors: max_errors.max(1),
-        };
-        (Self(Arc::new(shared)), rx, abort_rx)
+        }))
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.0.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether a close was requested.
@@ -91,48 +105,79 @@ impl Outbox {
                 return false;
             }
         };
-        match self.0.tx.try_send(Outbound::Frame(text.into())) {
-            Ok(()) => {
-                metrics::counter!("ws_messages_out_total", "type" => msg.kind()).increment(1);
-                true
+        let full = {
+            let mut q = self.queue();
+            let full = q.frames.len() >= self.0.capacity;
+            if !full {
+                q.frames.push_back(Outbound::Frame(text.into()));
             }
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("ws_slow_client_closes_total").increment(1);
-                tracing::info!("outbound queue full: closing slow client");
-                self.abort(close::SLOW_CLIENT, "slow client");
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            full
+        };
+        if full {
+            metrics::counter!("ws_slow_client_closes_total").increment(1);
+            tracing::info!("outbound queue full: closing slow client");
+            self.abort(close::SLOW_CLIENT, "slow client");
+            return false;
         }
+        self.0.ready.notify_one();
+        metrics::counter!("ws_messages_out_total", "type" => msg.kind()).increment(1);
+        true
     }
 
-    /// Closes after the frames already queued (falls back to an immediate close if full).
+    /// Closes after the frames already queued (at once if the queue is full).
     pub fn close(&self, code: u16, reason: &str) {
         if self.0.closing.swap(true, Ordering::Relaxed) {
             return;
         }
-        if self
-            .0
-            .tx
-            .try_send(Outbound::Close(code, reason.to_owned()))
-            .is_err()
-        {
-            self.abort(code, reason);
+        let mut q = self.queue();
+        if q.frames.len() >= self.0.capacity {
+            q.abort.get_or_insert((code, reason.to_owned()));
+        } else {
+            q.frames.push_back(Outbound::Close(code, reason.to_owned()));
         }
+        drop(q);
+        self.0.ready.notify_one();
     }
 
     /// Closes now, dropping whatever is queued.
     pub fn abort(&self, code: u16, reason: &str) {
         self.0.closing.store(true, Ordering::Relaxed);
-        let tx = self
-            .0
-            .abort
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(tx) = tx {
-            // The writer may already be gone; then the socket is closed anyway.
-            let _ = tx.send((code, reason.to_owned()));
+        self.queue().abort.get_or_insert((code, reason.to_owned()));
+        self.0.ready.notify_one();
+    }
+
+    /// The writer's next item: an abort first, then queued frames in order.
+    pub async fn next(&self) -> Next {
+        loop {
+            {
+                let mut q = self.queue();
+                if let Some((code, reason)) = q.abort.take() {
+                    q.frames = VecDeque::new();
+                    return Next::Close(code, reason);
+                }
+                match q.frames.pop_front() {
+                    Some(Outbound::Frame(t)) => return Next::Frame(t),
+                    Some(Outbound::Close(code, reason)) => return Next::Close(code, reason),
+                    None => {
+                        // Give the memory of a burst back once drained.
+                        if q.frames.capacity() > 8 {
+                            q.frames = VecDeque::new();
+                        }
+                    }
+                }
+            }
+            // notify_one stores a permit, so a push between the check and here is not lost.
+            self.0.ready.notified().await;
+        }
+    }
+
+    /// Resolves with the abort close, if one is requested while the writer is busy.
+    pub async fn aborted(&self) -> (u16, String) {
+        loop {
+            if let Some(a) = self.queue().abort.take() {
+                return a;
+            }
+            self.0.ready.notified().await;
         }
     }
 
@@ -153,5 +198,60 @@ impl Outbox {
     /// A frame was accepted: the consecutive error count starts again.
     pub fn accepted(&self) {
         self.0.errors.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: &Next) -> String {
+        match n {
+            Next::Frame(t) => t.to_string(),
+            Next::Close(c, r) => format!("close {c} {r}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_then_ordered_close() {
+        let out = Outbox::new(4, 10);
+        assert!(out.send(&ServerMsg::Pong));
+        out.close(close::NORMAL, "bye");
+        assert!(!out.send(&ServerMsg::Pong), "nothing after close");
+        assert_eq!(text(&out.next().await), r#"{"type":"pong"}"#);
+        assert_eq!(text(&out.next().await), "close 1000 bye");
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_aborts_with_4008_and_drops_the_backlog() {
+        let out = Outbox::new(2, 10);
+        assert!(out.send(&ServerMsg::Pong));
+        assert!(out.send(&ServerMsg::Pong));
+        assert!(!out.send(&ServerMsg::Pong), "third frame does not fit");
+        assert!(out.is_closing());
+        assert_eq!(text(&out.next().await), "close 4008 slow client");
+    }
+
+    #[tokio::test]
+    async fn tenth_consecutive_error_reaches_the_limit() {
+        let out = Outbox::new(64, 10);
+        for _ in 0..9 {
+            assert!(!out.refuse("invalid_json", "x", None));
+        }
+        out.accepted();
+        for _ in 0..9 {
+            assert!(!out.refuse("invalid_json", "x", None));
+        }
+        assert!(out.refuse("invalid_json", "x", None));
+    }
+
+    #[tokio::test]
+    async fn writer_wakes_for_a_frame_sent_later() {
+        let out = Outbox::new(4, 10);
+        let o2 = out.clone();
+        let w = tokio::spawn(async move { text(&o2.next().await) });
+        tokio::task::yield_now().await;
+        out.send(&ServerMsg::Pong);
+        assert_eq!(w.await.unwrap(), r#"{"type":"pong"}"#);
     }
 }

@@ -14,12 +14,12 @@ use futures_util::SinkExt;
 use futures_util::stream::{SplitSink, StreamExt};
 use governor::{Quota, RateLimiter};
 use ractor::Actor;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::AppState;
 use super::auth::Ticket;
 use super::error::ApiError;
-use crate::actors::outbox::{Outbound, Outbox, close};
+use crate::actors::outbox::{Next, Outbox, close};
 use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
 use crate::protocol::{DecodeLimits, decode};
 
@@ -75,10 +75,10 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
     let ctx = state.ctx.clone();
     let lim = &ctx.settings.limits;
     let (sink, mut stream) = socket.split();
-    let (out, rx, abort_rx) = Outbox::new(lim.outbound_queue, lim.max_consecutive_errors);
+    let out = Outbox::new(lim.outbound_queue, lim.max_consecutive_errors);
     let (done_tx, mut writer_done) = oneshot::channel::<()>();
     let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
-    tokio::spawn(write_loop(sink, rx, abort_rx, done_tx, grace));
+    tokio::spawn(write_loop(sink, out.clone(), done_tx, grace));
 
     let session_id = ctx.next_session_id();
     let args = SessionArgs {
@@ -181,29 +181,23 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
 
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    mut abort: oneshot::Receiver<(u16, String)>,
+    out: Outbox,
     done: oneshot::Sender<()>,
     grace: Duration,
 ) {
     let closing = loop {
-        let next = tokio::select! {
-            biased;
-            a = &mut abort => match a { Ok(c) => Outbound::Close(c.0, c.1), Err(_) => break None },
-            m = rx.recv() => match m { Some(m) => m, None => break None },
-        };
-        match next {
-            Outbound::Frame(text) => {
+        match out.next().await {
+            Next::Frame(text) => {
                 let sent = tokio::select! {
                     biased;
-                    a = &mut abort => match a { Ok(c) => break Some(c), Err(_) => break None },
+                    a = out.aborted() => break Some(a),
                     r = sink.send(Message::Text(text)) => r,
                 };
                 if sent.is_err() {
                     break None;
                 }
             }
-            Outbound::Close(code, reason) => break Some((code, reason)),
+            Next::Close(code, reason) => break Some((code, reason)),
         }
     };
     if let Some((code, reason)) = closing {
@@ -214,6 +208,7 @@ async fn write_loop(
         // A client that does not read may never take the close frame; bounded wait.
         let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame)))).await;
     }
+    // The reader may be gone already; then there is nobody to tell.
     let _ = done.send(());
 }
 
