@@ -92,7 +92,9 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
         d0: t.d0,
         out: out.clone(),
     };
-    let (actor, join) = match Actor::spawn(None, SessionActor, args).await {
+    // Boxed: the spawn future is large and short-lived; inline it would stay part of this
+    // task's state (and memory) for the whole life of the socket.
+    let (actor, join) = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("cannot start session: {e}");
@@ -167,7 +169,7 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
 
     // The socket is done: stop the actor (post_stop withdraws the officer and unwatches).
     actor.stop(None);
-    if tokio::time::timeout(Duration::from_secs(5), join)
+    if Box::pin(tokio::time::timeout(Duration::from_secs(5), join))
         .await
         .is_err()
     {
