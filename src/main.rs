@@ -95,7 +95,6 @@ fn main() -> anyhow::Result<()> {
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
     raise_fd_limit();
-    heyblue::http::metrics_handle();
     let zips = Arc::new(ZipTable::embedded());
     tracing::info!(zips = zips.len(), "zip table loaded");
     let running = heyblue::server::start(settings, zips).await?;

@@ -29,6 +29,7 @@ pub struct Running {
 
 /// Binds `settings.server.bind` and starts serving.
 pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Running> {
+    http::metrics_handle();
     let listener = TcpListener::bind(&settings.server.bind).await?;
     let addr = listener.local_addr()?;
     let metrics_bind = settings.metrics.bind.clone();

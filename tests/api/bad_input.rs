@@ -140,6 +140,20 @@ async fn flooding_is_rate_limited_then_closed() {
     assert!((5..=7).contains(&pongs), "{pongs} pongs");
     assert_eq!(limited, 10, "closed after ten rate_limited in a row");
     assert_eq!(code, Some(1008));
+    // Counted where operators look.
+    let m = app.metrics().await;
+    let count = |name: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("ws_rate_limited_total") >= 10.0, "{m}");
+    assert!(count("ws_errors_total{code=\"rate_limited\"}") >= 10.0);
+    let (s, _) = app
+        .get("/metrics", Some(&app.token(Role::Citizen, "c")))
+        .await;
+    assert_eq!(s, 403, "metrics need an admin token on the main listener");
     app.running.shutdown().await;
 }
 
@@ -186,6 +200,8 @@ async fn a_client_that_does_not_read_is_closed_with_4008() {
         }
     }
     assert_eq!(code, Some(4008));
+    let body = app.metrics().await;
+    assert!(body.contains("ws_slow_client_closes_total"), "counted");
     // The server forgot the socket.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while app.running.ctx().sessions.sockets() > 0 && std::time::Instant::now() < deadline {

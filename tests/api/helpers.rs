@@ -83,6 +83,19 @@ impl TestApp {
         (status, body)
     }
 
+    /// `/metrics` as an admin sees it.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(self.token(Role::Admin, "admin"))
+            .send()
+            .await
+            .expect("metrics request");
+        assert_eq!(resp.status(), 200);
+        resp.text().await.expect("metrics body")
+    }
+
     /// Asks the orchestrator for a ticket; returns the ws_url.
     pub async fn ticket(&self, role: Role, sub: &str, lat: f64, lon: f64) -> String {
         let path = match role {
