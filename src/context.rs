@@ -14,6 +14,7 @@ use crate::actors::session::SessionMsg;
 use crate::config::Settings;
 use crate::geo::ZipTable;
 use crate::protocol::Role;
+use crate::store::Store;
 
 /// One live session, as the registry knows it.
 #[derive(Clone)]
@@ -99,13 +100,19 @@ pub struct Context {
     pub regions: Regions,
     /// Live sessions.
     pub sessions: Arc<Sessions>,
+    /// The durable store.
+    pub store: Store,
     shutdown: watch::Sender<bool>,
     next_session: AtomicU64,
 }
 
 impl Context {
     /// Starts the region directory and builds the context.
-    pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Arc<Self>> {
+    pub async fn start(
+        settings: Settings,
+        zips: Arc<ZipTable>,
+        store: Store,
+    ) -> anyhow::Result<Arc<Self>> {
         let timeout = Duration::from_millis(settings.regions.call_timeout_ms);
         let sessions = Arc::new(Sessions::default());
         let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
@@ -114,6 +121,7 @@ impl Context {
             zips,
             regions,
             sessions,
+            store,
             shutdown: watch::channel(false).0,
             next_session: AtomicU64::new(1),
         }))

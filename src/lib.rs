@@ -8,6 +8,7 @@
 //! - [`context`]: the handles shared by a node's routes and sessions; no state of its own.
 //! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
 //! - [`server`]: start-up and the one shutdown sequence.
+//! - [`store`]: the durable store (sea-orm, SQLite or PostgreSQL); the only module that sees SQL.
 #![warn(missing_docs)]
 
 pub mod actors;
@@ -17,3 +18,4 @@ pub mod geo;
 pub mod http;
 pub mod protocol;
 pub mod server;
+pub mod store;

@@ -32,6 +32,12 @@ enum Cmd {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Create or update the database schema, then exit.
+    Migrate {
+        /// sqlite:// or postgres:// URL.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Print a signed development token.
     Token {
         /// officer, citizen or admin.
@@ -74,6 +80,16 @@ fn main() -> anyhow::Result<()> {
                 auth.mint(role, &sub, name.as_deref(), Duration::from_secs(ttl))
             );
             Ok(())
+        }
+        Cmd::Migrate { database_url } => {
+            let url = database_url.unwrap_or(settings.database.url);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let store = heyblue::store::Store::connect(&url).await?;
+                store.migrate().await?;
+                store.close().await?;
+                println!("migrated {}", heyblue::server::redact(&url));
+                anyhow::Ok(())
+            })
         }
         Cmd::Serve { bind, database_url } => {
             if let Some(b) = bind {

@@ -15,6 +15,8 @@ use crate::config::Settings;
 use crate::context::Context;
 use crate::geo::ZipTable;
 use crate::http::{self, AppState, HttpState};
+use crate::store::Store;
+use anyhow::Context as _;
 
 /// A node that is accepting sessions.
 pub struct Running {
@@ -33,7 +35,12 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
     let listener = TcpListener::bind(&settings.server.bind).await?;
     let addr = listener.local_addr()?;
     let metrics_bind = settings.metrics.bind.clone();
-    let ctx = Context::start(settings, zips).await?;
+    let store = Store::connect(&settings.database.url)
+        .await
+        .with_context(|| format!("opening the store at {}", redact(&settings.database.url)))?;
+    store.migrate().await.context("migrating the store")?;
+    tracing::info!(backend = ?store.backend(), "store ready");
+    let ctx = Context::start(settings, zips, store).await?;
     let state = HttpState::new(ctx.clone());
     let app = http::router(state.clone());
 
@@ -109,5 +116,35 @@ impl Running {
         }
         self.upkeep.abort();
         ctx.stop();
+        if let Err(e) = ctx.store.clone().close().await {
+            tracing::warn!("closing the store: {e}");
+        }
+    }
+}
+
+/// A database URL without its password, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..s + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            super::redact("sqlite://data/heyblue.db?mode=rwc"),
+            "sqlite://data/heyblue.db?mode=rwc"
+        );
     }
 }

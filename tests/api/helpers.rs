@@ -32,6 +32,8 @@ pub fn test_settings() -> Settings {
     s.server.bind = "127.0.0.1:0".into();
     s.server.shutdown_grace_ms = 1000;
     s.citizen.push_interval_ms = 200;
+    let dir = std::env::temp_dir().join(format!("heyblue-api-{}", uuid::Uuid::new_v4()));
+    s.database.url = format!("sqlite://{}/heyblue.db?mode=rwc", dir.display());
     s
 }
 

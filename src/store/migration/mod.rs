@@ -1,0 +1,15 @@
+//! Schema migrations, one file per migration (named after the file).
+
+use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_core;
+
+/// Every migration, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261128_000001_core::Migration)]
+    }
+}

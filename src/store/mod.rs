@@ -1,0 +1,299 @@
+//! The durable store (sea-orm): SQLite (WAL) under `./data/` by default, PostgreSQL by URL.
+//! Operations are named after the domain; sea-orm models never leave this module.
+//!
+//! Invariants: the points ledger is append-only and balances are sums over it; an accepted
+//! connection, its two ledger entries and its event are written in one transaction, and a
+//! unique request id plus a unique (account, kind, ref) per ledger entry make a replayed or
+//! racing accept pay at most once.
+
+mod entities;
+mod migration;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, Set, SqlErr, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use serde_json::json;
+
+use self::entities::{connection, ledger};
+use self::migration::Migrator;
+
+/// Store failures. Callers answer 503 for `Unavailable`; the cause is logged, not returned.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or could not be reached.
+    #[error("store unavailable: {0}")]
+    Unavailable(#[from] DbErr),
+    /// The URL names no supported database.
+    #[error("unsupported database URL (sqlite:// or postgres://)")]
+    UnsupportedUrl,
+}
+
+/// Handle to the store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// An accepted connection to record.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    /// The request it answers (unique: the idempotency key of the accept).
+    pub request_id: String,
+    /// Officer account.
+    pub officer_id: String,
+    /// Citizen account.
+    pub citizen_id: String,
+    /// `in_person` or `virtual`.
+    pub mode: String,
+    /// The officer's zip at accept time (never coordinates).
+    pub zip: String,
+    /// Points per side.
+    pub per_connection: i64,
+    /// Cooldown per officer–citizen pair.
+    pub pair_cooldown: Duration,
+    /// When it was accepted.
+    pub at: DateTime<Utc>,
+}
+
+/// What recording a connection produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The connection's id.
+    pub connection_id: String,
+    /// Points each side earned (0 within the pair cooldown).
+    pub points_awarded: i64,
+    /// The officer's balance after it.
+    pub officer_balance: i64,
+    /// The citizen's balance after it.
+    pub citizen_balance: i64,
+    /// True when the request had been recorded before (a replay): nothing new was written.
+    pub replayed: bool,
+}
+
+impl Store {
+    /// Connects; a `sqlite://` file's directory is created, and WAL is switched on.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let sqlite = url.starts_with("sqlite:");
+        if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err(StoreError::UnsupportedUrl);
+        }
+        if sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or_default();
+            if let Some(dir) = std::path::Path::new(path).parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| DbErr::Custom(format!("creating {}: {e}", dir.display())))?;
+            }
+        }
+        let mut opt = ConnectOptions::new(url.to_owned());
+        opt.sqlx_logging(false)
+            .acquire_timeout(Duration::from_secs(5));
+        // SQLite has one writer: one pooled connection serialises transactions instead of
+        // failing them with SQLITE_BUSY on lock upgrade.
+        if sqlite {
+            opt.max_connections(1);
+        } else {
+            opt.max_connections(16);
+        }
+        let db = Database::connect(opt).await?;
+        if sqlite {
+            db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
+                .await?;
+        }
+        Ok(Self { db })
+    }
+
+    /// Applies pending migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        Migrator::up(&self.db, None).await?;
+        Ok(())
+    }
+
+    /// Which database this is.
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Closes the pool, flushing SQLite's WAL.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await?;
+        Ok(())
+    }
+
+    /// An account's balance: the sum of its ledger entries.
+    pub async fn balance(&self, account: &str) -> Result<i64, StoreError> {
+        balance_in(&self.db, account).await
+    }
+
+    /// Records an accepted connection exactly once: the connection, both ledger entries
+    /// and the `connection_established` event in one transaction. A replay of the same
+    /// request returns what was recorded the first time and writes nothing.
+    pub async fn record_accepted(&self, c: &NewConnection) -> Result<Recorded, StoreError> {
+        let started = std::time::Instant::now();
+        let mut last_err = None;
+        // A racing writer with the same request id makes our insert fail on the unique
+        // key; the retry then finds its row.
+        for _ in 0..3 {
+            match self.try_record(c).await {
+                Ok(r) => {
+                    metrics::histogram!("store_query_seconds", "op" => "record_accepted")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(r);
+                }
+                Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
+                    last_err = Some(e)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(last_err
+            .map(StoreError::from)
+            .unwrap_or(StoreError::UnsupportedUrl))
+    }
+
+    async fn try_record(&self, c: &NewConnection) -> Result<Recorded, DbErr> {
+        let txn = self.db.begin().await?;
+        if let Some(existing) = connection::Entity::find()
+            .filter(connection::Column::RequestId.eq(&c.request_id))
+            .one(&txn)
+            .await?
+        {
+            let r = Recorded {
+                officer_balance: balance_in(&txn, &existing.officer_id)
+                    .await
+                    .map_err(db_err)?,
+                citizen_balance: balance_in(&txn, &existing.citizen_id)
+                    .await
+                    .map_err(db_err)?,
+                connection_id: existing.id,
+                points_awarded: existing.points_awarded,
+                replayed: true,
+            };
+            txn.commit().await?;
+            return Ok(r);
+        }
+        let since =
+            c.at - chrono::Duration::from_std(c.pair_cooldown).unwrap_or(chrono::Duration::MAX);
+        let paid_recently = connection::Entity::find()
+            .filter(connection::Column::OfficerId.eq(&c.officer_id))
+            .filter(connection::Column::CitizenId.eq(&c.citizen_id))
+            .filter(connection::Column::PointsAwarded.gt(0))
+            .filter(connection::Column::CreatedAt.gt(since))
+            .count(&txn)
+            .await?
+            > 0;
+        let points = if paid_recently {
+            0
+        } else {
+            Ord::max(c.per_connection, 0)
+        };
+        let id = uuid::Uuid::new_v4().to_string();
+        connection::ActiveModel {
+            id: Set(id.clone()),
+            request_id: Set(c.request_id.clone()),
+            officer_id: Set(c.officer_id.clone()),
+            citizen_id: Set(c.citizen_id.clone()),
+            mode: Set(c.mode.clone()),
+            zip: Set(c.zip.clone()),
+            points_awarded: Set(points),
+            created_at: Set(c.at),
+        }
+        .insert(&txn)
+        .await?;
+        if points > 0 {
+            for account in [&c.officer_id, &c.citizen_id] {
+                ledger::ActiveModel {
+                    account_id: Set(account.clone()),
+                    kind: Set("connection".into()),
+                    delta: Set(points),
+                    reference: Set(id.clone()),
+                    created_at: Set(c.at),
+                    ..Default::default()
+                }
+                .insert(&txn)
+                .await?;
+            }
+        }
+        let payload = json!({
+            "connection_id": id, "request_id": c.request_id, "officer_id": c.officer_id,
+            "citizen_id": c.citizen_id, "mode": c.mode, "zip": c.zip, "points_awarded": points,
+        });
+        let insert = Query::insert()
+            .into_table("events")
+            .columns(["kind", "payload", "created_at"])
+            .values_panic([
+                "connection_established".into(),
+                payload.to_string().into(),
+                c.at.into(),
+            ])
+            .to_owned();
+        txn.execute(&insert).await?;
+        let r = Recorded {
+            officer_balance: balance_in(&txn, &c.officer_id).await.map_err(db_err)?,
+            citizen_balance: balance_in(&txn, &c.citizen_id).await.map_err(db_err)?,
+            connection_id: id,
+            points_awarded: points,
+            replayed: false,
+        };
+        txn.commit().await?;
+        Ok(r)
+    }
+
+    /// Connections recorded for a request id (tests and audits: never more than one).
+    pub async fn connections_for_request(&self, request_id: &str) -> Result<u64, StoreError> {
+        Ok(connection::Entity::find()
+            .filter(connection::Column::RequestId.eq(request_id))
+            .count(&self.db)
+            .await?)
+    }
+
+    /// Events of a kind in the outbox (tests and the publisher).
+    pub async fn events_of_kind(&self, kind: &str) -> Result<u64, StoreError> {
+        let q = Query::select()
+            .expr_as(Func::count(Expr::col("id")), "n")
+            .from("events")
+            .and_where(Expr::col("kind").eq(kind))
+            .to_owned();
+        let row = self.db.query_one(&q).await?;
+        Ok(row
+            .map(|r| r.try_get::<i64>("", "n"))
+            .transpose()?
+            .unwrap_or(0) as u64)
+    }
+}
+
+fn db_err(e: StoreError) -> DbErr {
+    match e {
+        StoreError::Unavailable(e) => e,
+        other => DbErr::Custom(other.to_string()),
+    }
+}
+
+async fn balance_in(db: &impl ConnectionTrait, account: &str) -> Result<i64, StoreError> {
+    let q = Query::select()
+        .expr_as(
+            Func::cast_as(
+                Func::coalesce([Expr::from(Func::sum(Expr::col("delta"))), Expr::val(0i64)]),
+                "BIGINT",
+            ),
+            "balance",
+        )
+        .from("ledger")
+        .and_where(Expr::col("account_id").eq(account))
+        .to_owned();
+    let row = db.query_one(&q).await?;
+    Ok(row
+        .map(|r| r.try_get::<i64>("", "balance"))
+        .transpose()?
+        .unwrap_or(0))
+}
