@@ -121,6 +121,25 @@ pub struct NearbyOfficer {
     pub zip: String,
 }
 
+/// The citizen in a `connection_requested` frame.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CitizenRef {
+    /// Account id.
+    pub citizen_id: String,
+    /// Display name.
+    pub display_name: String,
+}
+
+impl Mode {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::InPerson => "in_person",
+            Mode::Virtual => "virtual",
+        }
+    }
+}
+
 /// Frames the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -175,6 +194,50 @@ pub enum ServerMsg {
         /// The search radius.
         radius_m: f64,
     },
+    /// Officer: a citizen asks for a connection.
+    ConnectionRequested {
+        /// The request.
+        request_id: String,
+        /// Who asks.
+        citizen: CitizenRef,
+        /// Haversine distance between them when asked.
+        distance_m: f64,
+        /// In person or virtual.
+        mode: Mode,
+        /// When the request expires.
+        expires_at: String,
+    },
+    /// Citizen: the request was delivered to the officer.
+    ConnectionPending {
+        /// The request.
+        request_id: String,
+        /// The officer asked.
+        officer_id: String,
+        /// When it expires.
+        expires_at: String,
+    },
+    /// How a request ended: accepted, declined, expired or cancelled.
+    ConnectionResponse {
+        /// The request.
+        request_id: String,
+        /// `accepted`, `declined`, `expired` or `cancelled`.
+        status: String,
+    },
+    /// Both sides: the connection is recorded (each side its own points and balance).
+    ConnectionEstablished {
+        /// The connection.
+        connection_id: String,
+        /// Officer account.
+        officer_id: String,
+        /// Citizen account.
+        citizen_id: String,
+        /// In person or virtual.
+        mode: Mode,
+        /// Points this side earned (0 within the pair cooldown).
+        points_awarded: i64,
+        /// This side's balance after it.
+        balance: i64,
+    },
     /// An available officer came within the proximity distance.
     OfficerNearby {
         /// Account id.
@@ -197,6 +260,10 @@ impl ServerMsg {
             ServerMsg::WindowExpired => "window_expired",
             ServerMsg::Nearby { .. } => "nearby",
             ServerMsg::OfficerNearby { .. } => "officer_nearby",
+            ServerMsg::ConnectionRequested { .. } => "connection_requested",
+            ServerMsg::ConnectionPending { .. } => "connection_pending",
+            ServerMsg::ConnectionResponse { .. } => "connection_response",
+            ServerMsg::ConnectionEstablished { .. } => "connection_established",
         }
     }
 

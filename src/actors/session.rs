@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::join_all;
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::task::JoinHandle;
 
 use super::directory::RegionError;
@@ -28,7 +29,8 @@ use crate::context::{Context, SessionEntry};
 use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId};
-use crate::protocol::{Command, NearbyOfficer, Role, ServerMsg};
+use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg};
+use crate::store::NewConnection;
 
 /// How a region tells a citizen session that its answer may have changed: a flag that is
 /// raised once (one message) until the session consumes it, so a busy region costs a
@@ -70,6 +72,14 @@ pub enum SessionMsg {
     },
     /// A region restarted: resend what it derived from this session.
     Resync(ZipId),
+    /// Officer: a citizen's request, to take or refuse (`Err` carries the error code).
+    Offer(OfferedRequest, RpcReplyPort<Result<(), &'static str>>),
+    /// Officer: the request was not answered in time.
+    RequestTimeout(String),
+    /// Officer: the citizen withdrew the request (disconnected).
+    CancelRequest(String),
+    /// Citizen: how its request ended.
+    Decided(String, Outcome),
     /// End the session: optional error frame, then close.
     Close {
         /// Close code.
@@ -79,6 +89,50 @@ pub enum SessionMsg {
         /// Close reason and error message.
         reason: String,
     },
+}
+
+/// A connection request as the officer's session receives it.
+pub struct OfferedRequest {
+    /// Request id.
+    pub request_id: String,
+    /// The citizen.
+    pub citizen_id: Arc<str>,
+    /// Its display name.
+    pub citizen_name: Arc<str>,
+    /// Its session, for the answer.
+    pub citizen: ActorRef<SessionMsg>,
+    /// Distance when asked.
+    pub distance_m: f64,
+    /// Mode.
+    pub mode: Mode,
+}
+
+/// How a request ended, for the citizen.
+pub enum Outcome {
+    /// Declined, expired or cancelled (the wire status).
+    Status(&'static str),
+    /// Accepted and recorded.
+    Established {
+        /// The connection.
+        connection_id: String,
+        /// The officer.
+        officer_id: String,
+        /// Mode.
+        mode: Mode,
+        /// Points the citizen earned.
+        points_awarded: i64,
+        /// The citizen's balance.
+        balance: i64,
+    },
+}
+
+/// The request an officer holds (at most one).
+struct Pending {
+    request_id: String,
+    citizen_id: Arc<str>,
+    citizen: ActorRef<SessionMsg>,
+    mode: Mode,
+    timer: JoinHandle<Result<(), ractor::MessagingErr<SessionMsg>>>,
 }
 
 /// Start-up arguments of a session.
@@ -113,6 +167,10 @@ struct Window {
 struct OfficerState {
     window: Option<Window>,
     generation: u64,
+    pending: Option<Pending>,
+    /// The last accepted request and the frame sent for it, so a duplicated `respond`
+    /// gets the same answer and records nothing new.
+    last_accepted: Option<(String, ServerMsg)>,
 }
 
 /// Citizen-only state.
@@ -127,10 +185,12 @@ struct CitizenState {
     last_radius: f64,
     nearby: Vec<NearbyOfficer>,
     close_by: HashSet<OfficerKey>,
+    /// The one request this citizen may have open: (request id, officer session).
+    pending: Option<(String, ActorRef<SessionMsg>)>,
 }
 
 enum RoleState {
-    Officer(OfficerState),
+    Officer(Box<OfficerState>),
     Citizen(Box<CitizenState>),
 }
 
@@ -434,7 +494,305 @@ impl SessionState {
         }
     }
 
+    /// Citizen: ask an officer in the current `nearby` set for a connection.
+    async fn request_connection(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        officer_id: String,
+        mode: Mode,
+    ) {
+        let cfg = &self.ctx.settings.connections;
+        let RoleState::Citizen(c) = &self.role else {
+            return;
+        };
+        if c.pending.is_some() {
+            return self.refuse(
+                "request_pending",
+                "you already have a pending request",
+                Some("request_connection"),
+            );
+        }
+        let Some(seen) = c.nearby.iter().find(|o| o.officer_id == officer_id) else {
+            return self.refuse(
+                "officer_unavailable",
+                "that officer is not among your nearby available officers",
+                Some("request_connection"),
+            );
+        };
+        if mode == Mode::InPerson && seen.distance_m > cfg.in_person_m {
+            return self.refuse(
+                "too_far",
+                &format!("in-person connections need {} m or less", cfg.in_person_m),
+                Some("request_connection"),
+            );
+        }
+        let distance_m = seen.distance_m;
+        let Some(officer) = self
+            .ctx
+            .sessions
+            .get(&officer_id)
+            .filter(|e| e.role == Role::Officer)
+        else {
+            return self.refuse(
+                "officer_unavailable",
+                "that officer is no longer online",
+                Some("request_connection"),
+            );
+        };
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let offer = OfferedRequest {
+            request_id: request_id.clone(),
+            citizen_id: self.account.clone(),
+            citizen_name: self.name.clone(),
+            citizen: myself.clone(),
+            distance_m,
+            mode,
+        };
+        let timeout = Duration::from_millis(self.ctx.settings.regions.call_timeout_ms);
+        match officer
+            .actor
+            .call(|reply| SessionMsg::Offer(offer, reply), Some(timeout))
+            .await
+        {
+            Ok(CallResult::Success(Ok(()))) => {
+                self.out.accepted();
+                let expires_at =
+                    Utc::now() + chrono::Duration::seconds(cfg.request_timeout_s as i64);
+                if let RoleState::Citizen(c) = &mut self.role {
+                    c.pending = Some((request_id.clone(), officer.actor.clone()));
+                }
+                metrics::counter!("connection_requests_total").increment(1);
+                self.out.send(&ServerMsg::ConnectionPending {
+                    request_id,
+                    officer_id,
+                    expires_at: rfc3339(expires_at),
+                });
+            }
+            Ok(CallResult::Success(Err(code))) => {
+                let msg = if code == "officer_busy" {
+                    "that officer is answering another request"
+                } else {
+                    "that officer is not available"
+                };
+                self.refuse(code, msg, Some("request_connection"));
+            }
+            _ => self.refuse(
+                "officer_unavailable",
+                "that officer did not answer",
+                Some("request_connection"),
+            ),
+        }
+    }
+
+    /// Officer: take a request if available and free.
+    fn take_offer(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        req: OfferedRequest,
+    ) -> Result<(), &'static str> {
+        let timeout_s = self.ctx.settings.connections.request_timeout_s;
+        let RoleState::Officer(o) = &mut self.role else {
+            return Err("officer_unavailable");
+        };
+        if o.window.is_none() {
+            return Err("officer_unavailable");
+        }
+        if o.pending.is_some() {
+            return Err("officer_busy");
+        }
+        let id = req.request_id.clone();
+        let expires_at = Utc::now() + chrono::Duration::seconds(timeout_s as i64);
+        let timer = myself.send_after(Duration::from_secs(timeout_s), move || {
+            SessionMsg::RequestTimeout(id)
+        });
+        o.pending = Some(Pending {
+            request_id: req.request_id.clone(),
+            citizen_id: req.citizen_id.clone(),
+            citizen: req.citizen,
+            mode: req.mode,
+            timer,
+        });
+        self.out.send(&ServerMsg::ConnectionRequested {
+            request_id: req.request_id,
+            citizen: CitizenRef {
+                citizen_id: req.citizen_id.to_string(),
+                display_name: req.citizen_name.to_string(),
+            },
+            distance_m: req.distance_m,
+            mode: req.mode,
+            expires_at: rfc3339(expires_at),
+        });
+        Ok(())
+    }
+
+    /// Officer: accept or decline the pending request.
+    async fn respond(&mut self, request_id: String, accept: bool) {
+        let RoleState::Officer(o) = &mut self.role else {
+            return;
+        };
+        if let Some((id, frame)) = &o.last_accepted
+            && *id == request_id
+        {
+            // A duplicated respond: the same answer, nothing recorded again.
+            let frame = frame.clone();
+            self.out.accepted();
+            self.out.send(&frame);
+            return;
+        }
+        if o.pending
+            .as_ref()
+            .is_none_or(|p| p.request_id != request_id)
+        {
+            return self.refuse(
+                "unknown_request",
+                "no pending request with that id",
+                Some("respond"),
+            );
+        }
+        self.out.accepted();
+        if !accept {
+            return self.end_pending(&request_id, "declined", false);
+        }
+        let p = o.pending.as_ref().expect("checked above");
+        let new = NewConnection {
+            request_id: request_id.clone(),
+            officer_id: self.account.to_string(),
+            citizen_id: p.citizen_id.to_string(),
+            mode: p.mode.as_str().to_owned(),
+            zip: self.ctx.zips.get(self.zip).code.to_string(),
+            per_connection: self.ctx.settings.points.per_connection,
+            pair_cooldown: Duration::from_secs(self.ctx.settings.points.pair_cooldown_s),
+            at: Utc::now(),
+        };
+        let rec = match self.ctx.store.record_accepted(&new).await {
+            Ok(r) => r,
+            Err(e) => {
+                // Nothing was recorded; the request stays pending and may be answered again.
+                tracing::warn!(session = self.id, "recording a connection failed: {e}");
+                self.out.send(&ServerMsg::error(
+                    "unavailable",
+                    "could not record the connection; try again",
+                    Some("respond"),
+                ));
+                return;
+            }
+        };
+        let RoleState::Officer(o) = &mut self.role else {
+            return;
+        };
+        let Some(p) = o.pending.take() else { return };
+        p.timer.abort();
+        metrics::counter!("connections_established_total").increment(1);
+        let mode = p.mode;
+        let officer_frame = ServerMsg::ConnectionEstablished {
+            connection_id: rec.connection_id.clone(),
+            officer_id: self.account.to_string(),
+            citizen_id: p.citizen_id.to_string(),
+            mode,
+            points_awarded: rec.points_awarded,
+            balance: rec.officer_balance,
+        };
+        o.last_accepted = Some((request_id.clone(), officer_frame.clone()));
+        self.out.send(&officer_frame);
+        let outcome = Outcome::Established {
+            connection_id: rec.connection_id,
+            officer_id: self.account.to_string(),
+            mode,
+            points_awarded: rec.points_awarded,
+            balance: rec.citizen_balance,
+        };
+        // A citizen who left meanwhile still has its points; it sees them in its profile.
+        let _ = p.citizen.cast(SessionMsg::Decided(request_id, outcome));
+    }
+
+    /// Officer: end the pending request `id` with `status`, telling the citizen, and the
+    /// officer too when `tell_officer` (timeouts and cancellations; a decline needs no echo).
+    fn end_pending(&mut self, id: &str, status: &'static str, tell_officer: bool) {
+        let RoleState::Officer(o) = &mut self.role else {
+            return;
+        };
+        if o.pending.as_ref().is_none_or(|p| p.request_id != id) {
+            return;
+        }
+        let p = o.pending.take().expect("checked above");
+        p.timer.abort();
+        if tell_officer {
+            self.out.send(&ServerMsg::ConnectionResponse {
+                request_id: id.to_owned(),
+                status: status.to_owned(),
+            });
+        }
+        if status != "cancelled" {
+            // The citizen cancelled itself otherwise; if it left, there is nobody to tell.
+            let _ = p
+                .citizen
+                .cast(SessionMsg::Decided(id.to_owned(), Outcome::Status(status)));
+        }
+        metrics::counter!("connection_requests_ended_total", "status" => status).increment(1);
+    }
+
+    /// Either side leaves (closes, goes unavailable): the other side is told `cancelled`.
+    fn drop_pending(&mut self) {
+        match &mut self.role {
+            RoleState::Officer(o) => {
+                if let Some(p) = o.pending.take() {
+                    p.timer.abort();
+                    let _ = p.citizen.cast(SessionMsg::Decided(
+                        p.request_id,
+                        Outcome::Status("cancelled"),
+                    ));
+                }
+            }
+            RoleState::Citizen(c) => {
+                if let Some((id, officer)) = c.pending.take() {
+                    // An officer that left has nothing to cancel.
+                    let _ = officer.cast(SessionMsg::CancelRequest(id));
+                }
+            }
+        }
+    }
+
+    /// Citizen: the officer's side decided.
+    fn decided(&mut self, id: String, outcome: Outcome) {
+        let RoleState::Citizen(c) = &mut self.role else {
+            return;
+        };
+        if c.pending.as_ref().is_none_or(|(p, _)| *p != id) {
+            return;
+        }
+        c.pending = None;
+        match outcome {
+            Outcome::Status(status) => {
+                self.out.send(&ServerMsg::ConnectionResponse {
+                    request_id: id,
+                    status: status.to_owned(),
+                });
+            }
+            Outcome::Established {
+                connection_id,
+                officer_id,
+                mode,
+                points_awarded,
+                balance,
+            } => {
+                self.out.send(&ServerMsg::ConnectionResponse {
+                    request_id: id,
+                    status: "accepted".to_owned(),
+                });
+                self.out.send(&ServerMsg::ConnectionEstablished {
+                    connection_id,
+                    officer_id,
+                    citizen_id: self.account.to_string(),
+                    mode,
+                    points_awarded,
+                    balance,
+                });
+            }
+        }
+    }
+
     fn leave_everything(&mut self) {
+        self.drop_pending();
         match &self.role {
             RoleState::Officer(_) => {
                 self.end_window();
@@ -463,7 +821,7 @@ impl Actor for SessionActor {
         a: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
         let role = match a.role {
-            Role::Officer => RoleState::Officer(OfficerState::default()),
+            Role::Officer => RoleState::Officer(Box::default()),
             _ => {
                 let cfg = &a.ctx.settings.citizen;
                 RoleState::Citizen(Box::new(CitizenState {
@@ -480,6 +838,7 @@ impl Actor for SessionActor {
                     last_radius: cfg.default_radius_m,
                     nearby: Vec::new(),
                     close_by: HashSet::new(),
+                    pending: None,
                 }))
             }
         };
@@ -562,16 +921,21 @@ impl Actor for SessionActor {
                         }
                         st.schedule_push(&myself).await;
                     }
-                    Command::Respond { .. } | Command::RequestConnection { .. } => {
-                        st.refuse(
-                            "not_implemented",
-                            "connections are not available on this server yet",
-                            Some(cmd.type_name()),
-                        );
+                    Command::RequestConnection { officer_id, mode } => {
+                        st.request_connection(&myself, officer_id, mode).await
                     }
+                    Command::Respond { request_id, accept } => st.respond(request_id, accept).await,
                 }
             }
             SessionMsg::Changed => st.schedule_push(&myself).await,
+            SessionMsg::Offer(req, reply) => {
+                let r = st.take_offer(&myself, req);
+                // The citizen may have given up waiting; it then cancels on its side.
+                let _ = reply.send(r);
+            }
+            SessionMsg::RequestTimeout(id) => st.end_pending(&id, "expired", true),
+            SessionMsg::CancelRequest(id) => st.end_pending(&id, "cancelled", true),
+            SessionMsg::Decided(id, outcome) => st.decided(id, outcome),
             SessionMsg::PushTick => {
                 if let RoleState::Citizen(c) = &st.role
                     && c.push_pending

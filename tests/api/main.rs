@@ -4,6 +4,7 @@ mod helpers;
 
 mod bad_input;
 mod citizen;
+mod connections;
 mod http_api;
 mod officer;
 mod process;

@@ -1,0 +1,193 @@
+//! Connection requests over sockets: request → offer → accept | decline | timeout | cancel,
+//! recorded once with points for both sides.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+const HERE: (f64, f64) = (40.7506, -73.9972);
+const NEAR: (f64, f64) = (40.7510, -73.9972); // ~45 m north
+
+/// Sends a request; returns the `connection_pending` or `error` answer (skipping pushes).
+async fn request(c: &mut Client, officer: &str, mode: &str) -> serde_json::Value {
+    c.send(json!({"type":"request_connection","officer_id":officer,"mode":mode}))
+        .await;
+    loop {
+        let f = c.recv().await;
+        if f["type"] == "connection_pending" || f["type"] == "error" {
+            return f;
+        }
+    }
+}
+
+#[tokio::test]
+async fn accept_records_once_and_pays_both_sides() {
+    let app = spawn_app().await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let pending = request(&mut c, "o1", "in_person").await;
+    assert_eq!(pending["type"], "connection_pending", "{pending}");
+    assert_eq!(pending["officer_id"], "o1");
+    let request_id = pending["request_id"].as_str().unwrap().to_owned();
+
+    let asked = o.recv_type("connection_requested").await;
+    assert_eq!(asked["request_id"], request_id.as_str());
+    assert_eq!(asked["citizen"]["citizen_id"], "c1");
+    assert_eq!(asked["citizen"]["display_name"], "Name c1");
+    assert_eq!(asked["mode"], "in_person");
+    assert!((asked["distance_m"].as_f64().unwrap() - 44.5).abs() < 1.0);
+
+    o.send(json!({"type":"respond","request_id":request_id,"accept":true}))
+        .await;
+    let est = o.recv_type("connection_established").await;
+    assert_eq!(est["officer_id"], "o1");
+    assert_eq!(est["citizen_id"], "c1");
+    assert_eq!(est["points_awarded"], 10);
+    assert_eq!(est["balance"], 10);
+    let resp = c.recv_type("connection_response").await;
+    assert_eq!(resp["status"], "accepted");
+    let cest = c.recv_type("connection_established").await;
+    assert_eq!(cest["connection_id"], est["connection_id"]);
+    assert_eq!(cest["balance"], 10);
+
+    // The same respond again: the same answer, nothing recorded twice.
+    o.send(json!({"type":"respond","request_id":request_id,"accept":true}))
+        .await;
+    let again = o.recv_type("connection_established").await;
+    assert_eq!(again, est);
+    let store = &app.running.ctx().store;
+    assert_eq!(store.connections_for_request(&request_id).await.unwrap(), 1);
+    assert_eq!(store.balance("o1").await.unwrap(), 10);
+    assert_eq!(store.balance("c1").await.unwrap(), 10);
+
+    // Within the pair cooldown a new connection is recorded with 0 points.
+    let p = request(&mut c, "o1", "virtual").await;
+    let id2 = p["request_id"].as_str().unwrap().to_owned();
+    o.recv_type("connection_requested").await;
+    o.send(json!({"type":"respond","request_id":id2,"accept":true}))
+        .await;
+    let est2 = o.recv_type("connection_established").await;
+    assert_eq!(est2["points_awarded"], 0);
+    assert_eq!(est2["balance"], 10);
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn refusals_name_the_reason() {
+    let app = spawn_app().await;
+    let _far = app.officer("far", HERE.0 + 0.0027, HERE.1).await; // ~300 m
+    let mut near = app.officer("near", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+
+    assert_eq!(
+        request(&mut c, "ghost", "virtual").await["code"],
+        "officer_unavailable"
+    );
+    assert_eq!(request(&mut c, "far", "in_person").await["code"], "too_far");
+    assert_eq!(
+        request(&mut c, "near", "in_person").await["type"],
+        "connection_pending"
+    );
+    near.recv_type("connection_requested").await;
+    assert_eq!(
+        request(&mut c, "far", "virtual").await["code"],
+        "request_pending"
+    );
+    assert_eq!(
+        request(&mut c2, "near", "virtual").await["code"],
+        "officer_busy"
+    );
+    let bad = json!({"type":"respond","request_id":"nope","accept":true});
+    near.send(bad).await;
+    assert_eq!(near.recv().await["code"], "unknown_request");
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn decline_tells_the_citizen_only() {
+    let app = spawn_app().await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let id = request(&mut c, "o1", "virtual").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+    o.send(json!({"type":"respond","request_id":id,"accept":false}))
+        .await;
+    let r = c.recv_type("connection_response").await;
+    assert_eq!(
+        (r["request_id"].as_str(), r["status"].as_str()),
+        (Some(id.as_str()), Some("declined"))
+    );
+    // Nothing more for the officer; it is free for the next request.
+    o.ping().await;
+    assert_eq!(
+        request(&mut c, "o1", "virtual").await["type"],
+        "connection_pending"
+    );
+    assert_eq!(
+        app.running
+            .ctx()
+            .store
+            .connections_for_request(&id)
+            .await
+            .unwrap(),
+        0
+    );
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn unanswered_requests_expire_for_both() {
+    let app = spawn_app_with(|s| s.connections.request_timeout_s = 1).await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let id = request(&mut c, "o1", "virtual").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+    let ro = o.recv_type("connection_response").await;
+    let rc = c.recv_type("connection_response").await;
+    assert_eq!(ro["status"], "expired");
+    assert_eq!(rc["status"], "expired");
+    assert_eq!(rc["request_id"], id.as_str());
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_citizen_who_leaves_cancels_its_request() {
+    let app = spawn_app().await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let id = request(&mut c, "o1", "virtual").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+    drop(c);
+    let r = o.recv_type("connection_response").await;
+    assert_eq!(
+        (r["request_id"].as_str(), r["status"].as_str()),
+        (Some(id.as_str()), Some("cancelled"))
+    );
+    // Responding now finds nothing pending.
+    o.send(json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    assert_eq!(o.recv().await["code"], "unknown_request");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        app.running
+            .ctx()
+            .store
+            .connections_for_request(&id)
+            .await
+            .unwrap(),
+        0
+    );
+    app.running.shutdown().await;
+}
