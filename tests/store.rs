@@ -143,3 +143,68 @@ async fn racing_accepts_of_one_request_pay_once() {
     })
     .await;
 }
+
+mod interleavings {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// Accept request `r` between officer `o` and citizen `c` (replays included).
+        Accept { r: u8, o: u8, c: u8 },
+        /// The same accept from a second node at the same time.
+        Race { r: u8, o: u8, c: u8 },
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..6, 0u8..2, 0u8..3).prop_map(|(r, o, c)| Step::Accept { r, o, c }),
+            (0u8..6, 0u8..2, 0u8..3).prop_map(|(r, o, c)| Step::Race { r, o, c }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Any sequence of accepts, replays and races: at most one connection per request,
+        /// every ledger balance equals the points its connections awarded, and a request
+        /// keeps the pair it was first recorded with.
+        #[test]
+        fn at_most_once_and_ledger_matches(steps in prop::collection::vec(step(), 1..25)) {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(async move {
+                let (s, dir) = sqlite().await;
+                let mut first: std::collections::HashMap<u8, (u8, u8)> = Default::default();
+                let mut awarded: std::collections::HashMap<String, i64> = Default::default();
+                for st in steps {
+                    let (r, o, c, racers) = match st {
+                        Step::Accept { r, o, c } => (r, o, c, 1),
+                        Step::Race { r, o, c } => (r, o, c, 2),
+                    };
+                    // A request id always belongs to one pair; replays reuse the first.
+                    let (o, c) = *first.entry(r).or_insert((o, c));
+                    let req = accepted(&format!("r{r}"), &format!("o{o}"), &format!("c{c}"));
+                    let results = futures_util::future::join_all(
+                        (0..racers).map(|_| s.record_accepted(&req)),
+                    )
+                    .await;
+                    let fresh: Vec<_> = results
+                        .into_iter()
+                        .map(|x| x.expect("recorded"))
+                        .filter(|x| !x.replayed)
+                        .collect();
+                    assert!(fresh.len() <= 1, "two racers both wrote");
+                    for f in fresh {
+                        *awarded.entry(req.officer_id.clone()).or_default() += f.points_awarded;
+                        *awarded.entry(req.citizen_id.clone()).or_default() += f.points_awarded;
+                    }
+                    assert_eq!(s.connections_for_request(&req.request_id).await.unwrap(), 1);
+                }
+                for (account, points) in &awarded {
+                    assert_eq!(s.balance(account).await.unwrap(), *points, "{account}");
+                }
+                let _ = std::fs::remove_dir_all(dir);
+            });
+        }
+    }
+}
