@@ -2,6 +2,7 @@
 //! the live admin views. Handlers parse and check input, then call handles; they hold no
 //! domain state.
 
+pub mod api;
 pub mod auth;
 pub mod error;
 pub mod ws;
@@ -70,6 +71,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/officers/session", get(officer_session))
         .route("/v1/citizens/session", get(citizen_session))
         .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/me", get(api::get_me).patch(api::patch_me))
+        .route("/v1/me/points", get(api::my_points))
+        .route("/v1/me/connections", get(api::my_connections))
         .route("/metrics", get(metrics_admin))
         .route("/admin/v1/regions/{zip}", get(admin_region))
         .route("/admin/v1/stats", get(admin_stats))
@@ -180,6 +184,15 @@ async fn open_session(
     }
     let ttl = Duration::from_secs(ctx.settings.auth.ticket_ttl_s);
     let name = claims.name.clone().unwrap_or_else(|| claims.sub.clone());
+    // Best effort: the real-time core keeps serving while the store is down; the profile
+    // is created on its first use then.
+    if let Err(e) = ctx
+        .store
+        .ensure_account(&claims.sub, role.as_str(), &name)
+        .await
+    {
+        tracing::warn!(account = %claims.sub, "account not recorded at session open: {e}");
+    }
     let ticket = st.tickets.issue(Ticket::new(
         claims.sub.as_str().into(),
         name.into(),

@@ -8,6 +8,7 @@
 
 mod entities;
 mod migration;
+pub mod profiles;
 
 use std::time::Duration;
 

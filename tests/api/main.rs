@@ -8,4 +8,5 @@ mod connections;
 mod http_api;
 mod officer;
 mod process;
+mod profile;
 mod supervision;

@@ -1,4 +1,5 @@
 //! sea-orm entities; they never leave `store`.
 
+pub mod account;
 pub mod connection;
 pub mod ledger;

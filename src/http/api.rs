@@ -1,0 +1,128 @@
+//! The authenticated profile API: `/v1/me`, its points ledger and connection history.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::{Caller, Claims};
+use super::error::ApiError;
+use crate::store::StoreError;
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::unavailable(&e)
+    }
+}
+
+const MAX_PAGE: u64 = 100;
+
+fn page_limit(q: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", format!("limit must be 1..={MAX_PAGE}"))
+            }),
+    }
+}
+
+fn invalid_cursor() -> ApiError {
+    ApiError::bad_request(
+        "invalid_cursor",
+        "before must be a cursor from a previous page",
+    )
+}
+
+/// The caller's account, created on first use with the token's role and name.
+async fn me_account(st: &AppState, caller: &Caller) -> Result<Claims, ApiError> {
+    let c = caller.0.clone();
+    let name = c.name.clone().unwrap_or_else(|| c.sub.clone());
+    st.ctx
+        .store
+        .ensure_account(&c.sub, c.role.as_str(), &name)
+        .await?;
+    Ok(c)
+}
+
+/// `GET /v1/me`
+pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    let c = me_account(&st, &caller).await?;
+    let p = st
+        .ctx
+        .store
+        .profile(&c.sub)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_account", "no such account"))?;
+    Ok(Json(
+        serde_json::to_value(p).map_err(|e| ApiError::unavailable(&e))?,
+    ))
+}
+
+/// Body of `PATCH /v1/me`.
+#[derive(Deserialize)]
+pub struct PatchMe {
+    display_name: String,
+}
+
+/// `PATCH /v1/me`
+pub async fn patch_me(
+    State(st): State<AppState>,
+    caller: Caller,
+    body: Result<Json<PatchMe>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let name = body.display_name.trim();
+    let chars = name.chars().count();
+    if !(1..=60).contains(&chars) {
+        return Err(ApiError::bad_request(
+            "invalid_display_name",
+            "display_name must be 1..=60 characters",
+        ));
+    }
+    let c = me_account(&st, &caller).await?;
+    st.ctx.store.set_display_name(&c.sub, name).await?;
+    get_me(State(st), caller).await
+}
+
+/// `GET /v1/me/points?limit=50&before=<cursor>`
+pub async fn my_points(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(&q, 50)?;
+    let before = match q.get("before") {
+        None => None,
+        Some(b) => Some(b.parse::<i64>().map_err(|_| invalid_cursor())?),
+    };
+    let c = me_account(&st, &caller).await?;
+    let (entries, next) = st.ctx.store.ledger_page(&c.sub, limit, before).await?;
+    Ok(Json(json!({"entries": entries, "next": next})))
+}
+
+/// `GET /v1/me/connections?limit=..&before=..`
+pub async fn my_connections(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let limit = page_limit(&q, 50)?;
+    let before = match q.get("before") {
+        None => None,
+        Some(b) => {
+            let (at, id) = b.split_once('|').ok_or_else(invalid_cursor)?;
+            let at = chrono::DateTime::parse_from_rfc3339(at).map_err(|_| invalid_cursor())?;
+            Some((at.with_timezone(&chrono::Utc), id.to_owned()))
+        }
+    };
+    let c = me_account(&st, &caller).await?;
+    let (connections, next) = st.ctx.store.connections_page(&c.sub, limit, before).await?;
+    Ok(Json(json!({"connections": connections, "next": next})))
+}

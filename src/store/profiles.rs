@@ -1,0 +1,263 @@
+//! Accounts and what they see of themselves: profile, ledger and connection history.
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set,
+};
+use serde::Serialize;
+
+use super::entities::{account, connection, ledger};
+use super::{Store, StoreError};
+
+/// A profile as `GET /v1/me` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Profile {
+    /// Account id.
+    pub account_id: String,
+    /// officer or citizen.
+    pub role: String,
+    /// Display name.
+    pub display_name: String,
+    /// Points.
+    pub points: Points,
+    /// Connections recorded.
+    pub connections: u64,
+}
+
+/// Balance, earned and spent.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Points {
+    /// Earned minus spent.
+    pub balance: i64,
+    /// Sum of positive entries.
+    pub earned: i64,
+    /// Sum of negative entries, as a positive number.
+    pub spent: i64,
+}
+
+/// One ledger entry.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Entry {
+    /// Entry id (also the cursor).
+    pub id: String,
+    /// connection, redemption, donation or adjustment.
+    pub kind: String,
+    /// Points added (negative when spent).
+    pub delta: i64,
+    /// What it belongs to (connection id, voucher code, donation id).
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// When.
+    pub at: String,
+}
+
+/// One connection in a history.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConnectionView {
+    /// Connection id.
+    pub connection_id: String,
+    /// Officer.
+    pub officer_id: String,
+    /// Citizen.
+    pub citizen_id: String,
+    /// in_person or virtual.
+    pub mode: String,
+    /// The zip where it happened (never coordinates).
+    pub zip: String,
+    /// Points each side earned.
+    pub points_awarded: i64,
+    /// When.
+    pub at: String,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Creates the account on first use (an imported officer profile is kept as it is).
+    pub async fn ensure_account(
+        &self,
+        id: &str,
+        role: &str,
+        display_name: &str,
+    ) -> Result<(), StoreError> {
+        let now = Utc::now();
+        let row = account::ActiveModel {
+            id: Set(id.to_owned()),
+            role: Set(role.to_owned()),
+            display_name: Set(display_name.to_owned()),
+            badge: Set(None),
+            precinct: Set(None),
+            email: Set(None),
+            created_at: Set(now),
+            updated_at: Set(now),
+        };
+        account::Entity::insert(row)
+            .on_conflict_do_nothing_on([account::Column::Id])
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Changes the display name.
+    pub async fn set_display_name(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        if let Some(a) = account::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?
+        {
+            let mut a: account::ActiveModel = a.into();
+            a.display_name = Set(name.to_owned());
+            a.updated_at = Set(Utc::now());
+            a.update(&self.db).await?;
+        }
+        Ok(())
+    }
+
+    /// The profile of an account, if it exists.
+    pub async fn profile(&self, id: &str) -> Result<Option<Profile>, StoreError> {
+        let Some(a) = account::Entity::find_by_id(id.to_owned())
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let sum = |positive: bool| {
+            let cond = if positive {
+                Expr::col("delta").gt(0)
+            } else {
+                Expr::col("delta").lt(0)
+            };
+            Query::select()
+                .expr_as(
+                    Func::cast_as(
+                        Func::coalesce([
+                            Expr::from(Func::sum(Expr::col("delta"))),
+                            Expr::val(0i64),
+                        ]),
+                        "BIGINT",
+                    ),
+                    "s",
+                )
+                .from("ledger")
+                .and_where(Expr::col("account_id").eq(id))
+                .and_where(cond)
+                .to_owned()
+        };
+        let mut totals = [0i64; 2];
+        for (i, positive) in [true, false].into_iter().enumerate() {
+            if let Some(row) = self.db.query_one(&sum(positive)).await? {
+                totals[i] = row.try_get::<i64>("", "s")?;
+            }
+        }
+        let connections = connection::Entity::find()
+            .filter(
+                connection::Column::OfficerId
+                    .eq(id)
+                    .or(connection::Column::CitizenId.eq(id)),
+            )
+            .count(&self.db)
+            .await?;
+        Ok(Some(Profile {
+            account_id: a.id,
+            role: a.role,
+            display_name: a.display_name,
+            points: Points {
+                balance: totals[0] + totals[1],
+                earned: totals[0],
+                spent: -totals[1],
+            },
+            connections,
+        }))
+    }
+
+    /// Ledger entries newest first, `limit` at most, older than the cursor `before`.
+    pub async fn ledger_page(
+        &self,
+        id: &str,
+        limit: u64,
+        before: Option<i64>,
+    ) -> Result<(Vec<Entry>, Option<String>), StoreError> {
+        let mut q = ledger::Entity::find().filter(ledger::Column::AccountId.eq(id));
+        if let Some(b) = before {
+            q = q.filter(ledger::Column::Id.lt(b));
+        }
+        let rows = q
+            .order_by_desc(ledger::Column::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        let entries: Vec<Entry> = rows
+            .into_iter()
+            .take(limit as usize)
+            .map(|r| Entry {
+                id: r.id.to_string(),
+                kind: r.kind,
+                delta: r.delta,
+                reference: r.reference,
+                at: rfc3339(r.created_at),
+            })
+            .collect();
+        let next = more.then(|| entries.last().map(|e| e.id.clone())).flatten();
+        Ok((entries, next))
+    }
+
+    /// Connections of an account newest first; the cursor is `<created_at>|<id>`.
+    pub async fn connections_page(
+        &self,
+        id: &str,
+        limit: u64,
+        before: Option<(DateTime<Utc>, String)>,
+    ) -> Result<(Vec<ConnectionView>, Option<String>), StoreError> {
+        let mut q = connection::Entity::find().filter(
+            connection::Column::OfficerId
+                .eq(id)
+                .or(connection::Column::CitizenId.eq(id)),
+        );
+        if let Some((at, cid)) = before {
+            q = q.filter(
+                connection::Column::CreatedAt
+                    .lt(at)
+                    .or(connection::Column::CreatedAt
+                        .eq(at)
+                        .and(connection::Column::Id.lt(cid))),
+            );
+        }
+        let rows = q
+            .order_by_desc(connection::Column::CreatedAt)
+            .order_by_desc(connection::Column::Id)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
+        let next = more
+            .then(|| {
+                rows.last().map(|r| {
+                    format!(
+                        "{}|{}",
+                        r.created_at
+                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                        r.id
+                    )
+                })
+            })
+            .flatten();
+        let items = rows
+            .into_iter()
+            .map(|r| ConnectionView {
+                connection_id: r.id,
+                officer_id: r.officer_id,
+                citizen_id: r.citizen_id,
+                mode: r.mode,
+                zip: r.zip,
+                points_awarded: r.points_awarded,
+                at: rfc3339(r.created_at),
+            })
+            .collect();
+        Ok((items, next))
+    }
+}

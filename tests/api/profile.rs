@@ -1,0 +1,153 @@
+//! `/v1/me`, its points ledger and connection history, fed by real accepted connections.
+
+use heyblue::protocol::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const HERE: (f64, f64) = (40.7506, -73.9972);
+const NEAR: (f64, f64) = (40.7510, -73.9972);
+
+/// Officer `o` accepts a virtual request from citizen `c`; returns the connection id.
+async fn connect(o: &mut Client, c: &mut Client) -> String {
+    c.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
+        .await;
+    let id = c.recv_type("connection_pending").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+    o.send(json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    let est = c.recv_type("connection_established").await;
+    est["connection_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn profile_points_and_history_follow_connections() {
+    let app = spawn_app().await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c1, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+    let first = connect(&mut o, &mut c1).await;
+    o.recv_type("connection_established").await;
+    c2.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
+        .await;
+    let id = c2.recv_type("connection_pending").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+    o.send(json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    let second = c2.recv_type("connection_established").await["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let officer = app.token(Role::Officer, "o1");
+    let (s, me) = app.get("/v1/me", Some(&officer)).await;
+    assert_eq!(s, 200, "{me}");
+    assert_eq!(me["account_id"], "o1");
+    assert_eq!(me["role"], "officer");
+    assert_eq!(me["display_name"], "Name o1");
+    assert_eq!(
+        me["points"],
+        json!({"balance": 20, "earned": 20, "spent": 0})
+    );
+    assert_eq!(me["connections"], 2);
+
+    // Ledger newest first, one per page, cursor to the end.
+    let (s, p1) = app.get("/v1/me/points?limit=1", Some(&officer)).await;
+    assert_eq!(s, 200);
+    let e: &Value = &p1["entries"][0];
+    assert_eq!(
+        (e["kind"].as_str(), e["delta"].as_i64(), e["ref"].as_str()),
+        (Some("connection"), Some(10), Some(second.as_str()))
+    );
+    let next = p1["next"].as_str().unwrap();
+    let (_, p2) = app
+        .get(
+            &format!("/v1/me/points?limit=1&before={next}"),
+            Some(&officer),
+        )
+        .await;
+    assert_eq!(p2["entries"][0]["ref"], first.as_str());
+    assert!(p2["next"].is_null());
+
+    let (_, h1) = app.get("/v1/me/connections?limit=1", Some(&officer)).await;
+    assert_eq!(h1["connections"][0]["connection_id"], second.as_str());
+    assert_eq!(h1["connections"][0]["zip"], "10001");
+    assert!(
+        h1["connections"][0].get("lat").is_none(),
+        "no coordinates stored or returned"
+    );
+    let cursor = h1["next"].as_str().unwrap().to_owned();
+    let (s, h2) = app
+        .get(
+            &format!("/v1/me/connections?limit=1&before={}", urlencode(&cursor)),
+            Some(&officer),
+        )
+        .await;
+    assert_eq!(s, 200, "{h2}");
+    assert_eq!(h2["connections"][0]["connection_id"], first.as_str());
+    assert!(h2["next"].is_null());
+
+    let citizen = app.token(Role::Citizen, "c1");
+    let (_, me) = app.get("/v1/me", Some(&citizen)).await;
+    assert_eq!(me["points"]["balance"], 10);
+    assert_eq!(me["connections"], 1);
+    app.running.shutdown().await;
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn patch_me_validates_the_name() {
+    let app = spawn_app().await;
+    let t = app.token(Role::Citizen, "c1");
+    let patch = |body: Value| {
+        app.http
+            .patch(format!("{}/v1/me", app.base))
+            .bearer_auth(&t)
+            .json(&body)
+            .send()
+    };
+    let r = patch(json!({"display_name":"  Ana  "})).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["display_name"], "Ana");
+    for bad in [
+        json!({"display_name":"   "}),
+        json!({"display_name": "x".repeat(61)}),
+        json!({"name":"Ana"}),
+    ] {
+        let r = patch(bad.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let b = r.json::<Value>().await.unwrap();
+        assert!(b["error"]["code"].is_string());
+    }
+    let (_, me) = app.get("/v1/me", Some(&t)).await;
+    assert_eq!(me["display_name"], "Ana", "refused patches changed nothing");
+    let (s, _) = app.get("/v1/me", None).await;
+    assert_eq!(s, 401);
+    let (s, b) = app.get("/v1/me/points?limit=0", Some(&t)).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_limit"))
+    );
+    let (s, b) = app.get("/v1/me/points?before=abc", Some(&t)).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (400, Some("invalid_cursor"))
+    );
+    app.running.shutdown().await;
+}
