@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -155,6 +155,8 @@ pub struct SessionArgs {
     pub d0: f64,
     /// Socket writer.
     pub out: Outbox,
+    /// The session's current zip, for the socket bridge's clean-up if the actor dies.
+    pub last_zip: Arc<AtomicU32>,
 }
 
 struct Window {
@@ -204,6 +206,7 @@ pub struct SessionState {
     zip: ZipId,
     d0: f64,
     out: Outbox,
+    last_zip: Arc<AtomicU32>,
     role: RoleState,
 }
 
@@ -271,6 +274,7 @@ impl SessionState {
                 self.withdraw();
             }
             self.zip = zip;
+            self.last_zip.store(zip, Ordering::Relaxed);
             self.out.send(&ServerMsg::ZipChanged {
                 zip: self.code(zip),
             });
@@ -561,6 +565,15 @@ impl SessionState {
                 if let RoleState::Citizen(c) = &mut self.role {
                     c.pending = Some((request_id.clone(), officer.actor.clone()));
                 }
+                // Safety net: should the officer's session die without answering, the
+                // citizen's request still ends (a little after the officer's own timeout).
+                let (id, grace) = (
+                    request_id.clone(),
+                    Duration::from_secs(cfg.request_timeout_s + 5),
+                );
+                myself.send_after(grace, move || {
+                    SessionMsg::Decided(id, Outcome::Status("expired"))
+                });
                 metrics::counter!("connection_requests_total").increment(1);
                 self.out.send(&ServerMsg::ConnectionPending {
                     request_id,
@@ -865,6 +878,7 @@ impl Actor for SessionActor {
             zip: a.zip,
             d0: a.d0,
             out: a.out,
+            last_zip: a.last_zip,
             role,
         })
     }

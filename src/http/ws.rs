@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
@@ -21,7 +23,7 @@ use super::auth::Ticket;
 use super::error::ApiError;
 use crate::actors::outbox::{Next, Outbox, close};
 use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
-use crate::protocol::{DecodeLimits, decode};
+use crate::protocol::{DecodeLimits, Role, decode};
 
 /// `GET /v1/ws?ticket=...`
 pub async fn upgrade(
@@ -81,6 +83,7 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
     tokio::spawn(write_loop(sink, out.clone(), done_tx, grace));
 
     let session_id = ctx.next_session_id();
+    let last_zip = Arc::new(AtomicU32::new(t.zip));
     let args = SessionArgs {
         ctx: ctx.clone(),
         session_id,
@@ -91,10 +94,11 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
         zip: t.zip,
         d0: t.d0,
         out: out.clone(),
+        last_zip: last_zip.clone(),
     };
     // Boxed: the spawn future is large and short-lived; inline it would stay part of this
     // task's state (and memory) for the whole life of the socket.
-    let (actor, join) = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
+    let (actor, mut join) = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("cannot start session: {e}");
@@ -122,6 +126,14 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
     loop {
         let frame = tokio::select! {
             _ = &mut writer_done => break,
+            // The actor ended on its own (a bug made it panic, or it was killed): the
+            // socket cannot be served any more.
+            _ = &mut join => {
+                tracing::error!(session_id, "session actor ended unexpectedly; closing its socket");
+                out.abort(close::INTERNAL, "internal error");
+                let _ = tokio::time::timeout(grace, &mut writer_done).await;
+                break;
+            }
             _ = shutting_down(&mut shutdown) => {
                 out.close(close::GOING_AWAY, "server shutting down");
                 // Keep the reader alive until the writer has sent the close frame.
@@ -169,14 +181,23 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
 
     // The socket is done: stop the actor (post_stop withdraws the officer and unwatches).
     actor.stop(None);
-    if Box::pin(tokio::time::timeout(Duration::from_secs(5), join))
-        .await
-        .is_err()
+    if !join.is_finished()
+        && Box::pin(tokio::time::timeout(Duration::from_secs(5), &mut join))
+            .await
+            .is_err()
     {
         tracing::warn!(session_id, "session actor did not stop in time");
     }
-    // If the actor died without post_stop, make sure the registry forgets it.
+    // If the actor died without post_stop, make sure nothing it published outlives it:
+    // the registry entry and (officers) the index entry in its last region.
     ctx.sessions.unregister(&t.account, session_id);
+    if t.role == Role::Officer {
+        ctx.regions.remove(
+            last_zip.load(Ordering::Relaxed),
+            t.account.clone(),
+            session_id,
+        );
+    }
     out.abort(close::NORMAL, "bye");
     tracing::debug!(session_id, "session closed");
 }

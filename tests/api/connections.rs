@@ -191,3 +191,48 @@ async fn a_citizen_who_leaves_cancels_its_request() {
     );
     app.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_request_ends_even_if_the_officer_session_dies() {
+    let app = spawn_app_with(|s| s.connections.request_timeout_s = 1).await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let id = request(&mut c, "o1", "virtual").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+    // The officer's actor is killed: no post_stop, no timeout of its own.
+    app.running.ctx().sessions.get("o1").unwrap().actor.kill();
+    let started = std::time::Instant::now();
+    let r = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no answer within the safety window"
+        );
+        if let Some(f) = c.try_recv(Duration::from_millis(500)).await
+            && f["type"] == "connection_response"
+            && f["request_id"] == id.as_str()
+        {
+            break f;
+        }
+    };
+    assert_eq!(r["status"], "expired");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // The dead session's socket was closed (1011) and its officer left the index.
+    let (_, code) = o.closed().await;
+    assert_eq!(code, Some(1011));
+    c.send(json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
+        .await;
+    let n = c.recv_type("nearby").await;
+    assert_eq!(
+        n["officers"].as_array().unwrap().len(),
+        0,
+        "no ghost officer: {n}"
+    );
+    assert_eq!(
+        request(&mut c, "o1", "virtual").await["code"],
+        "officer_unavailable"
+    );
+    app.running.shutdown().await;
+}
