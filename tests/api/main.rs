@@ -7,6 +7,7 @@ mod citizen;
 mod connections;
 mod http_api;
 mod officer;
+mod outage;
 mod process;
 mod profile;
 mod supervision;

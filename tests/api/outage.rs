@@ -1,0 +1,89 @@
+//! A store that goes down: store-backed requests answer 503, the real-time core keeps
+//! serving, an accept that could not be recorded stays pending and succeeds once the
+//! store is back — recorded once. Runs on the PostgreSQL the test command provides.
+
+use heyblue::protocol::Role;
+use sea_orm::{ConnectionTrait, Database};
+use serde_json::json;
+
+use crate::helpers::*;
+
+const HERE: (f64, f64) = (40.7506, -73.9972);
+const NEAR: (f64, f64) = (40.7510, -73.9972);
+
+#[tokio::test]
+async fn store_outage_fails_store_requests_only() {
+    let admin_url = std::env::var("HEYBLUE_TEST_POSTGRES_URL").expect(
+        "HEYBLUE_TEST_POSTGRES_URL must name a PostgreSQL server (scripts/test starts one)",
+    );
+    let name = format!("hb_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect(&admin_url).await.unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let app = spawn_app_with(|s| s.database.url = url.clone()).await;
+
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    c.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
+        .await;
+    let id = c.recv_type("connection_pending").await["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    o.recv_type("connection_requested").await;
+
+    // The database goes away: no new connections, existing ones cut.
+    admin
+        .execute_unprepared(&format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await
+        .unwrap();
+
+    let (s, b) = app
+        .get("/v1/me", Some(&app.token(Role::Citizen, "c1")))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{b}"
+    );
+
+    // The real-time core keeps serving nearby.
+    c.send(json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
+        .await;
+    let n = c.recv_type("nearby").await;
+    assert_eq!(n["officers"][0]["officer_id"], "o1");
+
+    // Accepting cannot be recorded: an error, and the request stays pending.
+    o.send(json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    let e = o.recv_type("error").await;
+    assert_eq!(e["code"], "unavailable");
+
+    // The store is back: the same respond now records it, once.
+    admin
+        .execute_unprepared(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
+        .await
+        .unwrap();
+    o.send(json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    let est = o.recv_type("connection_established").await;
+    assert_eq!(est["points_awarded"], 10);
+    assert_eq!(c.recv_type("connection_established").await["balance"], 10);
+    assert_eq!(
+        app.running
+            .ctx()
+            .store
+            .connections_for_request(&id)
+            .await
+            .unwrap(),
+        1
+    );
+    app.running.shutdown().await;
+}
