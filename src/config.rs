@@ -53,8 +53,21 @@ pub struct Settings {
     pub connections: ConnectionSettings,
     /// Points.
     pub points: PointsSettings,
+    /// Event bus and outbox publisher.
+    pub events: EventSettings,
     /// Prometheus endpoint.
     pub metrics: MetricsSettings,
+}
+
+/// `[events]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct EventSettings {
+    /// Events kept per subscriber.
+    pub capacity: usize,
+    /// Publisher period.
+    pub publish_interval_ms: u64,
+    /// Rows per round.
+    pub batch: u64,
 }
 
 /// `[server]`

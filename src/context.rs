@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::actors::directory::Regions;
 use crate::actors::session::SessionMsg;
 use crate::config::Settings;
+use crate::events::EventBus;
 use crate::geo::ZipTable;
 use crate::protocol::Role;
 use crate::store::Store;
@@ -102,6 +103,10 @@ pub struct Context {
     pub sessions: Arc<Sessions>,
     /// The durable store.
     pub store: Store,
+    /// Domain events after commit.
+    pub events: EventBus,
+    /// Wakes the outbox publisher after a commit.
+    pub events_wake: Arc<tokio::sync::Notify>,
     shutdown: watch::Sender<bool>,
     next_session: AtomicU64,
 }
@@ -115,6 +120,7 @@ impl Context {
     ) -> anyhow::Result<Arc<Self>> {
         let timeout = Duration::from_millis(settings.regions.call_timeout_ms);
         let sessions = Arc::new(Sessions::default());
+        let events_capacity = settings.events.capacity;
         let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
         Ok(Arc::new(Self {
             settings,
@@ -122,6 +128,8 @@ impl Context {
             regions,
             sessions,
             store,
+            events: EventBus::new(events_capacity),
+            events_wake: Arc::new(tokio::sync::Notify::new()),
             shutdown: watch::channel(false).0,
             next_session: AtomicU64::new(1),
         }))

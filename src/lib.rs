@@ -8,12 +8,14 @@
 //! - [`context`]: the handles shared by a node's routes and sessions; no state of its own.
 //! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
 //! - [`server`]: start-up and the one shutdown sequence.
+//! - [`events`]: the event bus and the outbox publisher; publishes only what committed.
 //! - [`store`]: the durable store (sea-orm, SQLite or PostgreSQL); the only module that sees SQL.
 #![warn(missing_docs)]
 
 pub mod actors;
 pub mod config;
 pub mod context;
+pub mod events;
 pub mod geo;
 pub mod http;
 pub mod protocol;

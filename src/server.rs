@@ -27,6 +27,7 @@ pub struct Running {
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     upkeep: JoinHandle<()>,
+    publisher: JoinHandle<()>,
 }
 
 /// Binds `settings.server.bind` and starts serving.
@@ -69,6 +70,15 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
         tokio::spawn(async move { axum::serve(l, r).await });
     }
 
+    let publisher = {
+        let p = crate::events::Publisher::new(
+            ctx.store.clone(),
+            ctx.events.clone(),
+            ctx.settings.events.batch,
+        );
+        let every = Duration::from_millis(ctx.settings.events.publish_interval_ms);
+        tokio::spawn(p.run(every, ctx.events_wake.clone()))
+    };
     let upkeep = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -87,6 +97,7 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
         stop,
         server,
         upkeep,
+        publisher,
     })
 }
 
@@ -115,6 +126,16 @@ impl Running {
             Err(_) => tracing::warn!("http server did not stop within the grace period"),
         }
         self.upkeep.abort();
+        // Whatever committed is published before the store closes.
+        self.publisher.abort();
+        let flush = crate::events::Publisher::new(
+            ctx.store.clone(),
+            ctx.events.clone(),
+            ctx.settings.events.batch,
+        );
+        if let Err(e) = flush.publish_pending().await {
+            tracing::warn!("publishing the last events: {e}");
+        }
         ctx.stop();
         if let Err(e) = ctx.store.clone().close().await {
             tracing::warn!("closing the store: {e}");

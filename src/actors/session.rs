@@ -690,6 +690,9 @@ impl SessionState {
                 return;
             }
         };
+        if !rec.replayed {
+            self.ctx.events_wake.notify_one();
+        }
         let RoleState::Officer(o) = &mut self.role else {
             return;
         };

@@ -229,15 +229,22 @@ impl Store {
             "connection_id": id, "request_id": c.request_id, "officer_id": c.officer_id,
             "citizen_id": c.citizen_id, "mode": c.mode, "zip": c.zip, "points_awarded": points,
         });
-        let insert = Query::insert()
+        let mut events = vec![("connection_established", payload)];
+        if points > 0 {
+            for account in [&c.officer_id, &c.citizen_id] {
+                events.push((
+                    "points_awarded",
+                    json!({"account_id": account, "delta": points, "ref": id, "kind": "connection"}),
+                ));
+            }
+        }
+        let mut insert = Query::insert();
+        insert
             .into_table("events")
-            .columns(["kind", "payload", "created_at"])
-            .values_panic([
-                "connection_established".into(),
-                payload.to_string().into(),
-                c.at.into(),
-            ])
-            .to_owned();
+            .columns(["kind", "payload", "created_at"]);
+        for (kind, payload) in events {
+            insert.values_panic([kind.into(), payload.to_string().into(), c.at.into()]);
+        }
         txn.execute(&insert).await?;
         let r = Recorded {
             officer_balance: balance_in(&txn, &c.officer_id).await.map_err(db_err)?,
@@ -297,4 +304,45 @@ async fn balance_in(db: &impl ConnectionTrait, account: &str) -> Result<i64, Sto
         .map(|r| r.try_get::<i64>("", "balance"))
         .transpose()?
         .unwrap_or(0))
+}
+
+impl Store {
+    /// Committed events not yet published, oldest first: (id, kind, payload JSON).
+    pub async fn unpublished_events(
+        &self,
+        limit: u64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let q = Query::select()
+            .columns(["id", "kind", "payload"])
+            .from("events")
+            .and_where(Expr::col("published_at").is_null())
+            .order_by("id", sea_orm::sea_query::Order::Asc)
+            .limit(limit)
+            .to_owned();
+        let rows = self.db.query_all(&q).await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("", "id")?,
+                    r.try_get("", "kind")?,
+                    r.try_get("", "payload")?,
+                ))
+            })
+            .collect::<Result<_, DbErr>>()
+            .map_err(StoreError::from)
+    }
+
+    /// Marks events as published.
+    pub async fn mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let q = Query::update()
+            .table("events")
+            .value("published_at", Utc::now())
+            .and_where(Expr::col("id").is_in(ids.iter().copied()))
+            .to_owned();
+        self.db.execute(&q).await?;
+        Ok(())
+    }
 }

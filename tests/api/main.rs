@@ -5,6 +5,7 @@ mod helpers;
 mod bad_input;
 mod citizen;
 mod connections;
+mod events;
 mod http_api;
 mod officer;
 mod outage;
