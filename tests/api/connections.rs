@@ -10,24 +10,12 @@ use crate::helpers::*;
 const HERE: (f64, f64) = (40.7506, -73.9972);
 const NEAR: (f64, f64) = (40.7510, -73.9972); // ~45 m north
 
-/// Sends a request; returns the `connection_pending` or `error` answer (skipping pushes).
-async fn request(c: &mut Client, officer: &str, mode: &str) -> serde_json::Value {
-    c.send(json!({"type":"request_connection","officer_id":officer,"mode":mode}))
-        .await;
-    loop {
-        let f = c.recv().await;
-        if f["type"] == "connection_pending" || f["type"] == "error" {
-            return f;
-        }
-    }
-}
-
 #[tokio::test]
 async fn accept_records_once_and_pays_both_sides() {
     let app = spawn_app().await;
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let pending = request(&mut c, "o1", "in_person").await;
+    let pending = c.request("o1", "in_person").await;
     assert_eq!(pending["type"], "connection_pending", "{pending}");
     assert_eq!(pending["officer_id"], "o1");
     let request_id = pending["request_id"].as_str().unwrap().to_owned();
@@ -63,7 +51,7 @@ async fn accept_records_once_and_pays_both_sides() {
     assert_eq!(store.balance("c1").await.unwrap(), 10);
 
     // Within the pair cooldown a new connection is recorded with 0 points.
-    let p = request(&mut c, "o1", "virtual").await;
+    let p = c.request("o1", "virtual").await;
     let id2 = p["request_id"].as_str().unwrap().to_owned();
     o.recv_type("connection_requested").await;
     o.send(json!({"type":"respond","request_id":id2,"accept":true}))
@@ -83,23 +71,17 @@ async fn refusals_name_the_reason() {
     let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
 
     assert_eq!(
-        request(&mut c, "ghost", "virtual").await["code"],
+        c.request("ghost", "virtual").await["code"],
         "officer_unavailable"
     );
-    assert_eq!(request(&mut c, "far", "in_person").await["code"], "too_far");
+    assert_eq!(c.request("far", "in_person").await["code"], "too_far");
     assert_eq!(
-        request(&mut c, "near", "in_person").await["type"],
+        c.request("near", "in_person").await["type"],
         "connection_pending"
     );
     near.recv_type("connection_requested").await;
-    assert_eq!(
-        request(&mut c, "far", "virtual").await["code"],
-        "request_pending"
-    );
-    assert_eq!(
-        request(&mut c2, "near", "virtual").await["code"],
-        "officer_busy"
-    );
+    assert_eq!(c.request("far", "virtual").await["code"], "request_pending");
+    assert_eq!(c2.request("near", "virtual").await["code"], "officer_busy");
     let bad = json!({"type":"respond","request_id":"nope","accept":true});
     near.send(bad).await;
     assert_eq!(near.recv().await["code"], "unknown_request");
@@ -111,11 +93,7 @@ async fn decline_tells_the_citizen_only() {
     let app = spawn_app().await;
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let id = request(&mut c, "o1", "virtual").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
+    let id = ask(&mut o, &mut c, "o1", "virtual").await;
     o.send(json!({"type":"respond","request_id":id,"accept":false}))
         .await;
     let r = c.recv_type("connection_response").await;
@@ -126,18 +104,10 @@ async fn decline_tells_the_citizen_only() {
     // Nothing more for the officer; it is free for the next request.
     o.ping().await;
     assert_eq!(
-        request(&mut c, "o1", "virtual").await["type"],
+        c.request("o1", "virtual").await["type"],
         "connection_pending"
     );
-    assert_eq!(
-        app.running
-            .ctx()
-            .store
-            .connections_for_request(&id)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(app.recorded(&id).await, 0);
     app.running.shutdown().await;
 }
 
@@ -146,11 +116,7 @@ async fn unanswered_requests_expire_for_both() {
     let app = spawn_app_with(|s| s.connections.request_timeout_s = 1).await;
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let id = request(&mut c, "o1", "virtual").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
+    let id = ask(&mut o, &mut c, "o1", "virtual").await;
     let ro = o.recv_type("connection_response").await;
     let rc = c.recv_type("connection_response").await;
     assert_eq!(ro["status"], "expired");
@@ -164,11 +130,7 @@ async fn a_citizen_who_leaves_cancels_its_request() {
     let app = spawn_app().await;
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let id = request(&mut c, "o1", "virtual").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
+    let id = ask(&mut o, &mut c, "o1", "virtual").await;
     drop(c);
     let r = o.recv_type("connection_response").await;
     assert_eq!(
@@ -180,15 +142,7 @@ async fn a_citizen_who_leaves_cancels_its_request() {
         .await;
     assert_eq!(o.recv().await["code"], "unknown_request");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(
-        app.running
-            .ctx()
-            .store
-            .connections_for_request(&id)
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(app.recorded(&id).await, 0);
     app.running.shutdown().await;
 }
 
@@ -197,11 +151,7 @@ async fn a_request_ends_even_if_the_officer_session_dies() {
     let app = spawn_app_with(|s| s.connections.request_timeout_s = 1).await;
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let id = request(&mut c, "o1", "virtual").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
+    let id = ask(&mut o, &mut c, "o1", "virtual").await;
     // The officer's actor is killed: no post_stop, no timeout of its own.
     app.running.ctx().sessions.get("o1").unwrap().actor.kill();
     let started = std::time::Instant::now();
@@ -231,7 +181,7 @@ async fn a_request_ends_even_if_the_officer_session_dies() {
         "no ghost officer: {n}"
     );
     assert_eq!(
-        request(&mut c, "o1", "virtual").await["code"],
+        c.request("o1", "virtual").await["code"],
         "officer_unavailable"
     );
     app.running.shutdown().await;

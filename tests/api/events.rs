@@ -12,16 +12,7 @@ async fn an_accept_publishes_connection_and_points_events_once() {
     let mut bus = app.running.ctx().events.subscribe();
     let mut o = app.officer("o1", 40.7510, -73.9972).await;
     let (mut c, _) = app.citizen("c1", 40.7506, -73.9972).await;
-    c.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
-        .await;
-    let id = c.recv_type("connection_pending").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
-    o.send(json!({"type":"respond","request_id":id,"accept":true}))
-        .await;
-    let est = o.recv_type("connection_established").await;
+    let (id, est) = ask_and_accept(&mut o, &mut c, "o1", "virtual").await;
     // A replayed respond publishes nothing new.
     o.send(json!({"type":"respond","request_id":id,"accept":true}))
         .await;

@@ -218,8 +218,58 @@ impl Client {
         }
     }
 
+    /// Sends `request_connection`; returns the `connection_pending` or `error` answer,
+    /// skipping pushes.
+    pub async fn request(&mut self, officer: &str, mode: &str) -> Value {
+        self.send(
+            serde_json::json!({"type":"request_connection","officer_id":officer,"mode":mode}),
+        )
+        .await;
+        loop {
+            let f = self.recv().await;
+            if f["type"] == "connection_pending" || f["type"] == "error" {
+                return f;
+            }
+        }
+    }
+
     pub async fn ping(&mut self) {
         self.send(serde_json::json!({"type":"ping"})).await;
         self.recv_type("pong").await;
+    }
+}
+
+/// Citizen `c` asks officer `o` (account `officer`), who receives it; returns the request id.
+pub async fn ask(o: &mut Client, c: &mut Client, officer: &str, mode: &str) -> String {
+    let p = c.request(officer, mode).await;
+    assert_eq!(p["type"], "connection_pending", "{p}");
+    o.recv_type("connection_requested").await;
+    p["request_id"].as_str().unwrap().to_owned()
+}
+
+/// `ask`, then the officer accepts; returns the request id and the officer's
+/// `connection_established`.
+pub async fn ask_and_accept(
+    o: &mut Client,
+    c: &mut Client,
+    officer: &str,
+    mode: &str,
+) -> (String, Value) {
+    let id = ask(o, c, officer, mode).await;
+    o.send(serde_json::json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    let est = o.recv_type("connection_established").await;
+    (id, est)
+}
+
+impl TestApp {
+    /// Connections the store holds for a request.
+    pub async fn recorded(&self, request_id: &str) -> u64 {
+        self.running
+            .ctx()
+            .store
+            .connections_for_request(request_id)
+            .await
+            .unwrap()
     }
 }

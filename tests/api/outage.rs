@@ -28,13 +28,7 @@ async fn store_outage_fails_store_requests_only() {
 
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    c.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
-        .await;
-    let id = c.recv_type("connection_pending").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
+    let id = ask(&mut o, &mut c, "o1", "virtual").await;
 
     // The database goes away: no new connections, existing ones cut.
     admin
@@ -76,14 +70,6 @@ async fn store_outage_fails_store_requests_only() {
     let est = o.recv_type("connection_established").await;
     assert_eq!(est["points_awarded"], 10);
     assert_eq!(c.recv_type("connection_established").await["balance"], 10);
-    assert_eq!(
-        app.running
-            .ctx()
-            .store
-            .connections_for_request(&id)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(app.recorded(&id).await, 1);
     app.running.shutdown().await;
 }

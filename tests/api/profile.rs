@@ -8,42 +8,16 @@ use crate::helpers::*;
 const HERE: (f64, f64) = (40.7506, -73.9972);
 const NEAR: (f64, f64) = (40.7510, -73.9972);
 
-/// Officer `o` accepts a virtual request from citizen `c`; returns the connection id.
-async fn connect(o: &mut Client, c: &mut Client) -> String {
-    c.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
-        .await;
-    let id = c.recv_type("connection_pending").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
-    o.send(json!({"type":"respond","request_id":id,"accept":true}))
-        .await;
-    let est = c.recv_type("connection_established").await;
-    est["connection_id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn profile_points_and_history_follow_connections() {
     let app = spawn_app().await;
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c1, _) = app.citizen("c1", HERE.0, HERE.1).await;
     let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
-    let first = connect(&mut o, &mut c1).await;
-    o.recv_type("connection_established").await;
-    c2.send(json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}))
-        .await;
-    let id = c2.recv_type("connection_pending").await["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    o.recv_type("connection_requested").await;
-    o.send(json!({"type":"respond","request_id":id,"accept":true}))
-        .await;
-    let second = c2.recv_type("connection_established").await["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, est1) = ask_and_accept(&mut o, &mut c1, "o1", "virtual").await;
+    let (_, est2) = ask_and_accept(&mut o, &mut c2, "o1", "virtual").await;
+    let first = est1["connection_id"].as_str().unwrap().to_owned();
+    let second = est2["connection_id"].as_str().unwrap().to_owned();
 
     let officer = app.token(Role::Officer, "o1");
     let (s, me) = app.get("/v1/me", Some(&officer)).await;
