@@ -29,6 +29,7 @@ use crate::context::{Context, SessionEntry};
 use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId};
+use crate::http::auth::Ticket;
 use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg};
 use crate::store::NewConnection;
 
@@ -141,18 +142,8 @@ pub struct SessionArgs {
     pub ctx: Arc<Context>,
     /// Session id.
     pub session_id: u64,
-    /// Account id (token `sub`).
-    pub account: Arc<str>,
-    /// Display name.
-    pub display_name: Arc<str>,
-    /// Role.
-    pub role: Role,
-    /// First position.
-    pub pos: LatLon,
-    /// Its region.
-    pub zip: ZipId,
-    /// Distance to the region's centroid.
-    pub d0: f64,
+    /// What the orchestrator granted: account, name, role, first position and region.
+    pub ticket: Ticket,
     /// Socket writer.
     pub out: Outbox,
     /// The session's current zip, for the socket bridge's clean-up if the actor dies.
@@ -836,7 +827,8 @@ impl Actor for SessionActor {
         myself: ActorRef<Self::Msg>,
         a: SessionArgs,
     ) -> Result<SessionState, ActorProcessingErr> {
-        let role = match a.role {
+        let t = a.ticket;
+        let role = match t.role {
             Role::Officer => RoleState::Officer(Box::default()),
             _ => {
                 let cfg = &a.ctx.settings.citizen;
@@ -860,10 +852,10 @@ impl Actor for SessionActor {
         };
         let entry = SessionEntry {
             session_id: a.session_id,
-            role: a.role,
+            role: t.role,
             actor: myself.clone(),
         };
-        if let Some(old) = a.ctx.sessions.register(a.account.clone(), entry) {
+        if let Some(old) = a.ctx.sessions.register(t.account.clone(), entry) {
             // The replaced session may already be stopping; then its socket closes anyway.
             let _ = old.actor.cast(SessionMsg::Close {
                 code: close::REPLACED,
@@ -871,15 +863,15 @@ impl Actor for SessionActor {
                 reason: "a newer session of this account opened".into(),
             });
         }
-        metrics::gauge!("ws_sessions", "role" => a.role.as_str()).increment(1.0);
+        metrics::gauge!("ws_sessions", "role" => t.role.as_str()).increment(1.0);
         Ok(SessionState {
             ctx: a.ctx,
             id: a.session_id,
-            account: a.account,
-            name: a.display_name,
-            pos: a.pos,
-            zip: a.zip,
-            d0: a.d0,
+            account: t.account,
+            name: t.display_name,
+            pos: t.pos,
+            zip: t.zip,
+            d0: t.d0,
             out: a.out,
             last_zip: a.last_zip,
             role,

@@ -87,12 +87,7 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
     let args = SessionArgs {
         ctx: ctx.clone(),
         session_id,
-        account: t.account.clone(),
-        display_name: t.display_name.clone(),
-        role: t.role,
-        pos: t.pos,
-        zip: t.zip,
-        d0: t.d0,
+        ticket: t.clone(),
         out: out.clone(),
         last_zip: last_zip.clone(),
     };
