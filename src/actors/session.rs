@@ -33,6 +33,9 @@ use crate::http::auth::Ticket;
 use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg};
 use crate::store::NewConnection;
 
+/// Most officers announced by `officer_nearby` from one answer.
+const MAX_CLOSE: usize = 64;
+
 /// How a region tells a citizen session that its answer may have changed: a flag that is
 /// raised once (one message) until the session consumes it, so a busy region costs a
 /// watcher at most one message per push.
@@ -448,23 +451,35 @@ impl SessionState {
         }
         c.nearby = officers;
 
-        // officer_nearby: once per entry into the proximity distance.
+        // officer_nearby: once per entry into the proximity distance. When the `limit`
+        // nearest are all that close, more may be: ask the same regions for them.
         let proximity = self.ctx.settings.citizen.proximity_m;
-        let close_now: HashSet<OfficerKey> = merged
+        let mut close: Vec<(OfficerKey, f64)> = merged
             .iter()
             .filter(|n| n.distance_m <= proximity)
-            .map(|n| n.id.clone())
+            .map(|n| (n.id.clone(), n.distance_m))
             .collect();
-        for n in merged
-            .iter()
-            .filter(|n| close_now.contains(&n.id) && !c.close_by.contains(&n.id))
-        {
+        if close.len() == c.limit && c.limit > 0 {
+            let calls = touching
+                .iter()
+                .map(|&z| regions.query(z, pos, proximity, MAX_CLOSE, None));
+            let parts: Vec<_> = join_all(calls)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect();
+            close = merge_nearest(parts, MAX_CLOSE)
+                .into_iter()
+                .map(|n| (n.id, n.distance_m))
+                .collect();
+        }
+        for (id, d) in close.iter().filter(|(id, _)| !c.close_by.contains(id)) {
             self.out.send(&ServerMsg::OfficerNearby {
-                officer_id: n.id.to_string(),
-                distance_m: n.distance_m,
+                officer_id: id.to_string(),
+                distance_m: *d,
             });
         }
-        c.close_by = close_now;
+        c.close_by = close.into_iter().map(|(id, _)| id).collect();
     }
 
     /// Citizen: a watched region changed; push now or at the end of the interval.

@@ -221,3 +221,27 @@ async fn watch_changes_radius_and_limit() {
     assert_eq!(ids(&p), ["o2"], "limit 1 keeps only the nearest");
     app.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn officer_nearby_is_not_hidden_by_the_limit() {
+    let app = spawn_app().await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    c.send(json!({"type":"watch","limit":1})).await;
+    c.ping().await;
+    let _a = app.officer("o1", HERE.0 + 0.0003, HERE.1).await; // ~33 m
+    let _b = app.officer("o2", HERE.0 + 0.0006, HERE.1).await; // ~67 m
+    c.send(json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
+        .await;
+    let mut seen = Vec::new();
+    while let Some(f) = c.try_recv(Duration::from_millis(800)).await {
+        if f["type"] == "officer_nearby" {
+            seen.push(f["officer_id"].as_str().unwrap().to_owned());
+        }
+        if f["type"] == "nearby" {
+            assert!(f["officers"].as_array().unwrap().len() <= 1, "limit 1: {f}");
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["o1", "o2"], "each close officer announced once");
+    app.running.shutdown().await;
+}
