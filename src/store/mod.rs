@@ -288,20 +288,31 @@ fn db_err(e: StoreError) -> DbErr {
 }
 
 async fn balance_in(db: &impl ConnectionTrait, account: &str) -> Result<i64, StoreError> {
-    let q = Query::select()
-        .expr_as(
-            Func::cast_as(
-                Func::coalesce([Expr::from(Func::sum(Expr::col("delta"))), Expr::val(0i64)]),
-                "BIGINT",
-            ),
-            "balance",
-        )
-        .from("ledger")
-        .and_where(Expr::col("account_id").eq(account))
-        .to_owned();
+    ledger_sum(db, account, None).await
+}
+
+/// Sum of an account's ledger deltas, over the entries matching `only` if given.
+async fn ledger_sum(
+    db: &impl ConnectionTrait,
+    account: &str,
+    only: Option<Expr>,
+) -> Result<i64, StoreError> {
+    let mut q = Query::select();
+    q.expr_as(
+        Func::cast_as(
+            Func::coalesce([Expr::from(Func::sum(Expr::col("delta"))), Expr::val(0i64)]),
+            "BIGINT",
+        ),
+        "total",
+    )
+    .from("ledger")
+    .and_where(Expr::col("account_id").eq(account));
+    if let Some(cond) = only {
+        q.and_where(cond);
+    }
     let row = db.query_one(&q).await?;
     Ok(row
-        .map(|r| r.try_get::<i64>("", "balance"))
+        .map(|r| r.try_get::<i64>("", "total"))
         .transpose()?
         .unwrap_or(0))
 }

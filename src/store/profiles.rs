@@ -1,15 +1,15 @@
 //! Accounts and what they see of themselves: profile, ledger and connection history.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, Func, Query};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
 };
 use serde::Serialize;
 
 use super::entities::{account, connection, ledger};
-use super::{Store, StoreError};
+use super::{Store, StoreError, ledger_sum};
 
 /// A profile as `GET /v1/me` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -124,34 +124,8 @@ impl Store {
         else {
             return Ok(None);
         };
-        let sum = |positive: bool| {
-            let cond = if positive {
-                Expr::col("delta").gt(0)
-            } else {
-                Expr::col("delta").lt(0)
-            };
-            Query::select()
-                .expr_as(
-                    Func::cast_as(
-                        Func::coalesce([
-                            Expr::from(Func::sum(Expr::col("delta"))),
-                            Expr::val(0i64),
-                        ]),
-                        "BIGINT",
-                    ),
-                    "s",
-                )
-                .from("ledger")
-                .and_where(Expr::col("account_id").eq(id))
-                .and_where(cond)
-                .to_owned()
-        };
-        let mut totals = [0i64; 2];
-        for (i, positive) in [true, false].into_iter().enumerate() {
-            if let Some(row) = self.db.query_one(&sum(positive)).await? {
-                totals[i] = row.try_get::<i64>("", "s")?;
-            }
-        }
+        let earned = ledger_sum(&self.db, id, Some(Expr::col("delta").gt(0))).await?;
+        let spent = -ledger_sum(&self.db, id, Some(Expr::col("delta").lt(0))).await?;
         let connections = connection::Entity::find()
             .filter(
                 connection::Column::OfficerId
@@ -165,9 +139,9 @@ impl Store {
             role: a.role,
             display_name: a.display_name,
             points: Points {
-                balance: totals[0] + totals[1],
-                earned: totals[0],
-                spent: -totals[1],
+                balance: earned - spent,
+                earned,
+                spent,
             },
             connections,
         }))
