@@ -57,6 +57,17 @@ pub struct Settings {
     pub events: EventSettings,
     /// Prometheus endpoint.
     pub metrics: MetricsSettings,
+    /// Offers, vouchers and donations.
+    pub rewards: RewardSettings,
+}
+
+/// `[rewards]`
+#[derive(Debug, Clone, Deserialize)]
+pub struct RewardSettings {
+    /// HMAC key that signs voucher codes.
+    pub voucher_key: Secret,
+    /// How long an `Idempotency-Key` answer is kept.
+    pub idempotency_ttl_s: u64,
 }
 
 /// `[events]`
@@ -122,6 +133,8 @@ pub struct LimitSettings {
     pub max_sessions: usize,
     /// HTTP body limit.
     pub max_body_bytes: usize,
+    /// Body limit of the import endpoints; larger gets 413.
+    pub import_max_bytes: usize,
 }
 
 /// `[regions]`

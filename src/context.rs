@@ -16,6 +16,7 @@ use crate::events::EventBus;
 use crate::geo::ZipTable;
 use crate::protocol::Role;
 use crate::store::Store;
+use crate::store::rewards::VoucherSigner;
 
 /// One live session, as the registry knows it.
 #[derive(Clone)]
@@ -65,7 +66,7 @@ impl Sessions {
             match e.role {
                 Role::Officer => o += 1,
                 Role::Citizen => c += 1,
-                Role::Admin => {}
+                Role::Admin | Role::Retailer => {}
             }
         }
         (o, c)
@@ -107,6 +108,8 @@ pub struct Context {
     pub events: EventBus,
     /// Wakes the outbox publisher after a commit.
     pub events_wake: Arc<tokio::sync::Notify>,
+    /// Signs and checks voucher codes.
+    pub vouchers: VoucherSigner,
     shutdown: watch::Sender<bool>,
     next_session: AtomicU64,
 }
@@ -121,6 +124,7 @@ impl Context {
         let timeout = Duration::from_millis(settings.regions.call_timeout_ms);
         let sessions = Arc::new(Sessions::default());
         let events_capacity = settings.events.capacity;
+        let vouchers = VoucherSigner::new(settings.rewards.voucher_key.expose());
         let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
         Ok(Arc::new(Self {
             settings,
@@ -130,6 +134,7 @@ impl Context {
             store,
             events: EventBus::new(events_capacity),
             events_wake: Arc::new(tokio::sync::Notify::new()),
+            vouchers,
             shutdown: watch::channel(false).0,
             next_session: AtomicU64::new(1),
         }))

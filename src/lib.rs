@@ -9,6 +9,7 @@
 //! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
 //! - [`server`]: start-up and the one shutdown sequence.
 //! - [`events`]: the event bus and the outbox publisher; publishes only what committed.
+//! - [`import`]: parsing and validating bulk imports (CSV / JSON); pure, no I/O.
 //! - [`store`]: the durable store (sea-orm, SQLite or PostgreSQL); the only module that sees SQL.
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod context;
 pub mod events;
 pub mod geo;
 pub mod http;
+pub mod import;
 pub mod protocol;
 pub mod server;
 pub mod store;

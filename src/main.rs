@@ -38,6 +38,17 @@ enum Cmd {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Import officers, retailers, offers or charities from a CSV or JSON file (the same
+    /// path as POST /admin/v1/import/{kind}); prints the report as JSON.
+    Import {
+        /// officers, retailers, offers or charities.
+        kind: String,
+        /// The file: CSV with a header row, or a JSON array (by extension, else sniffed).
+        file: PathBuf,
+        /// sqlite:// or postgres:// URL.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Print a signed development token.
     Token {
         /// officer, citizen or admin.
@@ -60,7 +71,8 @@ fn parse_role(s: &str) -> Result<Role, String> {
         "officer" => Ok(Role::Officer),
         "citizen" => Ok(Role::Citizen),
         "admin" => Ok(Role::Admin),
-        _ => Err("role is officer, citizen or admin".into()),
+        "retailer" => Ok(Role::Retailer),
+        _ => Err("role is officer, citizen, admin or retailer".into()),
     }
 }
 
@@ -88,6 +100,31 @@ fn main() -> anyhow::Result<()> {
                 store.migrate().await?;
                 store.close().await?;
                 println!("migrated {}", heyblue::server::redact(&url));
+                anyhow::Ok(())
+            })
+        }
+        Cmd::Import {
+            kind,
+            file,
+            database_url,
+        } => {
+            let kind = heyblue::import::Kind::parse(&kind)
+                .context("kind is officers, retailers, offers or charities")?;
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let csv = match file.extension().and_then(|e| e.to_str()) {
+                Some("csv") => Some(true),
+                Some("json") => Some(false),
+                _ => None,
+            };
+            let url = database_url.unwrap_or(settings.database.url);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let store = heyblue::store::Store::connect(&url).await?;
+                store.migrate().await?;
+                let report = store.import_file(kind, body.into(), csv, None).await;
+                store.close().await?;
+                let report = report?.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                println!("{}", serde_json::to_string_pretty(&report)?);
                 anyhow::Ok(())
             })
         }

@@ -16,6 +16,8 @@ pub enum Role {
     Citizen,
     /// An operator (HTTP only).
     Admin,
+    /// A partner retailer, `sub` = its retailer id (HTTP only: redeems its vouchers).
+    Retailer,
 }
 
 impl Role {
@@ -25,6 +27,7 @@ impl Role {
             Role::Officer => "officer",
             Role::Citizen => "citizen",
             Role::Admin => "admin",
+            Role::Retailer => "retailer",
         }
     }
 }

@@ -83,10 +83,21 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
         let state = state.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(5));
+            let ttl = Duration::from_secs(state.ctx.settings.rewards.idempotency_ttl_s);
+            let mut rounds = 0u64;
             loop {
                 tick.tick().await;
                 state.tickets.sweep();
                 http::metrics_handle().run_upkeep();
+                rounds += 1;
+                // Idempotency answers are kept for their TTL, then forgotten (once a minute).
+                if rounds.is_multiple_of(12) {
+                    match state.ctx.store.expire_idempotency_keys(ttl).await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(n, "expired idempotency keys"),
+                        Err(e) => tracing::warn!("expiring idempotency keys: {e}"),
+                    }
+                }
             }
         })
     };

@@ -208,3 +208,243 @@ mod interleavings {
         }
     }
 }
+
+// ---- rewards: redemptions, donations, idempotency, imports -------------------------------
+
+use heyblue::import::Kind;
+use heyblue::store::rewards::{IdempotencyKey, Refusal, VoucherSigner};
+
+async fn import(s: &Store, kind: Kind, body: &str) -> heyblue::import::Report {
+    s.import_file(kind, body.as_bytes().to_vec().into(), None, None)
+        .await
+        .expect("store up")
+        .expect("structurally fine")
+}
+
+/// One retailer `r1`, offer `o10` (10 points, unlimited) and `o-last2` (10 points, 2 left),
+/// charity `ch1`.
+async fn storefront(s: &Store) {
+    let r = import(
+        s,
+        Kind::Retailers,
+        "retailer_id,name,website\nr1,Corner Café,https://cafe.example\n",
+    )
+    .await;
+    assert_eq!(r.accepted, 1);
+    let r = import(
+        s,
+        Kind::Offers,
+        "offer_id,retailer,title,points_cost,valid_until,remaining\n\
+         o10,r1,Coffee,10,2099-12-31,\n\
+         o-last2,Corner Café,Muffin,10,2099-12-31,2\n\
+         o-old,r1,Stale,10,2001-01-01,\n\
+         o-bad,nobody,X,10,2099-12-31,\n",
+    )
+    .await;
+    assert_eq!(r.accepted, 3, "{r:?}");
+    assert_eq!(r.rejected.len(), 1);
+    assert_eq!(r.rejected[0].row, 4);
+    import(
+        s,
+        Kind::Charities,
+        r#"[{"charity_id":"ch1","name":"Food Bank"}]"#,
+    )
+    .await;
+}
+
+/// Gives `account` `n`×10 points through real connections with distinct officers.
+async fn earn(s: &Store, account: &str, n: usize) {
+    for i in 0..n {
+        let officer = format!("earn-{account}-{i}");
+        s.record_accepted(&accepted(&format!("req-{officer}"), &officer, account))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn concurrent_redemptions_never_overspend() {
+    both(|s| async move {
+        storefront(&s).await;
+        earn(&s, "c1", 3).await;
+        let signer = VoucherSigner::new("k");
+        let tries = (0..8).map(|_| s.redeem_offer("c1", "o10", &signer, None));
+        let results = futures_util::future::join_all(tries).await;
+        let ok: Vec<_> = results
+            .iter()
+            .filter_map(|r| r.as_ref().unwrap().as_ref().ok())
+            .collect();
+        assert_eq!(ok.len(), 3, "{results:?}");
+        assert!(results.iter().all(|r| matches!(
+            r.as_ref().unwrap(),
+            Ok(_) | Err(Refusal::InsufficientPoints)
+        )));
+        assert_eq!(s.balance("c1").await.unwrap(), 0);
+        for v in &ok {
+            assert!(signer.check(&v.voucher_code).is_some());
+            assert!(s.voucher(&v.voucher_code).await.unwrap().is_some());
+        }
+        assert_eq!(s.events_of_kind("voucher_issued").await.unwrap(), 3);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stock_runs_out_exactly() {
+    both(|s| async move {
+        storefront(&s).await;
+        let signer = VoucherSigner::new("k");
+        for c in 0..5 {
+            earn(&s, &format!("c{c}"), 1).await;
+        }
+        let accounts: Vec<String> = (0..5).map(|c| format!("c{c}")).collect();
+        let tries = accounts
+            .iter()
+            .map(|a| s.redeem_offer(a, "o-last2", &signer, None));
+        let results = futures_util::future::join_all(tries).await;
+        let ok = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().is_ok())
+            .count();
+        let out = results
+            .iter()
+            .filter(|r| matches!(r.as_ref().unwrap(), Err(Refusal::OfferExhausted)))
+            .count();
+        assert_eq!((ok, out), (2, 3), "{results:?}");
+        // The refused kept their points.
+        let total: i64 = futures_util::future::join_all(accounts.iter().map(|a| s.balance(a)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .sum();
+        assert_eq!(total, 30);
+        let expired = s.redeem_offer("c0", "o-old", &signer, None).await.unwrap();
+        assert_eq!(expired, Err(Refusal::OfferExpired));
+        let unknown = s.redeem_offer("c0", "o-bad", &signer, None).await.unwrap();
+        assert_eq!(unknown, Err(Refusal::UnknownOffer));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_keyed_request_acts_once_even_when_raced() {
+    both(|s| async move {
+        storefront(&s).await;
+        earn(&s, "c1", 5).await;
+        let signer = VoucherSigner::new("k");
+        let key = IdempotencyKey {
+            account: "c1".into(),
+            key: "k-1".into(),
+            fingerprint: "f".into(),
+        };
+        let tries = (0..6).map(|_| s.redeem_offer("c1", "o10", &signer, Some(&key)));
+        let results: Vec<_> = futures_util::future::join_all(tries)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().unwrap())
+            .collect();
+        assert!(results.iter().all(|r| *r == results[0]), "{results:?}");
+        assert_eq!(s.balance("c1").await.unwrap(), 40);
+        // The same key for another request is refused, and changes nothing.
+        let other = IdempotencyKey {
+            fingerprint: "g".into(),
+            ..key.clone()
+        };
+        assert_eq!(
+            s.redeem_offer("c1", "o10", &signer, Some(&other))
+                .await
+                .unwrap(),
+            Err(Refusal::IdempotencyKeyReused)
+        );
+        // A refusal is an outcome too: replayed, even after the balance changed.
+        let key2 = IdempotencyKey {
+            key: "k-2".into(),
+            ..key.clone()
+        };
+        let d = s.donate("c1", "ch-unknown", 5, Some(&key2)).await.unwrap();
+        assert_eq!(d, Err(Refusal::UnknownCharity));
+        assert_eq!(
+            s.donate("c1", "ch-unknown", 5, Some(&key2)).await.unwrap(),
+            d
+        );
+        assert_eq!(s.balance("c1").await.unwrap(), 40);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn donations_debit_once_and_never_below_zero() {
+    both(|s| async move {
+        storefront(&s).await;
+        earn(&s, "o1", 2).await;
+        let tries = (0..4).map(|_| s.donate("o1", "ch1", 8, None));
+        let results = futures_util::future::join_all(tries).await;
+        let ok = results
+            .iter()
+            .filter(|r| r.as_ref().unwrap().is_ok())
+            .count();
+        assert_eq!(ok, 2, "{results:?}");
+        assert_eq!(s.balance("o1").await.unwrap(), 4);
+        assert_eq!(s.events_of_kind("donation_made").await.unwrap(), 2);
+        assert_eq!(
+            s.donate("o1", "ch1", 5, None).await.unwrap(),
+            Err(Refusal::InsufficientPoints)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn vouchers_are_used_once_and_only_by_their_retailer() {
+    both(|s| async move {
+        storefront(&s).await;
+        earn(&s, "c1", 1).await;
+        let signer = VoucherSigner::new("k");
+        let v = s
+            .redeem_offer("c1", "o10", &signer, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let code = &v.voucher_code;
+        assert_eq!(
+            s.redeem_voucher(code, "r2", Some("r2"), None)
+                .await
+                .unwrap(),
+            Err(Refusal::WrongRetailer)
+        );
+        let used = s
+            .redeem_voucher(code, "r1", Some("r1"), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(used.redeemed);
+        assert_eq!(
+            s.redeem_voucher(code, "admin", None, None).await.unwrap(),
+            Err(Refusal::VoucherAlreadyRedeemed)
+        );
+        assert!(s.voucher(code).await.unwrap().unwrap().redeemed);
+        assert_eq!(
+            s.redeem_voucher("NOPE", "admin", None, None).await.unwrap(),
+            Err(Refusal::UnknownVoucher)
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reimporting_a_file_changes_nothing_and_updates_in_place() {
+    both(|s| async move {
+        storefront(&s).await;
+        storefront(&s).await;
+        let page = s.offers_page(100, None).await.unwrap();
+        let ids: Vec<&str> = page.iter().map(|o| o.offer_id.as_str()).collect();
+        assert_eq!(ids, vec!["o-last2", "o10"], "expired offers are not listed");
+        assert_eq!(page[1].retailer, "Corner Café");
+        let r = import(&s, Kind::Offers, "offer_id,retailer,title,points_cost,valid_until,remaining\no10,r1,Tea,12,2099-12-31,7\n").await;
+        assert_eq!(r.accepted, 1);
+        let page = s.offers_page(100, Some("o-last2")).await.unwrap();
+        assert_eq!((page[0].title.as_str(), page[0].points_cost, page[0].remaining), ("Tea", 12, Some(7)));
+        assert_eq!(s.charities_page(10, None).await.unwrap().len(), 1);
+    })
+    .await;
+}

@@ -77,7 +77,7 @@ pub async fn patch_me(
     caller: Caller,
     body: Result<Json<PatchMe>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::bad_request("invalid_body", e.body_text()))?;
+    let Json(body) = body.map_err(|e| super::error::body_rejected(e.status(), e.body_text()))?;
     let name = body.display_name.trim();
     let chars = name.chars().count();
     if !(1..=60).contains(&chars) {

@@ -68,3 +68,31 @@ impl IntoResponse for ApiError {
         (self.status, Json(body)).into_response()
     }
 }
+
+/// A request body read whole within the route's `DefaultBodyLimit`: over it is
+/// `413 payload_too_large`, an unreadable body `400 invalid_body`.
+pub struct Body(pub bytes::Bytes);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| body_rejected(e.status(), e.body_text()))
+    }
+}
+
+/// The error for a body axum refused.
+pub fn body_rejected(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            "payload_too_large",
+            "the request body is larger than this endpoint accepts",
+        )
+    } else {
+        ApiError::bad_request("invalid_body", text)
+    }
+}

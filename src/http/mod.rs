@@ -2,9 +2,11 @@
 //! the live admin views. Handlers parse and check input, then call handles; they hold no
 //! domain state.
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod rewards;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
@@ -74,9 +76,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/me", get(api::get_me).patch(api::patch_me))
         .route("/v1/me/points", get(api::my_points))
         .route("/v1/me/connections", get(api::my_connections))
+        .route("/v1/offers", get(rewards::offers))
+        .route("/v1/redemptions", post(rewards::redeem))
+        .route("/v1/vouchers/{code}", get(rewards::voucher))
+        .route("/v1/vouchers/{code}/redeem", post(rewards::use_voucher))
+        .route("/v1/charities", get(rewards::charities))
+        .route("/v1/donations", post(rewards::donate))
         .route("/metrics", get(metrics_admin))
         .route("/admin/v1/regions/{zip}", get(admin_region))
         .route("/admin/v1/stats", get(admin_stats))
+        .route(
+            "/admin/v1/import/{kind}",
+            post(admin::import).layer(DefaultBodyLimit::max(
+                state.ctx.settings.limits.import_max_bytes,
+            )),
+        )
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .layer(DefaultBodyLimit::max(
             state.ctx.settings.limits.max_body_bytes,

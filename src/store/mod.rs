@@ -7,8 +7,10 @@
 //! racing accept pay at most once.
 
 mod entities;
+mod imports;
 mod migration;
 pub mod profiles;
+pub mod rewards;
 
 use std::time::Duration;
 

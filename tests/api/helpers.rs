@@ -85,6 +85,78 @@ impl TestApp {
         (status, body)
     }
 
+    /// Any request: method, path, token, optional (content type, body) and extra headers.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<(&str, Vec<u8>)>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some((ct, b)) = body {
+            req = req.header("content-type", ct).body(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let body = resp.json::<Value>().await.unwrap_or(Value::Null);
+        (status, body)
+    }
+
+    /// POST a JSON body.
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            Some(token),
+            Some(("application/json", body.to_string().into_bytes())),
+            &[],
+        )
+        .await
+    }
+
+    /// POST /admin/v1/import/{kind} as an admin.
+    pub async fn import(&self, kind: &str, content_type: &str, body: &str) -> (u16, Value) {
+        self.send(
+            reqwest::Method::POST,
+            &format!("/admin/v1/import/{kind}"),
+            Some(&self.token(Role::Admin, "admin")),
+            Some((content_type, body.as_bytes().to_vec())),
+            &[],
+        )
+        .await
+    }
+
+    /// Gives `account` `n` × `points.per_connection` through recorded connections.
+    pub async fn earn(&self, account: &str, n: usize) {
+        let s = &self.running.ctx().settings.points;
+        for i in 0..n {
+            let officer = format!("earn-{account}-{i}-{}", uuid::Uuid::new_v4().simple());
+            self.running
+                .ctx()
+                .store
+                .record_accepted(&heyblue::store::NewConnection {
+                    request_id: format!("req-{officer}"),
+                    officer_id: officer,
+                    citizen_id: account.into(),
+                    mode: "virtual".into(),
+                    zip: "10001".into(),
+                    per_connection: s.per_connection,
+                    pair_cooldown: Duration::from_secs(s.pair_cooldown_s),
+                    at: chrono::Utc::now(),
+                })
+                .await
+                .unwrap();
+        }
+    }
+
     /// `/metrics` as an admin sees it.
     pub async fn metrics(&self) -> String {
         let resp = self

@@ -11,4 +11,5 @@ mod officer;
 mod outage;
 mod process;
 mod profile;
+mod rewards;
 mod supervision;

@@ -83,3 +83,48 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `heyblue import KIND FILE` takes the same path as the admin endpoint.
+#[tokio::test]
+async fn the_import_command_upserts_files_and_refuses_broken_ones() {
+    let dir = tempdir();
+    let db = format!("sqlite://{}/cli.db?mode=rwc", dir.display());
+    std::fs::write(
+        dir.join("retailers.csv"),
+        "retailer_id,name,website\nr1,Corner Café,\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("offers.json"),
+        r#"[{"offer_id":"o1","retailer":"Corner Café","title":"Tea","points_cost":5,"valid_until":"2099-01-01"},
+            {"offer_id":"o2","retailer":"r9","title":"Tea","points_cost":5,"valid_until":"2099-01-01"}]"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("broken.csv"), "offer_id,title\no1,x\n").unwrap();
+    let run = |kind: &str, file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_heyblue"))
+            .args(["import", kind, file, "--database-url", &db])
+            .current_dir(&dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run heyblue import")
+    };
+    let out = run("retailers", "retailers.csv");
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["accepted"], 1);
+    let out = run("offers", "offers.json");
+    assert!(out.status.success(), "{out:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["accepted"], 1);
+    assert_eq!(r["rejected"][0]["row"], 2);
+    let out = run("offers", "broken.csv");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("retailer"));
+    let store = heyblue::store::Store::connect(&db).await.unwrap();
+    let offers = store.offers_page(10, None).await.unwrap();
+    assert_eq!(offers.len(), 1);
+    assert_eq!(offers[0].retailer_id, "r1");
+    store.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
