@@ -17,28 +17,9 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_0() {
-    let port = free_port();
     let dir = tempdir();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_heyblue"))
-        .args(["serve", "--bind", &format!("127.0.0.1:{port}")])
-        .current_dir(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start heyblue");
-    let base = format!("http://127.0.0.1:{port}");
+    let (mut child, base) = serve(&dir, None).await;
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let auth = heyblue::http::auth::Auth::new("heyblue-dev-secret-change-me");
     let token = auth.mint(Role::Citizen, "c1", None, Duration::from_secs(60));
     let body: Value = http
@@ -76,6 +57,40 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0() {
     };
     assert_eq!(exit.code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Starts `heyblue serve` in `dir` (its default SQLite under `dir/data/` unless `db`) on a
+/// free port and waits for /healthz.
+async fn serve(dir: &std::path::Path, db: Option<&str>) -> (std::process::Child, String) {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heyblue"));
+    cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}")]);
+    if let Some(db) = db {
+        cmd.args(["--database-url", db]);
+    }
+    let mut child = cmd
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start heyblue");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status() == 200
+        {
+            break;
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            panic!("server exited: {exit}");
+        }
+        assert!(Instant::now() < deadline, "server did not come up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, base)
 }
 
 fn tempdir() -> std::path::PathBuf {
@@ -125,6 +140,109 @@ async fn the_import_command_upserts_files_and_refuses_broken_ones() {
     let offers = store.offers_page(10, None).await.unwrap();
     assert_eq!(offers.len(), 1);
     assert_eq!(offers[0].retailer_id, "r1");
+    store.close().await.unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Opens a session on a server started by `serve`.
+async fn open(base: &str, role: Role, sub: &str, lat: f64, lon: f64) -> crate::helpers::Client {
+    let auth = heyblue::http::auth::Auth::new("heyblue-dev-secret-change-me");
+    let token = auth.mint(role, sub, None, Duration::from_secs(600));
+    let path = if role == Role::Officer {
+        "officers"
+    } else {
+        "citizens"
+    };
+    let body: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/{path}/session?lat={lat}&lon={lon}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(body["ws_url"].as_str().unwrap())
+        .await
+        .unwrap();
+    let mut c = crate::helpers::Client {
+        ws,
+        welcome: Value::Null,
+    };
+    assert_eq!(c.recv().await["type"], "welcome");
+    c
+}
+
+/// SIGKILL right after an accept commits — before the officer reads its reply and before
+/// anything is flushed or published on purpose: after a restart the connection, both
+/// ledger entries and the event exist exactly once, the event is published from the
+/// outbox, and replaying the accept records nothing more.
+#[tokio::test]
+async fn a_kill_after_accept_leaves_the_connection_recorded_exactly_once() {
+    let dir = tempdir();
+    let db = format!("sqlite://{}/kill.db?mode=rwc", dir.display());
+    let (mut child, base) = serve(&dir, Some(&db)).await;
+    let mut o = open(&base, Role::Officer, "o-kill", 40.7510, -73.9972).await;
+    o.send(serde_json::json!({"type":"available","window_s":900}))
+        .await;
+    o.recv_type("availability").await;
+    let mut c = open(&base, Role::Citizen, "c-kill", 40.7506, -73.9972).await;
+    c.recv_type("nearby").await;
+    let id = crate::helpers::ask(&mut o, &mut c, "o-kill", "in_person").await;
+    o.send(serde_json::json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    // The citizen hears of the accept only after the commit: kill the server then,
+    // without reading the officer's reply.
+    let r = c.recv_type("connection_response").await;
+    assert_eq!(r["status"], "accepted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let (mut child, base) = serve(&dir, Some(&db)).await;
+    let auth = heyblue::http::auth::Auth::new("heyblue-dev-secret-change-me");
+    let http = reqwest::Client::new();
+    for (role, sub) in [(Role::Officer, "o-kill"), (Role::Citizen, "c-kill")] {
+        let me: Value = http
+            .get(format!("{base}/v1/me"))
+            .bearer_auth(auth.mint(role, sub, None, Duration::from_secs(60)))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(me["connections"], 1, "{me}");
+        assert_eq!(me["points"]["balance"], 10, "{me}");
+        assert_eq!(me["points"]["earned"], 10, "{me}");
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let store = heyblue::store::Store::connect(&db).await.unwrap();
+    assert_eq!(store.connections_for_request(&id).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .events_of_kind("connection_established")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.unpublished_events(10).await.unwrap().is_empty());
+    // The same accept again (a retry after the crash) pays nothing more.
+    let replay = heyblue::store::NewConnection {
+        request_id: id.clone(),
+        officer_id: "o-kill".into(),
+        citizen_id: "c-kill".into(),
+        mode: "in_person".into(),
+        zip: "10001".into(),
+        per_connection: 10,
+        pair_cooldown: Duration::from_secs(86_400),
+        at: chrono::Utc::now(),
+    };
+    let again = store.record_accepted(&replay).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!((again.officer_balance, again.citizen_balance), (10, 10));
+    assert_eq!(store.connections_for_request(&id).await.unwrap(), 1);
     store.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
