@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use crate::actors::directory::Regions;
 use crate::actors::session::SessionMsg;
 use crate::config::Settings;
-use crate::events::EventBus;
+use crate::events::{EventBus, Publisher};
 use crate::geo::ZipTable;
 use crate::protocol::Role;
 use crate::store::Store;
@@ -108,6 +108,8 @@ pub struct Context {
     pub events: EventBus,
     /// Wakes the outbox publisher after a commit.
     pub events_wake: Arc<tokio::sync::Notify>,
+    /// Moves committed events to the bus and the profile projection.
+    pub publisher: Arc<Publisher>,
     /// Signs and checks voucher codes.
     pub vouchers: VoucherSigner,
     shutdown: watch::Sender<bool>,
@@ -125,6 +127,12 @@ impl Context {
         let sessions = Arc::new(Sessions::default());
         let events_capacity = settings.events.capacity;
         let vouchers = VoucherSigner::new(settings.rewards.voucher_key.expose());
+        let events = EventBus::new(events_capacity);
+        let publisher = Arc::new(Publisher::new(
+            store.clone(),
+            events.clone(),
+            settings.events.batch,
+        ));
         let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
         Ok(Arc::new(Self {
             settings,
@@ -132,7 +140,8 @@ impl Context {
             regions,
             sessions,
             store,
-            events: EventBus::new(events_capacity),
+            events,
+            publisher,
             events_wake: Arc::new(tokio::sync::Notify::new()),
             vouchers,
             shutdown: watch::channel(false).0,

@@ -1,8 +1,9 @@
 //! Domain events, published after commit. The store writes every event into its outbox
-//! table in the same transaction as the change it describes; the [`Publisher`] moves
-//! committed, unpublished rows onto the in-process [`EventBus`] and marks them published,
-//! so an event is never published for a change that did not commit, and a crash between
-//! commit and publication only delays it. (A cluster backend, Redis Streams, can take the
+//! table in the same transaction as the change it describes; the [`Publisher`] claims
+//! committed, unpublished rows, folds them into the profile statistics projection and marks
+//! them published in one transaction, then hands them to the in-process [`EventBus`]. So
+//! an event is never published for a change that did not commit, a crash between commit
+//! and publication only delays it, and the projection counts each event once. (A cluster backend, Redis Streams, can take the
 //! bus's place behind the same handle.)
 
 use std::sync::Arc;
@@ -72,24 +73,22 @@ impl Publisher {
     pub async fn publish_pending(&self) -> Result<usize, crate::store::StoreError> {
         let mut total = 0;
         loop {
-            let rows = self.store.unpublished_events(self.batch).await?;
+            let rows = self.store.publish_batch(self.batch).await?;
             if rows.is_empty() {
                 return Ok(total);
             }
-            let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            total += rows.len();
             for (id, kind, payload) in rows {
                 let payload =
                     serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
                 self.bus.publish(Event { id, kind, payload });
             }
-            self.store.mark_published(&ids).await?;
-            total += ids.len();
         }
     }
 
     /// Runs until the task is aborted: publishes every `every`, and at once when `wake`
     /// is notified (after a commit).
-    pub async fn run(self, every: Duration, wake: Arc<tokio::sync::Notify>) {
+    pub async fn run(self: Arc<Self>, every: Duration, wake: Arc<tokio::sync::Notify>) {
         loop {
             if let Err(e) = self.publish_pending().await {
                 metrics::counter!("event_publish_failures_total").increment(1);

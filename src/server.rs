@@ -71,13 +71,8 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
     }
 
     let publisher = {
-        let p = crate::events::Publisher::new(
-            ctx.store.clone(),
-            ctx.events.clone(),
-            ctx.settings.events.batch,
-        );
         let every = Duration::from_millis(ctx.settings.events.publish_interval_ms);
-        tokio::spawn(p.run(every, ctx.events_wake.clone()))
+        tokio::spawn(ctx.publisher.clone().run(every, ctx.events_wake.clone()))
     };
     let upkeep = {
         let state = state.clone();
@@ -139,12 +134,7 @@ impl Running {
         self.upkeep.abort();
         // Whatever committed is published before the store closes.
         self.publisher.abort();
-        let flush = crate::events::Publisher::new(
-            ctx.store.clone(),
-            ctx.events.clone(),
-            ctx.settings.events.batch,
-        );
-        if let Err(e) = flush.publish_pending().await {
+        if let Err(e) = ctx.publisher.publish_pending().await {
             tracing::warn!("publishing the last events: {e}");
         }
         ctx.stop();

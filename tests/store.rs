@@ -200,8 +200,12 @@ mod interleavings {
                     }
                     assert_eq!(s.connections_for_request(&req.request_id).await.unwrap(), 1);
                 }
+                // The profile projection, fed from the outbox, agrees with the ledger.
+                while !s.publish_batch(7).await.unwrap().is_empty() {}
                 for (account, points) in &awarded {
                     assert_eq!(s.balance(account).await.unwrap(), *points, "{account}");
+                    let st = s.stats(account).await.unwrap();
+                    assert_eq!((st.earned, st.spent), (*points, 0), "{account}");
                 }
                 let _ = std::fs::remove_dir_all(dir);
             });
@@ -445,6 +449,42 @@ async fn reimporting_a_file_changes_nothing_and_updates_in_place() {
         let page = s.offers_page(100, Some("o-last2")).await.unwrap();
         assert_eq!((page[0].title.as_str(), page[0].points_cost, page[0].remaining), ("Tea", 12, Some(7)));
         assert_eq!(s.charities_page(10, None).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn racing_publishers_project_each_event_once() {
+    both(|s| async move {
+        storefront(&s).await;
+        earn(&s, "c1", 6).await;
+        let signer = VoucherSigner::new("k");
+        s.redeem_offer("c1", "o10", &signer, None)
+            .await
+            .unwrap()
+            .unwrap();
+        earn(&s, "o1", 2).await;
+        s.donate("o1", "ch1", 5, None).await.unwrap().unwrap();
+        // Four publishers drain the outbox at once, in small batches.
+        let drain = |s: Store| async move {
+            let mut n = 0;
+            loop {
+                let b = s.publish_batch(3).await.unwrap();
+                if b.is_empty() {
+                    return n;
+                }
+                n += b.len();
+            }
+        };
+        let counts = futures_util::future::join_all((0..4).map(|_| drain(s.clone()))).await;
+        let events = 6 * 3 + 1 + 2 * 3 + 1;
+        assert_eq!(counts.iter().sum::<usize>(), events, "{counts:?}");
+        let c1 = s.stats("c1").await.unwrap();
+        assert_eq!((c1.earned, c1.spent, c1.connections), (60, 10, 6));
+        assert_eq!(c1.earned - c1.spent, s.balance("c1").await.unwrap());
+        let o1 = s.stats("o1").await.unwrap();
+        assert_eq!((o1.earned, o1.spent, o1.connections), (20, 5, 2));
+        assert_eq!(s.stats("nobody").await.unwrap(), Default::default());
     })
     .await;
 }

@@ -54,6 +54,8 @@ async fn me_account(st: &AppState, caller: &Caller) -> Result<Claims, ApiError> 
 /// `GET /v1/me`
 pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let c = me_account(&st, &caller).await?;
+    // Read your writes: what committed before this request is projected before it is read.
+    st.ctx.publisher.publish_pending().await?;
     let p = st
         .ctx
         .store

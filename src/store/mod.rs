@@ -10,6 +10,7 @@ mod entities;
 mod imports;
 mod migration;
 pub mod profiles;
+pub mod projection;
 pub mod rewards;
 
 use std::time::Duration;
@@ -289,16 +290,8 @@ fn db_err(e: StoreError) -> DbErr {
     }
 }
 
+/// An account's balance: the sum of its ledger deltas (the truth the projection follows).
 async fn balance_in(db: &impl ConnectionTrait, account: &str) -> Result<i64, StoreError> {
-    ledger_sum(db, account, None).await
-}
-
-/// Sum of an account's ledger deltas, over the entries matching `only` if given.
-async fn ledger_sum(
-    db: &impl ConnectionTrait,
-    account: &str,
-    only: Option<Expr>,
-) -> Result<i64, StoreError> {
     let mut q = Query::select();
     q.expr_as(
         Func::cast_as(
@@ -309,9 +302,6 @@ async fn ledger_sum(
     )
     .from("ledger")
     .and_where(Expr::col("account_id").eq(account));
-    if let Some(cond) = only {
-        q.and_where(cond);
-    }
     let row = db.query_one(&q).await?;
     Ok(row
         .map(|r| r.try_get::<i64>("", "total"))
@@ -343,19 +333,5 @@ impl Store {
             })
             .collect::<Result<_, DbErr>>()
             .map_err(StoreError::from)
-    }
-
-    /// Marks events as published.
-    pub async fn mark_published(&self, ids: &[i64]) -> Result<(), StoreError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        let q = Query::update()
-            .table("events")
-            .value("published_at", Utc::now())
-            .and_where(Expr::col("id").is_in(ids.iter().copied()))
-            .to_owned();
-        self.db.execute(&q).await?;
-        Ok(())
     }
 }

@@ -1,15 +1,14 @@
 //! Accounts and what they see of themselves: profile, ledger and connection history.
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde::Serialize;
 
 use super::entities::{account, connection, ledger};
-use super::{Store, StoreError, ledger_sum};
+use super::{Store, StoreError};
 
 /// A profile as `GET /v1/me` shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -116,7 +115,8 @@ impl Store {
         Ok(())
     }
 
-    /// The profile of an account, if it exists.
+    /// The profile of an account, if it exists: its statistics come from the projection
+    /// (`account_stats`), current up to the last published event.
     pub async fn profile(&self, id: &str) -> Result<Option<Profile>, StoreError> {
         let Some(a) = account::Entity::find_by_id(id.to_owned())
             .one(&self.db)
@@ -124,26 +124,17 @@ impl Store {
         else {
             return Ok(None);
         };
-        let earned = ledger_sum(&self.db, id, Some(Expr::col("delta").gt(0))).await?;
-        let spent = -ledger_sum(&self.db, id, Some(Expr::col("delta").lt(0))).await?;
-        let connections = connection::Entity::find()
-            .filter(
-                connection::Column::OfficerId
-                    .eq(id)
-                    .or(connection::Column::CitizenId.eq(id)),
-            )
-            .count(&self.db)
-            .await?;
+        let st = self.stats(id).await?;
         Ok(Some(Profile {
             account_id: a.id,
             role: a.role,
             display_name: a.display_name,
             points: Points {
-                balance: earned - spent,
-                earned,
-                spent,
+                balance: st.earned - st.spent,
+                earned: st.earned,
+                spent: st.spent,
             },
-            connections,
+            connections: u64::try_from(st.connections).unwrap_or(0),
         }))
     }
 

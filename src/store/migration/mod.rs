@@ -4,6 +4,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261128_000001_core;
 mod m20261128_000002_rewards;
+mod m20261128_000003_account_stats;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261128_000001_core::Migration),
             Box::new(m20261128_000002_rewards::Migration),
+            Box::new(m20261128_000003_account_stats::Migration),
         ]
     }
 }

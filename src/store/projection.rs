@@ -1,0 +1,157 @@
+//! The profile statistics projection: `account_stats` (earned, spent, connections) folded
+//! from the event outbox. A batch of events is claimed, folded and marked published in one
+//! transaction, so each event counts exactly once however many publishers run (PostgreSQL
+//! row locks make a concurrent publisher wait and then skip the claimed rows; SQLite runs
+//! one write transaction at a time).
+
+use std::collections::HashMap;
+
+use sea_orm::sea_query::{Expr, ExprTrait, LockType, OnConflict, Order, Query};
+use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
+use serde_json::Value;
+
+use super::{Store, StoreError};
+
+/// An event claimed from the outbox: (id, kind, payload JSON).
+pub type OutboxRow = (i64, String, String);
+
+/// Per-account change of the statistics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StatsDelta {
+    /// Points earned.
+    pub earned: i64,
+    /// Points spent.
+    pub spent: i64,
+    /// Connections.
+    pub connections: i64,
+}
+
+/// What one event changes, per account.
+pub fn fold(kind: &str, payload: &Value, into: &mut HashMap<String, StatsDelta>) {
+    let account = |k: &str| payload[k].as_str().map(str::to_owned);
+    let n = |k: &str| payload[k].as_i64().unwrap_or(0);
+    match kind {
+        "connection_established" => {
+            for side in ["officer_id", "citizen_id"] {
+                if let Some(a) = account(side) {
+                    into.entry(a).or_default().connections += 1;
+                }
+            }
+        }
+        "points_awarded" => {
+            if let Some(a) = account("account_id") {
+                into.entry(a).or_default().earned += n("delta");
+            }
+        }
+        "voucher_issued" => {
+            if let Some(a) = account("account_id") {
+                into.entry(a).or_default().spent += n("points_spent");
+            }
+        }
+        "donation_made" => {
+            if let Some(a) = account("account_id") {
+                into.entry(a).or_default().spent += n("points");
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Store {
+    /// Claims up to `limit` unpublished events oldest first, applies them to the
+    /// projection and marks them published, in one transaction; returns them for the bus.
+    pub async fn publish_batch(&self, limit: u64) -> Result<Vec<OutboxRow>, StoreError> {
+        let txn = self.db.begin().await?;
+        let q = Query::select()
+            .columns(["id", "kind", "payload"])
+            .from("events")
+            .and_where(Expr::col("published_at").is_null())
+            .order_by("id", Order::Asc)
+            .limit(limit)
+            .lock(LockType::Update)
+            .to_owned();
+        let rows: Vec<OutboxRow> = txn
+            .query_all(&q)
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("", "id")?,
+                    r.try_get("", "kind")?,
+                    r.try_get("", "payload")?,
+                ))
+            })
+            .collect::<Result<_, DbErr>>()?;
+        if rows.is_empty() {
+            txn.commit().await?;
+            return Ok(rows);
+        }
+        let mut deltas = HashMap::new();
+        for (_, kind, payload) in &rows {
+            let v = serde_json::from_str(payload).unwrap_or(Value::Null);
+            fold(kind, &v, &mut deltas);
+        }
+        let mut deltas: Vec<_> = deltas.into_iter().collect();
+        // A fixed order: concurrent publishers lock stats rows without deadlocking.
+        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for chunk in deltas.chunks(500) {
+            let mut insert = Query::insert();
+            insert.into_table("account_stats").columns([
+                "account_id",
+                "earned",
+                "spent",
+                "connections",
+            ]);
+            for (account, d) in chunk {
+                insert.values_panic([
+                    account.clone().into(),
+                    d.earned.into(),
+                    d.spent.into(),
+                    d.connections.into(),
+                ]);
+            }
+            insert.on_conflict(
+                OnConflict::column("account_id")
+                    .values([
+                        (
+                            "earned",
+                            Expr::cust("account_stats.earned + excluded.earned"),
+                        ),
+                        ("spent", Expr::cust("account_stats.spent + excluded.spent")),
+                        (
+                            "connections",
+                            Expr::cust("account_stats.connections + excluded.connections"),
+                        ),
+                    ])
+                    .to_owned(),
+            );
+            txn.execute(&insert).await?;
+        }
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let mark = Query::update()
+            .table("events")
+            .value("published_at", chrono::Utc::now())
+            .and_where(Expr::col("id").is_in(ids))
+            .to_owned();
+        txn.execute(&mark).await?;
+        txn.commit().await?;
+        Ok(rows)
+    }
+
+    /// The projected statistics of an account (zeros before its first event).
+    pub async fn stats(&self, account: &str) -> Result<StatsDelta, StoreError> {
+        let q = Query::select()
+            .columns(["earned", "spent", "connections"])
+            .from("account_stats")
+            .and_where(Expr::col("account_id").eq(account))
+            .to_owned();
+        Ok(match self.db.query_one(&q).await? {
+            Some(r) => StatsDelta {
+                earned: r.try_get("", "earned")?,
+                spent: r.try_get("", "spent")?,
+                connections: r.try_get("", "connections")?,
+            },
+            None => StatsDelta::default(),
+        })
+    }
+}
