@@ -4,18 +4,22 @@
 //! Modes so far:
 //! * `--idle N`: open N idle sessions and report the server's RSS growth per session
 //!   (from `/proc/PID/status` with `--server-pid`).
+//! * `--accepts PAIRS`: accepted connections per second end to end, and the citizen's
+//!   request → established latency.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+mod accepts;
+mod client;
+mod stats;
 use clap::Parser;
 use futures_util::StreamExt;
 use heyblue::http::auth::Auth;
 use heyblue::protocol::Role;
-use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 
 #[derive(Parser, Debug)]
@@ -49,6 +53,15 @@ struct Args {
     /// Seconds to hold idle sessions before measuring.
     #[arg(long, default_value_t = 3)]
     settle_s: u64,
+    /// Measure accepted connections per second with this many officer–citizen pairs.
+    #[arg(long)]
+    accepts: Option<usize>,
+    /// How long a measurement runs (seconds).
+    #[arg(long = "duration", default_value_t = 10)]
+    duration_s: u64,
+    /// Also write every figure to this JSON file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
 }
 
 fn rss_kb(pid: u32) -> anyhow::Result<u64> {
@@ -62,56 +75,6 @@ fn rss_kb(pid: u32) -> anyhow::Result<u64> {
         .nth(1)
         .context("VmRSS value")?
         .parse()?)
-}
-
-/// Source address for the i-th socket beyond the first 20k: 127.0.0.x, 20k per address.
-/// (Binding before connect makes the kernel pick a port without knowing the destination,
-/// which is slow and cannot reuse TIME_WAIT ports, so the first 20k do not bind.)
-fn source(i: usize) -> Option<IpAddr> {
-    (i >= 20_000).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / 20_000) as u8)))
-}
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
-
-async fn open(
-    http: &reqwest::Client,
-    args: &Args,
-    auth: &Auth,
-    role: Role,
-    i: usize,
-) -> anyhow::Result<Ws> {
-    let sub = format!("lt-{}-{i}", role.as_str());
-    let token = auth.mint(role, &sub, None, Duration::from_secs(3600));
-    let path = if role == Role::Officer {
-        "officers"
-    } else {
-        "citizens"
-    };
-    // Spread over Manhattan.
-    let lat = 40.70 + (i % 100) as f64 * 0.001;
-    let lon = -74.01 + (i / 100 % 100) as f64 * 0.0005;
-    let url = format!("{}/v1/{path}/session?lat={lat}&lon={lon}", args.target);
-    let resp = http.get(url).bearer_auth(token).send().await?;
-    if !resp.status().is_success() {
-        bail!("orchestrator answered {}", resp.status());
-    }
-    let body: serde_json::Value = resp.json().await?;
-    let ws_url = body["ws_url"].as_str().context("ws_url")?.to_owned();
-    let addr: SocketAddr = ws_url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .context("host")?
-        .parse()?;
-    let sock = TcpSocket::new_v4()?;
-    if let Some(ip) = source(i) {
-        sock.set_reuseaddr(true)?;
-        sock.bind(SocketAddr::new(ip, 0))?;
-    }
-    let stream = sock.connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (ws, _) = tokio_tungstenite::client_async(ws_url, stream).await?;
-    Ok(ws)
 }
 
 async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
@@ -131,7 +94,18 @@ async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
         let permit = sem.clone().acquire_owned().await?;
         let (http, args, auth, failed) = (http.clone(), args.clone(), auth.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
-            let r = open(&http, &args, &auth, role, i).await;
+            let sub = format!("lt-{}-{i}", role.as_str());
+            // Spread over Manhattan.
+            let lat = 40.70 + (i % 100) as f64 * 0.001;
+            let lon = -74.01 + (i / 100 % 100) as f64 * 0.0005;
+            let who = client::Who {
+                role,
+                sub: &sub,
+                lat,
+                lon,
+                i,
+            };
+            let r = client::open(&http, &args.target, &auth, who).await;
             drop(permit);
             match r {
                 Ok(mut ws) => {
@@ -183,8 +157,22 @@ async fn main() -> anyhow::Result<()> {
             eprintln!("cannot raise the fd limit above {soft}");
         }
     }
-    match args.idle {
-        Some(n) => idle(args, n).await,
-        None => bail!("choose a mode: --idle N"),
+    if let Some(n) = args.idle {
+        return idle(args, n).await;
     }
+    if let Some(pairs) = args.accepts {
+        let auth = Auth::new(&args.jwt_secret);
+        let out = accepts::run(
+            &args.target,
+            &auth,
+            pairs,
+            Duration::from_secs(args.duration_s),
+        )
+        .await?;
+        if let Some(f) = &args.json {
+            std::fs::write(f, serde_json::to_string_pretty(&out)?)?;
+        }
+        return Ok(());
+    }
+    bail!("choose a mode: --idle N or --accepts PAIRS")
 }
