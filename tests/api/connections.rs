@@ -186,3 +186,118 @@ async fn a_request_ends_even_if_the_officer_session_dies() {
     );
     app.running.shutdown().await;
 }
+
+mod interleavings {
+    //! Any interleaving of requests, accepts, declines, duplicate responds, citizens
+    //! leaving (cancel) and timeouts, over real sockets: at most one connection per request,
+    //! and every ledger sum equals the points its recorded connections awarded.
+
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::{HERE, NEAR};
+    use crate::helpers::*;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Request(usize),
+        Respond { accept: bool },
+        Duplicate,
+        Leave(usize),
+        Timeout,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0usize..2).prop_map(Step::Request),
+            3 => any::<bool>().prop_map(|accept| Step::Respond { accept }),
+            2 => Just(Step::Duplicate),
+            2 => (0usize..2).prop_map(Step::Leave),
+            1 => Just(Step::Timeout),
+        ]
+    }
+
+    /// Reads what has arrived, noting request ids.
+    async fn drain(c: &mut Client, ids: &mut HashSet<String>) -> Vec<Value> {
+        let mut got = Vec::new();
+        while let Some(v) = c.try_recv(Duration::from_millis(40)).await {
+            if let Some(id) = v["request_id"].as_str() {
+                ids.insert(id.to_owned());
+            }
+            got.push(v);
+        }
+        got
+    }
+
+    async fn run(steps: Vec<Step>) {
+        let app = spawn_app_with(|s| s.connections.request_timeout_s = 1).await;
+        let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+        let subs = ["c0", "c1"];
+        let mut cs = Vec::new();
+        for s in subs {
+            cs.push(app.citizen(s, HERE.0, HERE.1).await.0);
+        }
+        let mut ids = HashSet::new();
+        let mut last_asked: Option<String> = None;
+        let mut last_respond: Option<Value> = None;
+        for st in steps {
+            match st {
+                Step::Request(i) => {
+                    cs[i]
+                        .send(
+                            json!({"type":"request_connection","officer_id":"o1","mode":"virtual"}),
+                        )
+                        .await;
+                }
+                Step::Respond { accept } => {
+                    if let Some(id) = &last_asked {
+                        let m = json!({"type":"respond","request_id":id,"accept":accept});
+                        o.send(m.clone()).await;
+                        last_respond = Some(m);
+                    }
+                }
+                Step::Duplicate => {
+                    if let Some(m) = &last_respond {
+                        o.send(m.clone()).await;
+                    }
+                }
+                Step::Leave(i) => {
+                    let _ = cs[i].ws.close(None).await;
+                    cs[i] = app.citizen(subs[i], HERE.0, HERE.1).await.0;
+                }
+                Step::Timeout => tokio::time::sleep(Duration::from_millis(1100)).await,
+            }
+            for v in drain(&mut o, &mut ids).await {
+                if v["type"] == "connection_requested" {
+                    last_asked = v["request_id"].as_str().map(str::to_owned);
+                }
+            }
+            for c in cs.iter_mut() {
+                drain(c, &mut ids).await;
+            }
+        }
+        let store = &app.running.ctx().store;
+        for id in &ids {
+            assert!(
+                store.connections_for_request(id).await.unwrap() <= 1,
+                "{id}"
+            );
+        }
+        for account in ["o1", "c0", "c1"] {
+            let (conns, _) = store.connections_page(account, 100, None).await.unwrap();
+            let awarded: i64 = conns.iter().map(|c| c.points_awarded).sum();
+            assert_eq!(store.balance(account).await.unwrap(), awarded, "{account}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(8))]
+        #[test]
+        fn at_most_one_connection_per_request(steps in prop::collection::vec(step(), 1..14)) {
+            tokio::runtime::Runtime::new().unwrap().block_on(run(steps));
+        }
+    }
+}

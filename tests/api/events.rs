@@ -47,3 +47,62 @@ async fn an_accept_publishes_connection_and_points_events_once() {
     );
     app.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn redemptions_and_donations_publish_their_events() {
+    let app = spawn_app().await;
+    let admin = app.token(heyblue::protocol::Role::Admin, "admin");
+    let (s, _) = app
+        .post(
+            "/admin/v1/import/retailers",
+            &admin,
+            json!([{"retailer_id":"r1","name":"Shop"}]),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let offers = json!([{"offer_id":"o","retailer":"r1","title":"T","points_cost":10,"valid_until":"2099-01-01"}]);
+    assert_eq!(
+        app.post("/admin/v1/import/offers", &admin, offers).await.0,
+        200
+    );
+    let charities = json!([{"charity_id":"ch","name":"C"}]);
+    assert_eq!(
+        app.post("/admin/v1/import/charities", &admin, charities)
+            .await
+            .0,
+        200
+    );
+    app.earn("c1", 1).await;
+    app.earn("o1", 1).await;
+    let mut bus = app.running.ctx().events.subscribe();
+    let citizen = app.token(heyblue::protocol::Role::Citizen, "c1");
+    let (s, v) = app
+        .post("/v1/redemptions", &citizen, json!({"offer_id":"o"}))
+        .await;
+    assert_eq!(s, 201);
+    let officer = app.token(heyblue::protocol::Role::Officer, "o1");
+    let (s, d) = app
+        .post(
+            "/v1/donations",
+            &officer,
+            json!({"charity_id":"ch","points":4}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let e = tokio::time::timeout(Duration::from_secs(3), bus.recv())
+            .await
+            .expect("event in time")
+            .unwrap();
+        if e.kind == "voucher_issued" || e.kind == "donation_made" {
+            got.push(e);
+        }
+    }
+    assert_eq!(got[0].kind, "voucher_issued");
+    assert_eq!(got[0].payload["voucher_code"], v["voucher_code"]);
+    assert_eq!(got[0].payload["points_spent"], 10);
+    assert_eq!(got[1].kind, "donation_made");
+    assert_eq!(got[1].payload["donation_id"], d["donation_id"]);
+    assert_eq!(got[1].payload["points"], 4);
+}
