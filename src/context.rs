@@ -34,6 +34,26 @@ pub struct SessionEntry {
 pub struct Sessions {
     map: DashMap<Arc<str>, SessionEntry>,
     sockets: AtomicUsize,
+    available: Arc<AtomicUsize>,
+    pending: Arc<AtomicUsize>,
+}
+
+/// Counts one thing while it lives: +1 when made, −1 when dropped (also when the session
+/// actor that owns it dies), so live counters cannot drift.
+#[derive(Debug)]
+pub struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(n: &Arc<AtomicUsize>) -> Self {
+        n.fetch_add(1, Ordering::AcqRel);
+        Self(n.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Sessions {
@@ -56,6 +76,26 @@ impl Sessions {
     /// Every live session (a snapshot; for rare broadcasts).
     pub fn all(&self) -> Vec<SessionEntry> {
         self.map.iter().map(|e| e.value().clone()).collect()
+    }
+
+    /// Marks an officer available while the guard lives.
+    pub fn count_available(&self) -> Counted {
+        Counted::new(&self.available)
+    }
+
+    /// Marks a connection request pending while the guard lives.
+    pub fn count_pending(&self) -> Counted {
+        Counted::new(&self.pending)
+    }
+
+    /// Officers available now.
+    pub fn available(&self) -> usize {
+        self.available.load(Ordering::Acquire)
+    }
+
+    /// Connection requests waiting for an officer's answer.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
     }
 
     /// Live sessions by role: (officers, citizens).

@@ -97,6 +97,8 @@ pub struct RegionSnapshot {
     pub officers: Vec<OfficerView>,
     /// Watching citizen sessions.
     pub citizens_watching: usize,
+    /// The same count, under the name the admin dashboard reads.
+    pub citizens: usize,
     /// Times this region was restarted after a failure.
     pub restarts: u64,
 }
@@ -232,6 +234,7 @@ impl Actor for RegionActor {
                     zip: st.code.to_string(),
                     officers,
                     citizens_watching: st.watchers.len(),
+                    citizens: st.watchers.len(),
                     restarts: st.restarts,
                 });
             }

@@ -25,7 +25,7 @@ use tokio::task::JoinHandle;
 use super::directory::RegionError;
 use super::outbox::{Outbox, close};
 use super::region::{OfficerData, Watch};
-use crate::context::{Context, SessionEntry};
+use crate::context::{Context, Counted, SessionEntry};
 use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId};
@@ -132,6 +132,7 @@ pub enum Outcome {
 
 /// The request an officer holds (at most one).
 struct Pending {
+    _counted: Counted,
     request_id: String,
     citizen_id: Arc<str>,
     citizen: ActorRef<SessionMsg>,
@@ -154,6 +155,7 @@ pub struct SessionArgs {
 }
 
 struct Window {
+    _counted: Counted,
     expires_at: DateTime<Utc>,
     timers: [JoinHandle<Result<(), ractor::MessagingErr<SessionMsg>>>; 2],
 }
@@ -326,6 +328,7 @@ impl SessionState {
             expired: true,
         });
         o.window = Some(Window {
+            _counted: self.ctx.sessions.count_available(),
             expires_at,
             timers: [warn, end],
         });
@@ -625,6 +628,7 @@ impl SessionState {
             SessionMsg::RequestTimeout(id)
         });
         o.pending = Some(Pending {
+            _counted: self.ctx.sessions.count_pending(),
             request_id: req.request_id.clone(),
             citizen_id: req.citizen_id.clone(),
             citizen: req.citizen,

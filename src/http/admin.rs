@@ -1,16 +1,23 @@
-//! The admin API (role `admin`): bulk imports.
+//! The admin API (role `admin`): bulk imports, live state, ending sessions, metrics.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use std::collections::HashMap;
+
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::{ApiError, Body};
 use super::rewards::idempotency_key;
+use crate::actors::outbox::close;
+use crate::actors::session::SessionMsg;
 use crate::import::Kind;
 use crate::protocol::Role;
+use crate::store::reports::GroupBy;
 
 /// `POST /admin/v1/import/{officers|retailers|offers|charities}`: CSV (`text/csv`) or a
 /// JSON array → `{"kind","accepted","rejected":[{"row","error"}]}`; 400 for a file that is
@@ -57,4 +64,200 @@ pub async fn import(
         "accepted": report.accepted,
         "rejected": report.rejected,
     })))
+}
+
+/// `GET /metrics` on the main listener (admins; `metrics.bind` serves it without a token).
+pub async fn metrics(caller: Caller) -> Result<String, ApiError> {
+    caller.require(Role::Admin)?;
+    Ok(super::metrics_handle().render())
+}
+
+/// `GET /admin/v1/regions/{zip}`: the region actor's own snapshot.
+pub async fn region(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(zip): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let id = st
+        .ctx
+        .zips
+        .by_code(&zip)
+        .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))?;
+    let snap = st.ctx.regions.snapshot(id).await?;
+    Ok(Json(
+        serde_json::to_value(snap).map_err(|e| ApiError::unavailable(&e))?,
+    ))
+}
+
+/// `GET /admin/v1/stats`: live counts over this node.
+pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    caller.require(Role::Admin)?;
+    let ctx = &st.ctx;
+    let (officers, citizens) = ctx.sessions.counts();
+    Ok(Json(json!({
+        "officers_available": ctx.sessions.available(),
+        "officers_online": officers,
+        "citizens_online": citizens,
+        "regions_active": ctx.regions.alive(),
+        "pending_requests": ctx.sessions.pending(),
+        "sockets": ctx.sessions.sockets(),
+        "nodes": [ctx.settings.server.node_id],
+    })))
+}
+
+/// `DELETE /admin/v1/sessions/{account_id}`: the live session gets an `error` frame
+/// `session_ended` and close 4002; 404 `no_session` if the account has none here.
+pub async fn end_session(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(account): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let admin = caller.require(Role::Admin)?;
+    let entry = st
+        .ctx
+        .sessions
+        .get(&account)
+        .ok_or_else(|| ApiError::not_found("no_session", "that account has no live session"))?;
+    entry
+        .actor
+        .cast(SessionMsg::Close {
+            code: close::KICKED,
+            error: Some("session_ended"),
+            reason: "ended by an administrator".into(),
+        })
+        .map_err(|e| ApiError::unavailable(&e))?;
+    tracing::info!(account = %account, by = %admin.sub, "session ended by an admin");
+    metrics::counter!("sessions_ended_by_admin_total").increment(1);
+    Ok(Json(
+        json!({"account_id": account, "ended": true, "role": entry.role}),
+    ))
+}
+
+/// Rows a report returns at most (`limit`, default and maximum).
+const REPORT_ROWS: (u64, u64) = (10_000, 100_000);
+
+/// `GET /admin/v1/reports/connections?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|zip|state|officer`
+/// → `{"rows":[{"key","connections","points"}],…}`; `format=csv` exports the same rows as
+/// CSV with every text cell that a spreadsheet would take for a formula quoted as text.
+pub async fn connections_report(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    caller.require(Role::Admin)?;
+    let date = |k: &str, default: NaiveDate| -> Result<NaiveDate, ApiError> {
+        q.get(k).map_or(Ok(default), |v| {
+            NaiveDate::parse_from_str(v, "%Y-%m-%d").map_err(|_| {
+                ApiError::bad_request("invalid_date", format!("{k} must be a date YYYY-MM-DD"))
+            })
+        })
+    };
+    let today = chrono::Utc::now().date_naive();
+    let to = date("to", today)?;
+    let from = date("from", to - chrono::Days::new(30))?;
+    if from > to {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "from must not be after to",
+        ));
+    }
+    let group = match q.get("group_by") {
+        None => GroupBy::Day,
+        Some(g) => GroupBy::parse(g).ok_or_else(|| {
+            ApiError::bad_request("invalid_group_by", "group_by is day, zip, state or officer")
+        })?,
+    };
+    let limit = match q.get("limit") {
+        None => REPORT_ROWS.0,
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=REPORT_ROWS.1).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid_limit",
+                    format!("limit must be 1..={}", REPORT_ROWS.1),
+                )
+            })?,
+    };
+    let csv = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_format",
+                "format is json or csv",
+            ));
+        }
+    };
+    let zips = st.ctx.zips.clone();
+    let state_of = move |zip: &str| zips.by_code(zip).map(|id| zips.get(id).state.to_string());
+    let (rows, truncated) = st
+        .ctx
+        .store
+        .connections_report(from, to, group, state_of, limit)
+        .await?;
+    if csv {
+        let mut out = String::from("key,connections,points\r\n");
+        for r in &rows {
+            out.push_str(&format!(
+                "{},{},{}\r\n",
+                csv_cell(&r.key),
+                r.connections,
+                r.points
+            ));
+        }
+        let headers = [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"connections-report.csv\"",
+            ),
+        ];
+        return Ok((headers, out).into_response());
+    }
+    let totals = json!({
+        "connections": rows.iter().map(|r| r.connections).sum::<i64>(),
+        "points": rows.iter().map(|r| r.points).sum::<i64>(),
+    });
+    Ok(Json(json!({
+        "from": from.to_string(), "to": to.to_string(), "group_by": group,
+        "rows": rows, "totals": totals, "truncated": truncated,
+    }))
+    .into_response())
+}
+
+/// One CSV cell: quoted when needed, and a leading `=`, `+`, `-`, `@`, tab or CR made
+/// inert with a `'` so spreadsheets show it as text instead of evaluating it.
+pub fn csv_cell(s: &str) -> String {
+    let inert = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s.to_owned()
+    };
+    if inert.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", inert.replace('"', "\"\""))
+    } else {
+        inert
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::csv_cell;
+
+    #[test]
+    fn csv_cells_are_quoted_and_never_formulas() {
+        assert_eq!(csv_cell("10001"), "10001");
+        assert_eq!(csv_cell("=cmd|' /C calc'!A0"), "'=cmd|' /C calc'!A0");
+        assert_eq!(csv_cell("+1"), "'+1");
+        assert_eq!(csv_cell("@SUM(A1)"), "'@SUM(A1)");
+        assert_eq!(csv_cell("a,b"), "\"a,b\"");
+        assert_eq!(
+            csv_cell("=HYPERLINK(\"x\",\"y\")"),
+            "\"'=HYPERLINK(\"\"x\"\",\"\"y\"\")\""
+        );
+        assert_eq!(csv_cell("Café"), "Café");
+    }
 }

@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
@@ -82,9 +82,17 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vouchers/{code}/redeem", post(rewards::use_voucher))
         .route("/v1/charities", get(rewards::charities))
         .route("/v1/donations", post(rewards::donate))
-        .route("/metrics", get(metrics_admin))
-        .route("/admin/v1/regions/{zip}", get(admin_region))
-        .route("/admin/v1/stats", get(admin_stats))
+        .route("/metrics", get(admin::metrics))
+        .route("/admin/v1/regions/{zip}", get(admin::region))
+        .route("/admin/v1/stats", get(admin::stats))
+        .route(
+            "/admin/v1/sessions/{account_id}",
+            delete(admin::end_session),
+        )
+        .route(
+            "/admin/v1/reports/connections",
+            get(admin::connections_report),
+        )
         .route(
             "/admin/v1/import/{kind}",
             post(admin::import).layer(DefaultBodyLimit::max(
@@ -236,40 +244,5 @@ async fn open_session(
         "zip": code,
         "reported_zip": reported,
         "node": ctx.settings.server.node_id,
-    })))
-}
-
-async fn metrics_admin(caller: Caller) -> Result<String, ApiError> {
-    caller.require(Role::Admin)?;
-    Ok(metrics_handle().render())
-}
-
-async fn admin_region(
-    State(st): State<AppState>,
-    caller: Caller,
-    Path(zip): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Admin)?;
-    let id = st
-        .ctx
-        .zips
-        .by_code(&zip)
-        .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))?;
-    let snap = st.ctx.regions.snapshot(id).await?;
-    Ok(Json(
-        serde_json::to_value(snap).map_err(|e| ApiError::unavailable(&e))?,
-    ))
-}
-
-async fn admin_stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    caller.require(Role::Admin)?;
-    let ctx = &st.ctx;
-    let (officers, citizens) = ctx.sessions.counts();
-    Ok(Json(json!({
-        "officers_online": officers,
-        "citizens_online": citizens,
-        "regions_active": ctx.regions.alive(),
-        "sockets": ctx.sessions.sockets(),
-        "nodes": [ctx.settings.server.node_id],
     })))
 }

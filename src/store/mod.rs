@@ -11,6 +11,7 @@ mod imports;
 mod migration;
 pub mod profiles;
 pub mod projection;
+pub mod reports;
 pub mod rewards;
 
 use std::time::Duration;

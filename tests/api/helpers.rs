@@ -37,6 +37,34 @@ pub fn test_settings() -> Settings {
     s
 }
 
+/// A fresh database on the PostgreSQL the test command started (fails without one).
+pub async fn postgres_database() -> String {
+    use sea_orm::ConnectionTrait;
+    let admin_url = std::env::var("HEYBLUE_TEST_POSTGRES_URL").expect(
+        "HEYBLUE_TEST_POSTGRES_URL must name a PostgreSQL server (scripts/test starts one)",
+    );
+    let name = format!("hb_{}", uuid::Uuid::new_v4().simple());
+    let admin = sea_orm::Database::connect(&admin_url).await.unwrap();
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+/// The app on SQLite, then on PostgreSQL.
+pub async fn on_both_stores<F, Fut>(f: F)
+where
+    F: Fn(TestApp) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    f(spawn_app().await).await;
+    let url = postgres_database().await;
+    f(spawn_app_with(|s| s.database.url = url).await).await;
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }

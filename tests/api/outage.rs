@@ -13,17 +13,9 @@ const NEAR: (f64, f64) = (40.7510, -73.9972);
 
 #[tokio::test]
 async fn store_outage_fails_store_requests_only() {
-    let admin_url = std::env::var("HEYBLUE_TEST_POSTGRES_URL").expect(
-        "HEYBLUE_TEST_POSTGRES_URL must name a PostgreSQL server (scripts/test starts one)",
-    );
-    let name = format!("hb_{}", uuid::Uuid::new_v4().simple());
-    let admin = Database::connect(&admin_url).await.unwrap();
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
+    let url = postgres_database().await;
+    let (base, name) = url.rsplit_once('/').unwrap();
+    let admin = Database::connect(format!("{base}/postgres")).await.unwrap();
     let app = spawn_app_with(|s| s.database.url = url.clone()).await;
 
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;

@@ -1,0 +1,131 @@
+//! Reports computed in the database: accepted connections grouped by day, zip, state or
+//! officer over a date range, with the points they awarded — one SQL GROUP BY that runs
+//! on SQLite and PostgreSQL (state: grouped by zip in SQL, folded by the caller's zip →
+//! state table, since the zip table ships in the binary rather than the database).
+
+use std::collections::BTreeMap;
+
+use chrono::{NaiveDate, NaiveTime};
+use sea_orm::sea_query::{Expr, ExprTrait, Func, Order, Query};
+use sea_orm::{ConnectionTrait, DbBackend};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+
+/// How rows are grouped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupBy {
+    /// UTC day, `YYYY-MM-DD`.
+    Day,
+    /// Zip code.
+    Zip,
+    /// Two-letter state.
+    State,
+    /// Officer account id.
+    Officer,
+}
+
+impl GroupBy {
+    /// From the query parameter.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "day" => GroupBy::Day,
+            "zip" => GroupBy::Zip,
+            "state" => GroupBy::State,
+            "officer" => GroupBy::Officer,
+            _ => return None,
+        })
+    }
+}
+
+/// One report row.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ReportRow {
+    /// The group.
+    pub key: String,
+    /// Connections recorded.
+    pub connections: i64,
+    /// Points each side earned from them (the officer's and the citizen's are equal).
+    pub points: i64,
+}
+
+impl Store {
+    /// Connections accepted on days `from..=to` (UTC), grouped, ordered by key; at most
+    /// `limit` rows (the second value says whether more were cut).
+    pub async fn connections_report(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        group: GroupBy,
+        state_of: impl Fn(&str) -> Option<String>,
+        limit: u64,
+    ) -> Result<(Vec<ReportRow>, bool), StoreError> {
+        let started = std::time::Instant::now();
+        let key = match (group, self.backend()) {
+            (GroupBy::Day, DbBackend::Postgres) => {
+                "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+            }
+            // SQLite keeps times as UTC text that starts with the date.
+            (GroupBy::Day, _) => "substr(created_at, 1, 10)",
+            (GroupBy::Zip | GroupBy::State, _) => "zip",
+            (GroupBy::Officer, _) => "officer_id",
+        };
+        let start = from.and_time(NaiveTime::MIN).and_utc();
+        let end = to
+            .succ_opt()
+            .unwrap_or(NaiveDate::MAX)
+            .and_time(NaiveTime::MIN)
+            .and_utc();
+        let mut q = Query::select();
+        q.expr_as(Expr::cust(key), "key")
+            .expr_as(Func::count(Expr::col("id")), "n")
+            .expr_as(
+                Func::cast_as(
+                    Func::coalesce([
+                        Expr::from(Func::sum(Expr::col("points_awarded"))),
+                        Expr::val(0i64),
+                    ]),
+                    "BIGINT",
+                ),
+                "points",
+            )
+            .from("connections")
+            .and_where(Expr::col("created_at").gte(start))
+            .and_where(Expr::col("created_at").lt(end))
+            .add_group_by([Expr::cust(key)])
+            .order_by_expr(Expr::cust(key), Order::Asc);
+        // State rows are folded from zip rows, so only the others are cut in SQL.
+        if group != GroupBy::State {
+            q.limit(limit + 1);
+        }
+        let rows = self.db.query_all(&q).await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            out.push(ReportRow {
+                key: r.try_get("", "key")?,
+                connections: r.try_get("", "n")?,
+                points: r.try_get("", "points")?,
+            });
+        }
+        if group == GroupBy::State {
+            let mut by_state: BTreeMap<String, ReportRow> = BTreeMap::new();
+            for r in out {
+                let state = state_of(&r.key).unwrap_or_else(|| "unknown".into());
+                let e = by_state.entry(state.clone()).or_insert(ReportRow {
+                    key: state,
+                    connections: 0,
+                    points: 0,
+                });
+                e.connections += r.connections;
+                e.points += r.points;
+            }
+            out = by_state.into_values().collect();
+        }
+        let truncated = out.len() as u64 > limit;
+        out.truncate(limit as usize);
+        metrics::histogram!("store_query_seconds", "op" => "connections_report")
+            .record(started.elapsed().as_secs_f64());
+        Ok((out, truncated))
+    }
+}

@@ -1,0 +1,286 @@
+//! The admin API over HTTP: who may call it, live stats, ending sessions, reports (on
+//! SQLite and PostgreSQL), CSV export that never yields a formula.
+
+use std::time::Duration;
+
+use chrono::{TimeZone, Utc};
+use heyblue::protocol::Role;
+use heyblue::store::NewConnection;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const HERE: (f64, f64) = (40.7506, -73.9972);
+const NEAR: (f64, f64) = (40.7510, -73.9972);
+
+#[tokio::test]
+async fn every_admin_route_refuses_other_roles_and_no_token() {
+    let app = spawn_app().await;
+    let routes = [
+        (Method::GET, "/admin/v1/stats"),
+        (Method::GET, "/admin/v1/regions/10001"),
+        (Method::GET, "/admin/v1/reports/connections"),
+        (Method::DELETE, "/admin/v1/sessions/c1"),
+        (Method::POST, "/admin/v1/import/officers"),
+        (Method::POST, "/admin/v1/import/retailers"),
+        (Method::POST, "/admin/v1/import/offers"),
+        (Method::POST, "/admin/v1/import/charities"),
+        (Method::GET, "/metrics"),
+    ];
+    for (m, path) in routes {
+        let body = Some(("application/json", b"[]".to_vec()));
+        let (s, b) = app.send(m.clone(), path, None, body.clone(), &[]).await;
+        assert_eq!(s, 401, "{m} {path} without a token: {b}");
+        for role in [Role::Citizen, Role::Officer, Role::Retailer] {
+            let t = app.token(role, "x");
+            let (s, b) = app.send(m.clone(), path, Some(&t), body.clone(), &[]).await;
+            assert_eq!(s, 403, "{m} {path} as {role:?}: {b}");
+            assert_eq!(b["error"]["code"], "forbidden");
+        }
+    }
+}
+
+#[tokio::test]
+async fn stats_count_what_is_live() {
+    let app = spawn_app().await;
+    let admin = app.token(Role::Admin, "admin");
+    let stats = || async { app.get("/admin/v1/stats", Some(&admin)).await.1 };
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let _idle = app.connect(Role::Officer, "o2", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let s = stats().await;
+    assert_eq!(
+        (
+            &s["officers_online"],
+            &s["officers_available"],
+            &s["citizens_online"],
+            &s["pending_requests"]
+        ),
+        (&json!(2), &json!(1), &json!(1), &json!(0)),
+        "{s}"
+    );
+    assert!(s["regions_active"].as_u64().unwrap() >= 1);
+    assert_eq!(s["nodes"], json!(["node-1"]));
+    let id = ask(&mut o, &mut c, "o1", "virtual").await;
+    assert_eq!(stats().await["pending_requests"], 1);
+    o.send(json!({"type":"respond","request_id":id,"accept":false}))
+        .await;
+    c.recv_type("connection_response").await;
+    assert_eq!(stats().await["pending_requests"], 0);
+    o.send(json!({"type":"unavailable"})).await;
+    o.recv_type("availability").await;
+    assert_eq!(stats().await["officers_available"], 0);
+    o.send(json!({"type":"available","window_s":60})).await;
+    o.recv_type("availability").await;
+    assert_eq!(stats().await["officers_available"], 1);
+    drop(o);
+    // A closed socket takes its officer out at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while stats().await["officers_available"] != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (s, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
+    assert_eq!(s, 200);
+    assert_eq!(r["citizens"], r["citizens_watching"]);
+    let (s, b) = app.get("/admin/v1/regions/99999", Some(&admin)).await;
+    assert_eq!((s, &b["error"]["code"]), (404, &json!("unknown_zip")));
+}
+
+#[tokio::test]
+async fn an_admin_ends_a_session_with_4002() {
+    let app = spawn_app().await;
+    let admin = app.token(Role::Admin, "admin");
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (s, b) = app
+        .send(
+            Method::DELETE,
+            "/admin/v1/sessions/o1",
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["ended"], true);
+    let (frames, code) = o.closed().await;
+    assert_eq!(code, Some(4002));
+    assert_eq!(
+        frames.last().unwrap()["code"],
+        "session_ended",
+        "{frames:?}"
+    );
+    // Gone from the index at once, and from the registry.
+    let (_, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
+    assert_eq!(r["officers"], json!([]), "{r}");
+    let (s, b) = app
+        .send(
+            Method::DELETE,
+            "/admin/v1/sessions/o1",
+            Some(&admin),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!((s, &b["error"]["code"]), (404, &json!("no_session")));
+}
+
+async fn record(
+    app: &TestApp,
+    n: usize,
+    officer: &str,
+    zip: &str,
+    day: (i32, u32, u32),
+    points: i64,
+) {
+    for i in 0..n {
+        let at = Utc
+            .with_ymd_and_hms(day.0, day.1, day.2, 12, 0, i as u32)
+            .unwrap();
+        app.running
+            .ctx()
+            .store
+            .record_accepted(&NewConnection {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                officer_id: officer.into(),
+                citizen_id: format!("c-{}", uuid::Uuid::new_v4()),
+                mode: "in_person".into(),
+                zip: zip.into(),
+                per_connection: points,
+                pair_cooldown: Duration::from_secs(86_400),
+                at,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn rows(b: &Value) -> Vec<(String, i64, i64)> {
+    b["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{b}"))
+        .iter()
+        .map(|r| {
+            (
+                r["key"].as_str().unwrap().to_owned(),
+                r["connections"].as_i64().unwrap(),
+                r["points"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn reports_group_connections_in_the_store() {
+    on_both_stores(|app| async move {
+        let formula = "=cmd|' /C calc'!A0";
+        record(&app, 3, "o1", "10001", (2026, 3, 1), 10).await;
+        record(&app, 2, "o2", "90210", (2026, 3, 2), 5).await;
+        record(&app, 1, formula, "10002", (2026, 3, 2), 10).await;
+        record(&app, 4, "o1", "60601", (2026, 4, 9), 10).await; // outside the range
+        let admin = app.token(Role::Admin, "admin");
+        let report = |q: String| {
+            let (app, admin) = (&app, admin.clone());
+            async move {
+                app.get(&format!("/admin/v1/reports/connections?from=2026-03-01&to=2026-03-31&{q}"), Some(&admin))
+                    .await
+            }
+        };
+        let (s, b) = report("group_by=day".into()).await;
+        assert_eq!(s, 200, "{b}");
+        let day = |d: &str, n, p| (d.to_owned(), n, p);
+        assert_eq!(rows(&b), vec![day("2026-03-01", 3, 30), day("2026-03-02", 3, 20)]);
+        assert_eq!(b["totals"], json!({"connections": 6, "points": 50}));
+        let (_, b) = report("group_by=zip".into()).await;
+        assert_eq!(
+            rows(&b),
+            vec![day("10001", 3, 30), day("10002", 1, 10), day("90210", 2, 10)]
+        );
+        let (_, b) = report("group_by=state".into()).await;
+        assert_eq!(rows(&b), vec![day("CA", 2, 10), day("NY", 4, 40)]);
+        let (_, b) = report("group_by=officer".into()).await;
+        assert_eq!(
+            rows(&b),
+            vec![day(formula, 1, 10), day("o1", 3, 30), day("o2", 2, 10)],
+            "text, as given"
+        );
+        let (_, b) = report("group_by=officer&limit=2".into()).await;
+        assert_eq!(rows(&b).len(), 2);
+        assert_eq!(b["truncated"], true);
+        // CSV export: the formula-like id is made inert.
+        let resp = app
+            .http
+            .get(format!(
+                "{}/admin/v1/reports/connections?from=2026-03-01&to=2026-03-31&group_by=officer&format=csv",
+                app.base
+            ))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+        let text = resp.text().await.unwrap();
+        assert_eq!(
+            text,
+            "key,connections,points\r\n'=cmd|' /C calc'!A0,1,10\r\no1,3,30\r\no2,2,10\r\n"
+        );
+        // A range with nothing, and bad parameters.
+        let (s, b) = app
+            .get("/admin/v1/reports/connections?from=2020-01-01&to=2020-01-02", Some(&admin))
+            .await;
+        assert_eq!((s, rows(&b).len()), (200, 0));
+        for (q, code) in [
+            ("from=2026-13-01", "invalid_date"),
+            ("from=2026-03-02&to=2026-03-01", "invalid_range"),
+            ("group_by=week", "invalid_group_by"),
+            ("format=xml", "invalid_format"),
+            ("limit=0", "invalid_limit"),
+        ] {
+            let (s, b) = app.get(&format!("/admin/v1/reports/connections?{q}"), Some(&admin)).await;
+            assert_eq!((s, b["error"]["code"].as_str()), (400, Some(code)), "{q}");
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn imports_work_on_both_stores_and_never_half_apply() {
+    on_both_stores(|app| async move {
+        let (s, b) = app
+            .import(
+                "retailers",
+                "text/csv",
+                "retailer_id,name,website\r\nr1,\"Shop, Inc.\",\r\n",
+            )
+            .await;
+        assert_eq!((s, b["accepted"].as_u64()), (200, Some(1)), "{b}");
+        // 1,200 rows (three INSERT chunks) with one bad row: the good ones all land.
+        let mut csv = String::from("offer_id,retailer,title,points_cost,valid_until,remaining\n");
+        for i in 0..1200 {
+            let cost = if i == 777 {
+                "x".to_owned()
+            } else {
+                (i % 50 + 1).to_string()
+            };
+            csv.push_str(&format!("o{i:04},r1,Offer ñ {i},{cost},2099-12-31,\n"));
+        }
+        let (s, b) = app.import("offers", "text/csv", &csv).await;
+        assert_eq!(s, 200);
+        assert_eq!(b["accepted"], 1199);
+        assert_eq!(b["rejected"][0]["row"], 778);
+        // Re-importing is harmless.
+        let (_, b) = app.import("offers", "text/csv", &csv).await;
+        assert_eq!(b["accepted"], 1199);
+        let (_, page) = app
+            .get(
+                "/v1/offers?limit=500&after=o1100",
+                Some(&app.token(Role::Citizen, "c")),
+            )
+            .await;
+        assert_eq!(page["offers"].as_array().unwrap().len(), 99);
+        assert_eq!(page["offers"][0]["retailer"], "Shop, Inc.");
+    })
+    .await;
+}
