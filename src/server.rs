@@ -24,6 +24,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Shared state of the routes (tests reach the context through it).
     pub state: AppState,
+    /// The unauthenticated /metrics listener, when `metrics.bind` is set.
+    pub metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
     server: JoinHandle<std::io::Result<()>>,
     upkeep: JoinHandle<()>,
@@ -60,8 +62,10 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
             .await
     });
 
+    let mut metrics_addr = None;
     if !metrics_bind.is_empty() {
         let l = TcpListener::bind(&metrics_bind).await?;
+        metrics_addr = Some(l.local_addr()?);
         tracing::info!(addr = %l.local_addr()?, "metrics listener (no token)");
         let r = axum::Router::new().route(
             "/metrics",
@@ -83,6 +87,7 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
             loop {
                 tick.tick().await;
                 state.tickets.sweep();
+                record_process_metrics(&state.ctx);
                 http::metrics_handle().run_upkeep();
                 rounds += 1;
                 // Idempotency answers are kept for their TTL, then forgotten (once a minute).
@@ -100,6 +105,7 @@ pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Ru
     Ok(Running {
         addr,
         state,
+        metrics_addr,
         stop,
         server,
         upkeep,
@@ -142,6 +148,22 @@ impl Running {
             tracing::warn!("closing the store: {e}");
         }
     }
+}
+
+/// Gauges sampled by the upkeep task: resident memory (Linux) and live counts.
+pub fn record_process_metrics(ctx: &Context) {
+    if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+    {
+        metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+    }
+    metrics::gauge!("officers_available").set(ctx.sessions.available() as f64);
+    metrics::gauge!("connection_requests_pending").set(ctx.sessions.pending() as f64);
 }
 
 /// A database URL without its password, for logs.

@@ -178,6 +178,8 @@ struct CitizenState {
     watched: Vec<ZipId>,
     signal: Arc<PushSignal>,
     last_push: Option<Instant>,
+    /// When a watched region first signalled a change not yet answered (push latency).
+    changed_at: Option<Instant>,
     push_pending: bool,
     last_sent: Vec<(OfficerKey, f64, f64)>,
     last_radius: f64,
@@ -389,6 +391,7 @@ impl SessionState {
         };
         c.signal.consume();
         c.push_pending = false;
+        let changed_at = c.changed_at.take();
         let started = Instant::now();
         let touching = self.ctx.zips.regions_touching(pos, zip, d0, c.radius_m);
         let watch = Watch {
@@ -451,6 +454,11 @@ impl SessionState {
             c.last_sent = key;
             c.last_radius = c.radius_m;
             c.last_push = Some(Instant::now());
+            if let (false, Some(t)) = (reply, changed_at) {
+                // From the region's change signal to the push leaving: coalescing included.
+                metrics::histogram!("nearby_push_latency_seconds")
+                    .record(t.elapsed().as_secs_f64());
+            }
         }
         c.nearby = officers;
 
@@ -491,6 +499,7 @@ impl SessionState {
         let RoleState::Citizen(c) = &mut self.role else {
             return;
         };
+        c.changed_at.get_or_insert_with(Instant::now);
         if c.push_pending {
             return;
         }
@@ -860,6 +869,7 @@ impl Actor for SessionActor {
                         session: myself.clone(),
                     }),
                     last_push: None,
+                    changed_at: None,
                     push_pending: false,
                     last_sent: Vec::new(),
                     last_radius: cfg.default_radius_m,

@@ -67,8 +67,9 @@ pub async fn import(
 }
 
 /// `GET /metrics` on the main listener (admins; `metrics.bind` serves it without a token).
-pub async fn metrics(caller: Caller) -> Result<String, ApiError> {
+pub async fn metrics(State(st): State<AppState>, caller: Caller) -> Result<String, ApiError> {
     caller.require(Role::Admin)?;
+    crate::server::record_process_metrics(&st.ctx);
     Ok(super::metrics_handle().render())
 }
 

@@ -50,6 +50,7 @@ impl Store {
         rows: Rows,
         key: Option<&IdempotencyKey>,
     ) -> Result<Report, StoreError> {
+        let _timed = super::timed("import");
         let started = std::time::Instant::now();
         let n = rows.len();
         let rows = Arc::new(rows);

@@ -39,6 +39,20 @@ pub enum StoreError {
     UnsupportedUrl,
 }
 
+/// Records how long a store operation took, in `store_query_seconds{op}`, when dropped.
+pub(crate) struct Timed(&'static str, std::time::Instant);
+
+impl Drop for Timed {
+    fn drop(&mut self) {
+        metrics::histogram!("store_query_seconds", "op" => self.0)
+            .record(self.1.elapsed().as_secs_f64());
+    }
+}
+
+pub(crate) fn timed(op: &'static str) -> Timed {
+    Timed(op, std::time::Instant::now())
+}
+
 /// Handle to the store.
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -137,6 +151,7 @@ impl Store {
 
     /// An account's balance: the sum of its ledger entries.
     pub async fn balance(&self, account: &str) -> Result<i64, StoreError> {
+        let _timed = timed("balance");
         balance_in(&self.db, account).await
     }
 
@@ -144,17 +159,13 @@ impl Store {
     /// and the `connection_established` event in one transaction. A replay of the same
     /// request returns what was recorded the first time and writes nothing.
     pub async fn record_accepted(&self, c: &NewConnection) -> Result<Recorded, StoreError> {
-        let started = std::time::Instant::now();
+        let _timed = timed("record_accepted");
         let mut last_err = None;
         // A racing writer with the same request id makes our insert fail on the unique
         // key; the retry then finds its row.
         for _ in 0..3 {
             match self.try_record(c).await {
-                Ok(r) => {
-                    metrics::histogram!("store_query_seconds", "op" => "record_accepted")
-                        .record(started.elapsed().as_secs_f64());
-                    return Ok(r);
-                }
+                Ok(r) => return Ok(r),
                 Err(e) if matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) => {
                     last_err = Some(e)
                 }
@@ -263,6 +274,7 @@ impl Store {
 
     /// Connections recorded for a request id (tests and audits: never more than one).
     pub async fn connections_for_request(&self, request_id: &str) -> Result<u64, StoreError> {
+        let _timed = timed("connections_for_request");
         Ok(connection::Entity::find()
             .filter(connection::Column::RequestId.eq(request_id))
             .count(&self.db)
@@ -271,6 +283,7 @@ impl Store {
 
     /// Events of a kind in the outbox (tests and the publisher).
     pub async fn events_of_kind(&self, kind: &str) -> Result<u64, StoreError> {
+        let _timed = timed("events_of_kind");
         let q = Query::select()
             .expr_as(Func::count(Expr::col("id")), "n")
             .from("events")
@@ -316,6 +329,7 @@ impl Store {
         &self,
         limit: u64,
     ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let _timed = timed("unpublished_events");
         let q = Query::select()
             .columns(["id", "kind", "payload"])
             .from("events")

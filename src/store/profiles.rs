@@ -83,6 +83,7 @@ impl Store {
         role: &str,
         display_name: &str,
     ) -> Result<(), StoreError> {
+        let _timed = super::timed("ensure_account");
         let now = Utc::now();
         let row = account::ActiveModel {
             id: Set(id.to_owned()),
@@ -103,6 +104,7 @@ impl Store {
 
     /// Changes the display name.
     pub async fn set_display_name(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        let _timed = super::timed("set_display_name");
         if let Some(a) = account::Entity::find_by_id(id.to_owned())
             .one(&self.db)
             .await?
@@ -118,6 +120,7 @@ impl Store {
     /// The profile of an account, if it exists: its statistics come from the projection
     /// (`account_stats`), current up to the last published event.
     pub async fn profile(&self, id: &str) -> Result<Option<Profile>, StoreError> {
+        let _timed = super::timed("profile");
         let Some(a) = account::Entity::find_by_id(id.to_owned())
             .one(&self.db)
             .await?
@@ -145,6 +148,7 @@ impl Store {
         limit: u64,
         before: Option<i64>,
     ) -> Result<(Vec<Entry>, Option<String>), StoreError> {
+        let _timed = super::timed("ledger_page");
         let mut q = ledger::Entity::find().filter(ledger::Column::AccountId.eq(id));
         if let Some(b) = before {
             q = q.filter(ledger::Column::Id.lt(b));
@@ -177,6 +181,7 @@ impl Store {
         limit: u64,
         before: Option<(DateTime<Utc>, String)>,
     ) -> Result<(Vec<ConnectionView>, Option<String>), StoreError> {
+        let _timed = super::timed("connections_page");
         let mut q = connection::Entity::find().filter(
             connection::Column::OfficerId
                 .eq(id)

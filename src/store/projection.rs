@@ -61,6 +61,7 @@ impl Store {
     /// Claims up to `limit` unpublished events oldest first, applies them to the
     /// projection and marks them published, in one transaction; returns them for the bus.
     pub async fn publish_batch(&self, limit: u64) -> Result<Vec<OutboxRow>, StoreError> {
+        let _timed = super::timed("publish_batch");
         let txn = self.db.begin().await?;
         let q = Query::select()
             .columns(["id", "kind", "payload"])
@@ -140,6 +141,7 @@ impl Store {
 
     /// The projected statistics of an account (zeros before its first event).
     pub async fn stats(&self, account: &str) -> Result<StatsDelta, StoreError> {
+        let _timed = super::timed("stats");
         let q = Query::select()
             .columns(["earned", "spent", "connections"])
             .from("account_stats")

@@ -61,7 +61,7 @@ impl Store {
         state_of: impl Fn(&str) -> Option<String>,
         limit: u64,
     ) -> Result<(Vec<ReportRow>, bool), StoreError> {
-        let started = std::time::Instant::now();
+        let _timed = super::timed("connections_report");
         let key = match (group, self.backend()) {
             (GroupBy::Day, DbBackend::Postgres) => {
                 "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
@@ -124,8 +124,6 @@ impl Store {
         }
         let truncated = out.len() as u64 > limit;
         out.truncate(limit as usize);
-        metrics::histogram!("store_query_seconds", "op" => "connections_report")
-            .record(started.elapsed().as_secs_f64());
         Ok((out, truncated))
     }
 }

@@ -300,17 +300,13 @@ impl Store {
         signer: &VoucherSigner,
         key: Option<&IdempotencyKey>,
     ) -> Result<Result<Redemption, Refusal>, StoreError> {
-        let started = std::time::Instant::now();
-        let r = self
-            .once(key, |txn| {
-                let (account, offer_id, signer) =
-                    (account.to_owned(), offer_id.to_owned(), signer.clone());
-                Box::pin(async move { redeem_in(txn, &account, &offer_id, &signer).await })
-            })
-            .await;
-        metrics::histogram!("store_query_seconds", "op" => "redeem_offer")
-            .record(started.elapsed().as_secs_f64());
-        r
+        let _timed = super::timed("redeem_offer");
+        self.once(key, |txn| {
+            let (account, offer_id, signer) =
+                (account.to_owned(), offer_id.to_owned(), signer.clone());
+            Box::pin(async move { redeem_in(txn, &account, &offer_id, &signer).await })
+        })
+        .await
     }
 
     /// Officer `account` gives `points` (> 0) to a charity, in one transaction with the
@@ -322,6 +318,7 @@ impl Store {
         points: i64,
         key: Option<&IdempotencyKey>,
     ) -> Result<Result<Donation, Refusal>, StoreError> {
+        let _timed = super::timed("donate");
         assert!(points > 0, "callers refuse non-positive donations");
         self.once(key, |txn| {
             let (account, charity_id) = (account.to_owned(), charity_id.to_owned());
@@ -339,6 +336,7 @@ impl Store {
         retailer: Option<&str>,
         key: Option<&IdempotencyKey>,
     ) -> Result<Result<VoucherView, Refusal>, StoreError> {
+        let _timed = super::timed("redeem_voucher");
         self.once(key, |txn| {
             let (code, by, retailer) =
                 (code.to_owned(), by.to_owned(), retailer.map(str::to_owned));
@@ -372,6 +370,7 @@ impl Store {
 
     /// A voucher by its (already signature-checked) code.
     pub async fn voucher(&self, code: &str) -> Result<Option<VoucherView>, StoreError> {
+        let _timed = super::timed("voucher");
         let txn = self.db.begin().await?;
         let v = voucher_in(&txn, code).await?;
         txn.commit().await?;
@@ -384,6 +383,7 @@ impl Store {
         limit: u64,
         after: Option<&str>,
     ) -> Result<Vec<OfferView>, StoreError> {
+        let _timed = super::timed("offers_page");
         let mut q = offer::Entity::find()
             .filter(offer::Column::ValidUntil.gte(today()))
             .order_by_asc(offer::Column::Id)
@@ -422,6 +422,7 @@ impl Store {
         limit: u64,
         after: Option<&str>,
     ) -> Result<Vec<CharityView>, StoreError> {
+        let _timed = super::timed("charities_page");
         let mut q = charity::Entity::find()
             .order_by_asc(charity::Column::Id)
             .limit(limit);
@@ -444,6 +445,7 @@ impl Store {
         &self,
         ttl: std::time::Duration,
     ) -> Result<u64, StoreError> {
+        let _timed = super::timed("expire_idempotency_keys");
         let cutoff = Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
         Ok(idempotency::Entity::delete_many()
             .filter(idempotency::Column::CreatedAt.lt(cutoff))

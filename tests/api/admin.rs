@@ -284,3 +284,52 @@ async fn imports_work_on_both_stores_and_never_half_apply() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn metrics_cover_what_operators_watch() {
+    let app = spawn_app_with(|s| s.metrics.bind = "127.0.0.1:0".into()).await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    // A move the citizen is pushed; a bad frame; a region restart; a store call; an import.
+    o.send(json!({"type":"location","lat":NEAR.0 + 0.0002,"lon":NEAR.1}))
+        .await;
+    c.recv_type("nearby").await;
+    c.send(json!({"type":"dance"})).await;
+    c.recv_type("error").await;
+    let ctx = app.running.ctx();
+    assert!(ctx.regions.crash(ctx.zips.by_code("10001").unwrap()));
+    app.get("/v1/me", Some(&app.token(Role::Citizen, "c1")))
+        .await;
+    app.get("/v1/me", None).await;
+    app.import("charities", "text/csv", "charity_id,name,website\nch,C,\n")
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let m = app.metrics().await;
+    for name in [
+        "ws_sessions{role=\"officer\"}",
+        "ws_sessions{role=\"citizen\"}",
+        "ws_messages_in_total{type=\"location\"}",
+        "ws_messages_out_total{type=\"nearby\"}",
+        "ws_errors_total{code=\"unknown_type\"}",
+        "nearby_query_seconds_bucket",
+        "nearby_push_latency_seconds_bucket",
+        "region_actors_alive",
+        "region_restarts_total",
+        "store_query_seconds_bucket{op=\"profile\"",
+        "import_rows_total{result=\"accepted\"}",
+        "process_resident_memory_bytes",
+        "officers_available",
+        "http_errors_total",
+    ] {
+        assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
+    }
+    // Without a token on its own listener.
+    let addr = app.running.metrics_addr.expect("metrics listener");
+    let body = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.contains("ws_sessions"));
+}
