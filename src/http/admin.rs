@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::auth::Caller;
+use super::error::ErrorBody;
 use super::error::{ApiError, Body};
 use super::rewards::idempotency_key;
 use crate::actors::outbox::close;
@@ -22,6 +23,26 @@ use crate::store::reports::GroupBy;
 /// `POST /admin/v1/import/{officers|retailers|offers|charities}`: CSV (`text/csv`) or a
 /// JSON array → `{"kind","accepted","rejected":[{"row","error"}]}`; 400 for a file that is
 /// not importable at all, 413 over `limits.import_max_bytes`.
+#[utoipa::path(
+    post,
+    path = "/admin/v1/import/{kind}",
+    tag = "admin",
+    params(
+        ("kind" = String, Path, description = "officers, retailers, offers or charities"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+    ),
+    request_body = inline(String),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Accepted count and rejected rows"),
+        (status = 400, description = "Not importable at all (nothing changed)", body = ErrorBody),
+        (status = 404, description = "Unknown kind", body = ErrorBody),
+        (status = 413, description = "Over limits.import_max_bytes", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn import(
     State(st): State<AppState>,
     caller: Caller,
@@ -67,6 +88,17 @@ pub async fn import(
 }
 
 /// `GET /metrics` on the main listener (admins; `metrics.bind` serves it without a token).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Prometheus text format"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn metrics(State(st): State<AppState>, caller: Caller) -> Result<String, ApiError> {
     caller.require(Role::Admin)?;
     crate::server::record_process_metrics(&st.ctx);
@@ -74,6 +106,22 @@ pub async fn metrics(State(st): State<AppState>, caller: Caller) -> Result<Strin
 }
 
 /// `GET /admin/v1/regions/{zip}`: the region actor's own snapshot.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/regions/{zip}",
+    tag = "admin",
+    params(
+        ("zip" = String, Path, description = "5-digit zip"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The region actor's live snapshot"),
+        (status = 404, description = "unknown_zip", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn region(
     State(st): State<AppState>,
     caller: Caller,
@@ -92,6 +140,17 @@ pub async fn region(
 }
 
 /// `GET /admin/v1/stats`: live counts over this node.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/stats",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Live counts over this node"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     caller.require(Role::Admin)?;
     let ctx = &st.ctx;
@@ -109,6 +168,21 @@ pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Va
 
 /// `DELETE /admin/v1/sessions/{account_id}`: the live session gets an `error` frame
 /// `session_ended` and close 4002; 404 `no_session` if the account has none here.
+#[utoipa::path(
+    delete,
+    path = "/admin/v1/sessions/{account_id}",
+    tag = "admin",
+    params(
+        ("account_id" = String, Path, description = "Account"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The session was told to close (4002)"),
+        (status = 404, description = "no_session", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn end_session(
     State(st): State<AppState>,
     caller: Caller,
@@ -141,6 +215,26 @@ const REPORT_ROWS: (u64, u64) = (10_000, 100_000);
 /// `GET /admin/v1/reports/connections?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|zip|state|officer`
 /// → `{"rows":[{"key","connections","points"}],…}`; `format=csv` exports the same rows as
 /// CSV with every text cell that a spreadsheet would take for a formula quoted as text.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/reports/connections",
+    tag = "admin",
+    params(
+        ("from" = Option<String>, Query, description = "First day, YYYY-MM-DD (default: 30 days before to)"),
+        ("to" = Option<String>, Query, description = "Last day, YYYY-MM-DD (default: today, UTC)"),
+        ("group_by" = Option<String>, Query, description = "day, zip, state or officer"),
+        ("format" = Option<String>, Query, description = "json or csv"),
+        ("limit" = Option<u64>, Query, description = "Page size"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Rows of key, connections, points (or CSV with format=csv)"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn connections_report(
     State(st): State<AppState>,
     caller: Caller,

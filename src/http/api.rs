@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use super::AppState;
 use super::auth::{Caller, Claims};
 use super::error::ApiError;
+use super::error::ErrorBody;
 use crate::store::StoreError;
 
 impl From<StoreError> for ApiError {
@@ -52,6 +53,18 @@ async fn me_account(st: &AppState, caller: &Caller) -> Result<Claims, ApiError> 
 }
 
 /// `GET /v1/me`
+#[utoipa::path(
+    get,
+    path = "/v1/me",
+    tag = "profile",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Profile, points and connection count"),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let c = me_account(&st, &caller).await?;
     // Read your writes: what committed before this request is projected before it is read.
@@ -74,6 +87,20 @@ pub struct PatchMe {
 }
 
 /// `PATCH /v1/me`
+#[utoipa::path(
+    patch,
+    path = "/v1/me",
+    tag = "profile",
+    request_body = inline(Object),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated profile"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn patch_me(
     State(st): State<AppState>,
     caller: Caller,
@@ -94,6 +121,23 @@ pub async fn patch_me(
 }
 
 /// `GET /v1/me/points?limit=50&before=<cursor>`
+#[utoipa::path(
+    get,
+    path = "/v1/me/points",
+    tag = "profile",
+    params(
+        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next`"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ledger entries, newest first"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn my_points(
     State(st): State<AppState>,
     caller: Caller,
@@ -110,6 +154,23 @@ pub async fn my_points(
 }
 
 /// `GET /v1/me/connections?limit=..&before=..`
+#[utoipa::path(
+    get,
+    path = "/v1/me/connections",
+    tag = "profile",
+    params(
+        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next`"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Connections, newest first (zip and time only)"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn my_connections(
     State(st): State<AppState>,
     caller: Caller,

@@ -96,3 +96,21 @@ pub fn body_rejected(status: StatusCode, text: String) -> ApiError {
         ApiError::bad_request("invalid_body", text)
     }
 }
+
+/// The JSON error body of every non-2xx answer (for the OpenAPI description).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// What went wrong.
+    error: ErrorDetail,
+}
+
+/// `error` inside [`ErrorBody`].
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// snake_case code.
+    code: String,
+    /// Human text.
+    message: String,
+}

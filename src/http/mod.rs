@@ -15,17 +15,19 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::HeaderMap;
-use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 
 use self::auth::{Auth, Caller, Ticket, Tickets};
-use self::error::ApiError;
+use self::error::{ApiError, ErrorBody};
 use crate::context::Context;
 use crate::geo::LatLon;
 use crate::geo::zips::LocateError;
 use crate::protocol::Role;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// What every handler gets.
 pub type AppState = Arc<HttpState>;
@@ -38,6 +40,8 @@ pub struct HttpState {
     pub auth: Auth,
     /// Outstanding tickets.
     pub tickets: Tickets,
+    /// `/openapi.json`, set when the router is built.
+    pub openapi: OnceLock<Value>,
 }
 
 impl HttpState {
@@ -45,7 +49,12 @@ impl HttpState {
     pub fn new(ctx: Arc<Context>) -> AppState {
         let auth = Auth::new(ctx.settings.auth.jwt_secret.expose());
         let tickets = Tickets::new(ctx.settings.auth.max_outstanding_tickets);
-        Arc::new(Self { ctx, auth, tickets })
+        Arc::new(Self {
+            ctx,
+            auth,
+            tickets,
+            openapi: OnceLock::new(),
+        })
     }
 }
 
@@ -65,47 +74,104 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
     })
 }
 
-/// The router of every endpoint.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/v1/zips/lookup", get(zip_lookup))
-        .route("/v1/officers/session", get(officer_session))
-        .route("/v1/citizens/session", get(citizen_session))
-        .route("/v1/ws", get(ws::upgrade))
-        .route("/v1/me", get(api::get_me).patch(api::patch_me))
-        .route("/v1/me/points", get(api::my_points))
-        .route("/v1/me/connections", get(api::my_connections))
-        .route("/v1/offers", get(rewards::offers))
-        .route("/v1/redemptions", post(rewards::redeem))
-        .route("/v1/vouchers/{code}", get(rewards::voucher))
-        .route("/v1/vouchers/{code}/redeem", post(rewards::use_voucher))
-        .route("/v1/charities", get(rewards::charities))
-        .route("/v1/donations", post(rewards::donate))
-        .route("/metrics", get(admin::metrics))
-        .route("/admin/v1/regions/{zip}", get(admin::region))
-        .route("/admin/v1/stats", get(admin::stats))
-        .route(
-            "/admin/v1/sessions/{account_id}",
-            delete(admin::end_session),
-        )
-        .route(
-            "/admin/v1/reports/connections",
-            get(admin::connections_report),
-        )
-        .route(
-            "/admin/v1/import/{kind}",
-            post(admin::import).layer(DefaultBodyLimit::max(
-                state.ctx.settings.limits.import_max_bytes,
-            )),
-        )
-        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+/// OpenAPI document metadata; the paths are collected from the annotated handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Hey Blue! server",
+        description = "HTTP endpoints of the client contract (PROTOCOL.md). WebSocket frames are described there."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The router of every endpoint and the OpenAPI description generated from the same
+/// registrations, so a route cannot be served without being described.
+pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let import = OpenApiRouter::new()
+        .routes(routes!(admin::import))
+        .layer(DefaultBodyLimit::max(
+            state.ctx.settings.limits.import_max_bytes,
+        ));
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(openapi))
+        .routes(routes!(zip_lookup))
+        .routes(routes!(officer_session))
+        .routes(routes!(citizen_session))
+        .routes(routes!(ws::upgrade))
+        .routes(routes!(api::get_me, api::patch_me))
+        .routes(routes!(api::my_points))
+        .routes(routes!(api::my_connections))
+        .routes(routes!(rewards::offers))
+        .routes(routes!(rewards::redeem))
+        .routes(routes!(rewards::voucher))
+        .routes(routes!(rewards::use_voucher))
+        .routes(routes!(rewards::charities))
+        .routes(routes!(rewards::donate))
+        .routes(routes!(admin::metrics))
+        .routes(routes!(admin::region))
+        .routes(routes!(admin::stats))
+        .routes(routes!(admin::end_session))
+        .routes(routes!(admin::connections_report))
         .layer(DefaultBodyLimit::max(
             state.ctx.settings.limits.max_body_bytes,
         ))
-        .with_state(state)
+        .merge(import)
+        .split_for_parts();
+    let _ = state
+        .openapi
+        .set(serde_json::to_value(&doc).expect("the OpenAPI document serialises"));
+    let router = router
+        .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .with_state(state);
+    (router, doc)
 }
 
+/// The router of every endpoint.
+pub fn router(state: AppState) -> Router {
+    router_and_openapi(state).0
+}
+
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "health",
+    responses(
+        (status = 200, description = "This document"),
+    )
+)]
+async fn openapi(State(st): State<AppState>) -> Json<Value> {
+    Json(st.openapi.get().cloned().unwrap_or(Value::Null))
+}
+
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The server accepts sessions"),
+    )
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
@@ -131,6 +197,20 @@ fn outside(e: LocateError) -> ApiError {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/zips/lookup",
+    tag = "regions",
+    params(
+        ("lat" = f64, Query, description = "Latitude, -90..=90"),
+        ("lon" = f64, Query, description = "Longitude, -180..=180"),
+    ),
+    responses(
+        (status = 200, description = "The zip whose cell holds the position, with its centroid"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 422, description = "Outside the service area", body = ErrorBody),
+    )
+)]
 async fn zip_lookup(
     State(st): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -148,6 +228,25 @@ async fn zip_lookup(
     })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/officers/session",
+    tag = "sessions",
+    params(
+        ("lat" = f64, Query, description = "Latitude, -90..=90"),
+        ("lon" = f64, Query, description = "Longitude, -180..=180"),
+        ("zip" = Option<String>, Query, description = "Reported 5-digit zip (recorded, never overrides the position)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A single-use ticket and the ws_url to open"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 422, description = "Outside the service area", body = ErrorBody),
+        (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 async fn officer_session(
     st: State<AppState>,
     caller: Caller,
@@ -157,6 +256,25 @@ async fn officer_session(
     open_session(st, caller, Role::Officer, q, h).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/citizens/session",
+    tag = "sessions",
+    params(
+        ("lat" = f64, Query, description = "Latitude, -90..=90"),
+        ("lon" = f64, Query, description = "Longitude, -180..=180"),
+        ("zip" = Option<String>, Query, description = "Reported 5-digit zip (recorded, never overrides the position)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A single-use ticket and the ws_url to open"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 422, description = "Outside the service area", body = ErrorBody),
+        (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 async fn citizen_session(
     st: State<AppState>,
     caller: Caller,

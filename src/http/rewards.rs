@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::Caller;
+use super::error::ErrorBody;
 use super::error::{ApiError, Body};
 use crate::protocol::Role;
 use crate::store::rewards::{IdempotencyKey, Refusal};
@@ -103,6 +104,23 @@ fn next_after<T>(page: &[T], limit: u64, id: impl Fn(&T) -> &str) -> Value {
 }
 
 /// `GET /v1/offers?limit=&after=`: offers still valid, by id.
+#[utoipa::path(
+    get,
+    path = "/v1/offers",
+    tag = "rewards",
+    params(
+        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("after" = Option<String>, Query, description = "Cursor: the previous page's `next` (an id)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Offers still valid"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn offers(
     State(st): State<AppState>,
     _caller: Caller,
@@ -115,6 +133,23 @@ pub async fn offers(
 }
 
 /// `GET /v1/charities?limit=&after=`
+#[utoipa::path(
+    get,
+    path = "/v1/charities",
+    tag = "rewards",
+    params(
+        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("after" = Option<String>, Query, description = "Cursor: the previous page's `next` (an id)"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Charities"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn charities(
     State(st): State<AppState>,
     _caller: Caller,
@@ -136,6 +171,27 @@ struct RedeemBody {
 }
 
 /// `POST /v1/redemptions` (citizens) → 201 with the voucher.
+#[utoipa::path(
+    post,
+    path = "/v1/redemptions",
+    tag = "rewards",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+    ),
+    request_body = inline(Object),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Points debited, voucher issued"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 404, description = "unknown_offer", body = ErrorBody),
+        (status = 409, description = "insufficient_points, offer_exhausted or offer_expired", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn redeem(
     State(st): State<AppState>,
     caller: Caller,
@@ -172,6 +228,27 @@ struct DonateBody {
 }
 
 /// `POST /v1/donations` (officers) → 201 `{"donation_id","balance"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/donations",
+    tag = "rewards",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+    ),
+    request_body = inline(Object),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Points given"),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 404, description = "unknown_charity", body = ErrorBody),
+        (status = 409, description = "insufficient_points", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn donate(
     State(st): State<AppState>,
     caller: Caller,
@@ -206,6 +283,22 @@ fn signed_code(st: &AppState, code: &str) -> Result<String, ApiError> {
 }
 
 /// `GET /v1/vouchers/{code}` (any role) → `{"valid":true,"offer_id","issued_at","redeemed"}`.
+#[utoipa::path(
+    get,
+    path = "/v1/vouchers/{code}",
+    tag = "rewards",
+    params(
+        ("code" = String, Path, description = "Voucher code"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A valid voucher and whether it was used"),
+        (status = 404, description = "unknown_voucher (also for a code that is not validly signed)", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn voucher(
     State(st): State<AppState>,
     _caller: Caller,
@@ -222,6 +315,24 @@ pub async fn voucher(
 }
 
 /// `POST /v1/vouchers/{code}/redeem` (admins, or the retailer of the offer): once.
+#[utoipa::path(
+    post,
+    path = "/v1/vouchers/{code}/redeem",
+    tag = "rewards",
+    params(
+        ("code" = String, Path, description = "Voucher code"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Marked used"),
+        (status = 404, description = "unknown_voucher", body = ErrorBody),
+        (status = 409, description = "voucher_already_redeemed", body = ErrorBody),
+        (status = 503, description = "Store or actors unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
 pub async fn use_voucher(
     State(st): State<AppState>,
     caller: Caller,

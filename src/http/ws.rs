@@ -21,11 +21,25 @@ use tokio::sync::oneshot;
 use super::AppState;
 use super::auth::Ticket;
 use super::error::ApiError;
+use super::error::ErrorBody;
 use crate::actors::outbox::{Next, Outbox, close};
 use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
 use crate::protocol::{DecodeLimits, Role, decode};
 
 /// `GET /v1/ws?ticket=...`
+#[utoipa::path(
+    get,
+    path = "/v1/ws",
+    tag = "sessions",
+    params(
+        ("ticket" = String, Query, description = "Ticket from the orchestrator"),
+    ),
+    responses(
+        (status = 101, description = "WebSocket upgrade; the frames are in PROTOCOL.md"),
+        (status = 401, description = "Unknown, used, expired or other-node ticket", body = ErrorBody),
+        (status = 503, description = "Node full", body = ErrorBody),
+    )
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
