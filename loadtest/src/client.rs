@@ -62,8 +62,23 @@ pub async fn open(
         .next()
         .context("host")?
         .parse()?;
+    connect(ws_url, addr, who.i).await
+}
+
+/// Opens a WebSocket straight to `ws_url` (the echo endpoint: no orchestrator).
+pub async fn open_url(ws_url: &str, i: usize) -> anyhow::Result<Ws> {
+    let addr: SocketAddr = ws_url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .context("host")?
+        .parse()?;
+    connect(ws_url.to_owned(), addr, i).await
+}
+
+async fn connect(ws_url: String, addr: SocketAddr, i: usize) -> anyhow::Result<Ws> {
     let sock = TcpSocket::new_v4()?;
-    if let Some(ip) = source(who.i) {
+    if let Some(ip) = source(i) {
         sock.set_reuseaddr(true)?;
         sock.bind(SocketAddr::new(ip, 0))?;
     }

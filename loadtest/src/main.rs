@@ -1,7 +1,10 @@
 //! `heyblue-loadtest`: drives a running server exactly as phones do — orchestrator ticket,
 //! then a real WebSocket — and measures it.
 //!
-//! Modes so far:
+//! Modes:
+//! * `--officers N --citizens M [--rate HZ] [--metro nyc] [--duration 60s]`: the phone
+//!   scenario (see `scenario`); `--against echo` runs the same sockets against a built-in
+//!   echo endpoint for the ceiling.
 //! * `--idle N`: open N idle sessions and report the server's RSS growth per session
 //!   (from `/proc/PID/status` with `--server-pid`).
 //! * `--accepts PAIRS`: accepted connections per second end to end, and the citizen's
@@ -15,6 +18,9 @@ use anyhow::{Context, bail};
 
 mod accepts;
 mod client;
+mod echo;
+mod metro;
+mod scenario;
 mod stats;
 use clap::Parser;
 use futures_util::StreamExt;
@@ -56,9 +62,36 @@ struct Args {
     /// Measure accepted connections per second with this many officer–citizen pairs.
     #[arg(long)]
     accepts: Option<usize>,
-    /// How long a measurement runs (seconds).
-    #[arg(long = "duration", default_value_t = 10)]
-    duration_s: u64,
+    /// How long a measurement runs: `60s`, `2m` or seconds.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Scenario: officer sessions.
+    #[arg(long, default_value_t = 0)]
+    officers: usize,
+    /// Scenario: citizen sessions.
+    #[arg(long, default_value_t = 0)]
+    citizens: usize,
+    /// Scenario: location updates per session per second (0: citizens closed-loop).
+    #[arg(long, default_value_t = 1.0)]
+    rate: f64,
+    /// Scenario: metro to walk in (nyc, la, chicago, houston, sf, dc).
+    #[arg(long, default_value = "nyc")]
+    metro: String,
+    /// Scenario: share of citizens that ask for connections (officers accept).
+    #[arg(long, default_value_t = 0.05)]
+    connect_share: f64,
+    /// Scenario: sessions opened per second at most.
+    #[arg(long, default_value_t = 500.0)]
+    open_rate: f64,
+    /// Scenario: run the same sockets against `echo`, a built-in echo endpoint.
+    #[arg(long)]
+    against: Option<String>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Exit with status 2 if any protocol error frame or failed session was seen.
+    #[arg(long)]
+    fail_on_errors: bool,
     /// Also write every figure to this JSON file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -162,17 +195,57 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(pairs) = args.accepts {
         let auth = Auth::new(&args.jwt_secret);
-        let out = accepts::run(
-            &args.target,
-            &auth,
-            pairs,
-            Duration::from_secs(args.duration_s),
-        )
-        .await?;
+        let out = accepts::run(&args.target, &auth, pairs, args.duration).await?;
         if let Some(f) = &args.json {
             std::fs::write(f, serde_json::to_string_pretty(&out)?)?;
         }
         return Ok(());
     }
-    bail!("choose a mode: --idle N or --accepts PAIRS")
+    if args.officers + args.citizens > 0 {
+        let target = match args.against.as_deref() {
+            None => scenario::Target::Server(args.target.clone()),
+            Some("echo") => scenario::Target::Echo(echo::start().await?),
+            Some(other) => bail!("--against {other}: only echo is built in"),
+        };
+        let cfg = scenario::Config {
+            target,
+            officers: args.officers,
+            citizens: args.citizens,
+            duration: args.duration,
+            rate_hz: args.rate,
+            metro: args.metro.clone(),
+            connect_share: args.connect_share,
+            open_rate: args.open_rate,
+            progress: !args.no_progress,
+        };
+        let out = scenario::run(cfg, Arc::new(Auth::new(&args.jwt_secret))).await?;
+        if let Some(f) = &args.json {
+            std::fs::write(f, serde_json::to_string_pretty(&out)?)?;
+        }
+        if args.fail_on_errors
+            && (out["protocol_errors"].as_u64() != Some(0)
+                || out["open_failures"].as_u64() != Some(0))
+        {
+            std::process::exit(2);
+        }
+        return Ok(());
+    }
+    bail!("choose a mode: --officers N --citizens M, --idle N or --accepts PAIRS")
+}
+
+/// `60s`, `2m`, `500ms` or plain seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: f64 = num.parse().map_err(|_| format!("not a duration: {s}"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("unit of {s} is ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(secs))
 }

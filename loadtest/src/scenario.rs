@@ -1,0 +1,618 @@
+//! The phone scenario: officers random-walk (walking or driving) inside a metro and are
+//! available; citizens watch and walk; a share of citizens ask the nearest officer for a
+//! connection and officers accept. Every session sends `location` at `--rate` Hz (`0`:
+//! citizens send the next as soon as the previous is answered, as fast as the server goes).
+//!
+//! Measured on the load generator's one clock:
+//! * citizen `location` → its `nearby` reply (the first `nearby` after a send answers it;
+//!   the server replies to every location in order);
+//! * officer move → push at a watching citizen: officers note when they sent each
+//!   position, and a pushed `nearby` that shows an officer at a new position is matched to
+//!   that send;
+//! * `request_connection` → `connection_established` at the citizen.
+//!
+//! `--against echo` runs the same sockets against a bare echo endpoint: every frame comes
+//! back as the "reply", which is the ceiling the server is compared with.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use dashmap::DashMap;
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use heyblue::geo::ZipTable;
+use heyblue::http::auth::Auth;
+use heyblue::protocol::Role;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Who, Ws};
+use crate::metro::{self, Metro, Walker};
+use crate::stats;
+
+/// What the scenario runs against.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// A Hey Blue! server: orchestrator, then WebSocket.
+    Server(String),
+    /// A bare echo WebSocket endpoint (`ws://…`).
+    Echo(String),
+}
+
+/// Scenario settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to.
+    pub target: Target,
+    /// Officer sessions.
+    pub officers: usize,
+    /// Citizen sessions.
+    pub citizens: usize,
+    /// How long the load runs once every session is open.
+    pub duration: Duration,
+    /// Location updates per session per second; 0 = citizens closed-loop.
+    pub rate_hz: f64,
+    /// Metro name.
+    pub metro: String,
+    /// Share of citizens that ask for connections.
+    pub connect_share: f64,
+    /// Sessions opened per second at most.
+    pub open_rate: f64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Error codes that are not protocol errors: refusals a correct client can get.
+const REFUSALS: &[&str] = &[
+    "officer_unavailable",
+    "officer_busy",
+    "too_far",
+    "request_pending",
+    "unknown_request",
+];
+
+#[derive(Default)]
+struct Shared {
+    sent: AtomicU64,
+    replies: AtomicU64,
+    pushes: AtomicU64,
+    established: AtomicU64,
+    connected: AtomicI64,
+    open_failures: AtomicU64,
+    errors: std::sync::Mutex<BTreeMap<String, u64>>,
+    closes: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// officer id → the last few (lat bits, lon bits, sent at) it sent.
+    officer_sends: DashMap<String, VecDeque<(u64, u64, Instant)>>,
+    connected_over_time: std::sync::Mutex<Vec<(f64, i64)>>,
+}
+
+impl Shared {
+    fn count(map: &std::sync::Mutex<BTreeMap<String, u64>>, k: String) {
+        *map.lock().expect("not poisoned").entry(k).or_default() += 1;
+    }
+}
+
+/// What a citizen's reader tells its writer: the nearest officer, and the request in
+/// flight (when it was sent).
+#[derive(Default)]
+struct Asking {
+    nearest: Option<String>,
+    asked_at: Option<Instant>,
+}
+
+/// Per-session histograms, merged at the end.
+struct Hists {
+    reply: Histogram<u64>,
+    push: Histogram<u64>,
+    connect: Histogram<u64>,
+}
+
+impl Hists {
+    fn new() -> Self {
+        Self {
+            reply: stats::histogram(),
+            push: stats::histogram(),
+            connect: stats::histogram(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).max(1)
+}
+
+/// Runs the scenario; prints the table and returns every figure as JSON.
+pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
+    let zips = ZipTable::embedded();
+    let m = metro::metro(&zips, &cfg.metro)
+        .with_context(|| format!("unknown metro {:?}; one of {:?}", cfg.metro, metro::names()))?;
+    let shared = Arc::new(Shared::default());
+    let hists = Arc::new(Mutex::new(Hists::new()));
+    let http = reqwest::Client::new();
+    let total = cfg.officers + cfg.citizens;
+    let open_gate = Arc::new(Semaphore::new(64));
+    let opened_all = Arc::new(tokio::sync::Barrier::new(total + 1));
+    let stop_at = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let pace = Duration::from_secs_f64(1.0 / cfg.open_rate.max(1.0));
+    let started_opening = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for i in 0..total {
+        let role = if i < cfg.officers {
+            Role::Officer
+        } else {
+            Role::Citizen
+        };
+        let mut rng = rand::rng();
+        // Officers: a third drive (10 m/s), the rest walk; citizens walk.
+        let speed = if role == Role::Officer && i % 3 == 0 {
+            10.0
+        } else {
+            1.4
+        };
+        let walker = Walker::new(&m, speed, &mut rng);
+        let connects = role == Role::Citizen && rng.random::<f64>() < cfg.connect_share;
+        let permit = open_gate.clone().acquire_owned().await?;
+        let s = Session {
+            i,
+            role,
+            sub: format!("lt-{}-{}-{i}", std::process::id(), role.as_str()),
+            walker,
+            metro: m,
+            connects,
+            cfg: cfg.clone(),
+            shared: shared.clone(),
+            hists: hists.clone(),
+        };
+        let (http, auth, opened_all, stop_at) = (
+            http.clone(),
+            auth.clone(),
+            opened_all.clone(),
+            stop_at.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let ws = s.open(&http, &auth).await;
+            drop(permit);
+            opened_all.wait().await;
+            match ws {
+                Ok(ws) => {
+                    let stop = *stop_at.get().expect("set once all opened");
+                    let shared = s.shared.clone();
+                    if let Err(e) = s.drive(ws, stop).await {
+                        Shared::count(&shared.errors, format!("client: {e}"));
+                    }
+                }
+                Err(e) => {
+                    if s.shared.open_failures.fetch_add(1, Ordering::Relaxed) < 3 {
+                        eprintln!("opening session {}: {e:#}", s.i);
+                    }
+                }
+            }
+        }));
+        tokio::time::sleep(pace).await;
+    }
+    let opening_s = started_opening.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    stop_at.set(t0 + cfg.duration).expect("set once");
+    opened_all.wait().await;
+
+    let bar = cfg.progress.then(|| {
+        let b = indicatif::ProgressBar::new(cfg.duration.as_secs());
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        b
+    });
+    let mut last = (0, 0, 0);
+    while t0.elapsed() < cfg.duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = (
+            shared.sent.load(Ordering::Relaxed),
+            shared.replies.load(Ordering::Relaxed),
+            shared.pushes.load(Ordering::Relaxed),
+        );
+        let connected = shared.connected.load(Ordering::Relaxed);
+        shared
+            .connected_over_time
+            .lock()
+            .expect("not poisoned")
+            .push((t0.elapsed().as_secs_f64(), connected));
+        if let Some(b) = &bar {
+            b.set_position(t0.elapsed().as_secs());
+            b.set_message(format!(
+                "sessions {connected} | sent {}/s | replies {}/s | pushes {}/s",
+                now.0 - last.0,
+                now.1 - last.1,
+                now.2 - last.2
+            ));
+        }
+        last = now;
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    report(&cfg, &shared, &*hists.lock().await, secs, opening_s)
+}
+
+fn report(
+    cfg: &Config,
+    shared: &Shared,
+    h: &Hists,
+    secs: f64,
+    opening_s: f64,
+) -> anyhow::Result<Value> {
+    let rate = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / secs;
+    let errors = shared.errors.lock().expect("not poisoned").clone();
+    let protocol_errors: u64 = errors
+        .iter()
+        .filter(|(k, _)| !REFUSALS.contains(&k.as_str()))
+        .map(|(_, v)| v)
+        .sum();
+    let closes = shared.closes.lock().expect("not poisoned").clone();
+    let target = match &cfg.target {
+        Target::Server(u) => format!("server {u}"),
+        Target::Echo(u) => format!("echo {u}"),
+    };
+    println!(
+        "{target}: {} officers + {} citizens in {}, {:.0} s at {} Hz (opened in {opening_s:.1} s, {} failed)",
+        cfg.officers,
+        cfg.citizens,
+        cfg.metro,
+        secs,
+        if cfg.rate_hz > 0.0 {
+            format!("{}", cfg.rate_hz)
+        } else {
+            "closed-loop".into()
+        },
+        shared.open_failures.load(Ordering::Relaxed)
+    );
+    println!(
+        "updates sent {:.0}/s | nearby replies {:.0}/s | pushes {:.0}/s | connections {:.1}/s | protocol errors {protocol_errors}",
+        rate(&shared.sent),
+        rate(&shared.replies),
+        rate(&shared.pushes),
+        rate(&shared.established)
+    );
+    if !errors.is_empty() {
+        println!("error frames by code: {errors:?}");
+    }
+    if !closes.is_empty() {
+        println!("closes by code: {closes:?}");
+    }
+    println!("{}", stats::header());
+    println!("{}", stats::row("location → nearby (citizen)", &h.reply));
+    println!("{}", stats::row("officer move → push (citizen)", &h.push));
+    println!("{}", stats::row("request → established", &h.connect));
+    Ok(json!({
+        "target": target,
+        "officers": cfg.officers, "citizens": cfg.citizens, "metro": cfg.metro,
+        "rate_hz": cfg.rate_hz, "seconds": secs, "opening_seconds": opening_s,
+        "open_failures": shared.open_failures.load(Ordering::Relaxed),
+        "updates_sent_per_s": rate(&shared.sent),
+        "nearby_replies_per_s": rate(&shared.replies),
+        "pushes_per_s": rate(&shared.pushes),
+        "connections_per_s": rate(&shared.established),
+        "protocol_errors": protocol_errors,
+        "errors_by_code": errors, "closes_by_code": closes,
+        "location_to_nearby": stats::json(&h.reply),
+        "move_to_push": stats::json(&h.push),
+        "request_to_established": stats::json(&h.connect),
+        "connected_over_time": *shared.connected_over_time.lock().expect("not poisoned"),
+    }))
+}
+
+struct Session {
+    i: usize,
+    role: Role,
+    sub: String,
+    walker: Walker,
+    metro: Metro,
+    connects: bool,
+    cfg: Config,
+    shared: Arc<Shared>,
+    hists: Arc<Mutex<Hists>>,
+}
+
+impl Session {
+    async fn open(&self, http: &reqwest::Client, auth: &Auth) -> anyhow::Result<Ws> {
+        match &self.cfg.target {
+            Target::Server(base) => {
+                let who = Who {
+                    role: self.role,
+                    sub: &self.sub,
+                    lat: self.walker.pos.lat,
+                    lon: self.walker.pos.lon,
+                    i: self.i,
+                };
+                client::open(http, base, auth, who).await
+            }
+            Target::Echo(url) => client::open_url(url, self.i).await,
+        }
+    }
+
+    /// Sends at the rate and reads until `stop`, then closes.
+    async fn drive(mut self, ws: Ws, stop: Instant) -> anyhow::Result<()> {
+        let echo = matches!(self.cfg.target, Target::Echo(_));
+        self.shared.connected.fetch_add(1, Ordering::Relaxed);
+        let (mut tx, mut rx) = ws.split();
+        let (to_writer, mut from_reader) = mpsc::channel::<Value>(16);
+        if self.role == Role::Officer && !echo {
+            tx.send(Message::text(
+                json!({"type":"available","window_s":900}).to_string(),
+            ))
+            .await?;
+        }
+        // Citizens: send times of locations not yet answered.
+        let outstanding = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
+        let answered = Arc::new(tokio::sync::Notify::new());
+        let hists = Arc::new(std::sync::Mutex::new(Hists::new()));
+        let asking = Arc::new(std::sync::Mutex::new(Asking::default()));
+        let reader = {
+            let (shared, outstanding, answered) =
+                (self.shared.clone(), outstanding.clone(), answered.clone());
+            let (role, hists, asking) = (self.role, hists.clone(), asking.clone());
+            tokio::spawn(async move {
+                let mut r = Reader {
+                    shared,
+                    role,
+                    echo,
+                    hists,
+                    asking,
+                    seen: HashMap::new(),
+                };
+                while let Some(m) = rx.next().await {
+                    match m {
+                        Ok(Message::Text(t)) => {
+                            let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                            if let Some(out) = r.on_frame(v, &outstanding, &answered) {
+                                let _ = to_writer.try_send(out);
+                            }
+                        }
+                        Ok(Message::Close(c)) => {
+                            let code = c.map_or("none".into(), |c| u16::from(c.code).to_string());
+                            Shared::count(&r.shared.closes, code);
+                            break;
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+                r.shared.connected.fetch_sub(1, Ordering::Relaxed);
+            })
+        };
+        let closed_loop = self.cfg.rate_hz <= 0.0 && self.role == Role::Citizen;
+        // Closed-loop runs still move their officers once a second.
+        let hz = if self.cfg.rate_hz > 0.0 {
+            self.cfg.rate_hz
+        } else {
+            1.0
+        };
+        let period = Duration::from_secs_f64(1.0 / hz);
+        let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+        // Sessions send out of phase, as phones do: not all in the same millisecond.
+        let phase = period.mul_f64(rng.random::<f64>());
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + phase, period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_move = Instant::now();
+        let mut next_request = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < stop {
+            if closed_loop {
+                let waiting = !outstanding.lock().expect("not poisoned").is_empty();
+                if waiting {
+                    tokio::select! {
+                        _ = answered.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                            outstanding.lock().expect("not poisoned").clear();
+                        }
+                    }
+                    continue;
+                }
+            } else {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    Some(out) = from_reader.recv() => {
+                        tx.send(Message::text(out.to_string())).await?;
+                        continue;
+                    }
+                }
+            }
+            while let Ok(out) = from_reader.try_recv() {
+                tx.send(Message::text(out.to_string())).await?;
+            }
+            let dt = last_move.elapsed().as_secs_f64();
+            last_move = Instant::now();
+            self.walker.step(&self.metro, dt, &mut rng);
+            let p = self.walker.pos;
+            let now = Instant::now();
+            if self.role == Role::Officer {
+                let mut ring = self
+                    .shared
+                    .officer_sends
+                    .entry(self.sub.clone())
+                    .or_default();
+                if ring.len() == 8 {
+                    ring.pop_front();
+                }
+                ring.push_back((p.lat.to_bits(), p.lon.to_bits(), now));
+            } else {
+                outstanding.lock().expect("not poisoned").push_back(now);
+            }
+            tx.send(Message::text(
+                json!({"type":"location","lat":p.lat,"lon":p.lon}).to_string(),
+            ))
+            .await?;
+            self.shared.sent.fetch_add(1, Ordering::Relaxed);
+            if self.connects && !echo && now >= next_request {
+                next_request = now + Duration::from_secs(5);
+                let officer = {
+                    let mut a = asking.lock().expect("not poisoned");
+                    match (a.nearest.clone(), a.asked_at) {
+                        (Some(o), None) => {
+                            a.asked_at = Some(now);
+                            Some(o)
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(o) = officer {
+                    let m = json!({"type":"request_connection","officer_id":o,"mode":"virtual"});
+                    tx.send(Message::text(m.to_string())).await?;
+                }
+            }
+        }
+        let _ = tx.send(Message::Close(None)).await;
+        // The reader ends when the server's close arrives.
+        let mut reader = reader;
+        if tokio::time::timeout(Duration::from_secs(3), &mut reader)
+            .await
+            .is_err()
+        {
+            reader.abort();
+            self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        let h = std::mem::replace(&mut *hists.lock().expect("not poisoned"), Hists::new());
+        let mut all = self.hists.lock().await;
+        all.reply.add(&h.reply)?;
+        all.push.add(&h.push)?;
+        all.connect.add(&h.connect)?;
+        Ok(())
+    }
+}
+
+/// What a session's reader keeps.
+struct Reader {
+    shared: Arc<Shared>,
+    role: Role,
+    echo: bool,
+    hists: Arc<std::sync::Mutex<Hists>>,
+    asking: Arc<std::sync::Mutex<Asking>>,
+    /// officer id → position last shown to this citizen.
+    seen: HashMap<String, (u64, u64)>,
+}
+
+impl Reader {
+    /// Handles one frame; returns a frame to send, if any.
+    fn on_frame(
+        &mut self,
+        v: Value,
+        outstanding: &std::sync::Mutex<VecDeque<Instant>>,
+        answered: &tokio::sync::Notify,
+    ) -> Option<Value> {
+        let ty = v["type"].as_str().unwrap_or_default();
+        if self.echo {
+            if self.role == Role::Citizen && ty == "location" {
+                self.reply(outstanding, answered);
+            }
+            return None;
+        }
+        match ty {
+            "nearby" => {
+                let was_reply = self.role == Role::Citizen && self.reply(outstanding, answered);
+                if !was_reply {
+                    self.shared.pushes.fetch_add(1, Ordering::Relaxed);
+                }
+                self.track_officers(&v, !was_reply);
+                None
+            }
+            "connection_requested" => {
+                let id = v["request_id"].as_str()?;
+                Some(json!({"type":"respond","request_id":id,"accept":true}))
+            }
+            "connection_established" => {
+                if self.role == Role::Citizen {
+                    self.shared.established.fetch_add(1, Ordering::Relaxed);
+                    let asked = self.asking.lock().expect("not poisoned").asked_at.take();
+                    if let Some(t) = asked {
+                        let _ = self
+                            .hists
+                            .lock()
+                            .expect("not poisoned")
+                            .connect
+                            .record(micros(t.elapsed()));
+                    }
+                }
+                None
+            }
+            "connection_response" => {
+                if v["status"] != "accepted" {
+                    self.asking.lock().expect("not poisoned").asked_at = None;
+                }
+                None
+            }
+            "window_expiring" => Some(json!({"type":"available","window_s":900})),
+            "error" => {
+                let code = v["code"].as_str().unwrap_or("?").to_owned();
+                if REFUSALS.contains(&code.as_str()) {
+                    self.asking.lock().expect("not poisoned").asked_at = None;
+                }
+                Shared::count(&self.shared.errors, code);
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// A citizen's answer to its oldest outstanding location, if any.
+    fn reply(
+        &mut self,
+        outstanding: &std::sync::Mutex<VecDeque<Instant>>,
+        answered: &tokio::sync::Notify,
+    ) -> bool {
+        let sent = outstanding.lock().expect("not poisoned").pop_front();
+        let Some(t) = sent else { return false };
+        self.shared.replies.fetch_add(1, Ordering::Relaxed);
+        let _ = self
+            .hists
+            .lock()
+            .expect("not poisoned")
+            .reply
+            .record(micros(t.elapsed()));
+        answered.notify_one();
+        true
+    }
+
+    /// Notes officer positions; for a push, times each officer seen at a new position
+    /// against the moment that officer sent it.
+    fn track_officers(&mut self, v: &Value, push: bool) {
+        let Some(list) = v["officers"].as_array() else {
+            return;
+        };
+        self.asking.lock().expect("not poisoned").nearest = list
+            .first()
+            .and_then(|o| o["officer_id"].as_str())
+            .map(str::to_owned);
+        for o in list {
+            let (Some(id), Some(lat), Some(lon)) = (
+                o["officer_id"].as_str(),
+                o["lat"].as_f64(),
+                o["lon"].as_f64(),
+            ) else {
+                continue;
+            };
+            let pos = (lat.to_bits(), lon.to_bits());
+            let moved = self.seen.insert(id.to_owned(), pos) != Some(pos);
+            if push
+                && moved
+                && let Some(ring) = self.shared.officer_sends.get(id)
+                && let Some((_, _, at)) = ring.iter().find(|(a, b, _)| (*a, *b) == pos)
+            {
+                let _ = self
+                    .hists
+                    .lock()
+                    .expect("not poisoned")
+                    .push
+                    .record(micros(at.elapsed()));
+            }
+        }
+    }
+}
