@@ -20,6 +20,7 @@ mod accepts;
 mod client;
 mod echo;
 mod metro;
+mod peer;
 mod scenario;
 mod stats;
 use clap::Parser;
@@ -86,6 +87,12 @@ struct Args {
     /// Scenario: run the same sockets against `echo`, a built-in echo endpoint.
     #[arg(long)]
     against: Option<String>,
+    /// Compare the nearby workload with a peer: `redis` (Redis GEO, needs --redis-url).
+    #[arg(long)]
+    peer: Option<String>,
+    /// Redis for `--peer redis`.
+    #[arg(long, default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -196,6 +203,24 @@ async fn main() -> anyhow::Result<()> {
     if let Some(pairs) = args.accepts {
         let auth = Auth::new(&args.jwt_secret);
         let out = accepts::run(&args.target, &auth, pairs, args.duration).await?;
+        if let Some(f) = &args.json {
+            std::fs::write(f, serde_json::to_string_pretty(&out)?)?;
+        }
+        return Ok(());
+    }
+    if let Some(peer) = args.peer.as_deref() {
+        if peer != "redis" {
+            bail!("--peer {peer}: only redis");
+        }
+        let out = peer::run(peer::Config {
+            officers: args.officers,
+            citizens: args.citizens.max(1),
+            rate_hz: args.rate,
+            duration: args.duration,
+            metro: args.metro.clone(),
+            redis_url: args.redis_url.clone(),
+        })
+        .await?;
         if let Some(f) = &args.json {
             std::fs::write(f, serde_json::to_string_pretty(&out)?)?;
         }

@@ -1,0 +1,320 @@
+//! `--peer redis`: the nearby workload on Redis GEO beside the server's own engine, at the
+//! same officer count, positions, moves and query points.
+//!
+//! * Redis: officers are members of one GEO key; a move is `GEOADD`; a citizen's update is
+//!   `GEOSEARCH key FROMLONLAT lon lat BYRADIUS r m ASC COUNT k`.
+//! * Hey Blue!: the server's region actors in process (`Regions`): a move is an upsert into
+//!   the officer's zip region; an update asks every region the circle can touch and merges,
+//!   as a citizen session does (no sockets on either side).
+//!
+//! Both legs run `--citizens` closed-loop query tasks for `--duration` while officers move
+//! at `--rate` Hz each, and report answers per second and latency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use heyblue::actors::directory::Regions;
+use heyblue::actors::region::OfficerData;
+use heyblue::geo::index::merge_nearest;
+use heyblue::geo::{LatLon, ZipTable};
+use rand::SeedableRng;
+use serde_json::{Value, json};
+
+use crate::metro::{self, Metro, Walker};
+use crate::stats;
+
+const RADIUS_M: f64 = 2_000.0;
+const K: usize = 5;
+const KEY: &str = "heyblue:loadtest:officers";
+
+/// Peer run settings.
+pub struct Config {
+    /// Officers indexed.
+    pub officers: usize,
+    /// Concurrent query loops.
+    pub citizens: usize,
+    /// Moves per officer per second.
+    pub rate_hz: f64,
+    /// How long each leg runs.
+    pub duration: Duration,
+    /// Metro name.
+    pub metro: String,
+    /// Redis URL.
+    pub redis_url: String,
+}
+
+/// One leg's result.
+struct Leg {
+    answers: u64,
+    moves: u64,
+    secs: f64,
+    latency: hdrhistogram::Histogram<u64>,
+}
+
+impl Leg {
+    fn json(&self) -> Value {
+        json!({
+            "answers_per_s": self.answers as f64 / self.secs,
+            "moves_per_s": self.moves as f64 / self.secs,
+            "latency": stats::json(&self.latency),
+        })
+    }
+}
+
+/// Runs both legs and prints the comparison.
+pub async fn run(cfg: Config) -> anyhow::Result<Value> {
+    let zips = Arc::new(ZipTable::embedded());
+    let m = metro::metro(&zips, &cfg.metro)
+        .ok_or_else(|| anyhow::anyhow!("unknown metro {}", cfg.metro))?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let walkers: Vec<Walker> = (0..cfg.officers)
+        .map(|i| Walker::new(&m, if i % 3 == 0 { 10.0 } else { 1.4 }, &mut rng))
+        .collect();
+    let redis = redis_leg(&cfg, &m, walkers.clone()).await?;
+    let engine = engine_leg(&cfg, &m, zips, walkers).await?;
+    let ratio = (engine.answers as f64 / engine.secs) / (redis.answers as f64 / redis.secs);
+    println!(
+        "{} officers in {}, radius {RADIUS_M} m, k={K}, {} query loops, moves {} Hz/officer, {:.0} s per leg",
+        cfg.officers,
+        cfg.metro,
+        cfg.citizens,
+        cfg.rate_hz,
+        cfg.duration.as_secs_f64()
+    );
+    println!(
+        "redis GEO:  {:.0} answers/s ({:.0} moves/s)",
+        redis.answers as f64 / redis.secs,
+        redis.moves as f64 / redis.secs
+    );
+    println!(
+        "hey blue!:  {:.0} answers/s ({:.0} moves/s) = {ratio:.2}x redis",
+        engine.answers as f64 / engine.secs,
+        engine.moves as f64 / engine.secs
+    );
+    println!("{}", stats::header());
+    println!("{}", stats::row("redis GEOSEARCH", &redis.latency));
+    println!("{}", stats::row("hey blue! regions", &engine.latency));
+    Ok(json!({
+        "officers": cfg.officers, "citizens": cfg.citizens, "metro": cfg.metro,
+        "radius_m": RADIUS_M, "k": K, "move_hz": cfg.rate_hz,
+        "redis": redis.json(), "heyblue": engine.json(), "ratio": ratio,
+    }))
+}
+
+/// Query points: walkers of their own (citizens), one per loop.
+fn citizens(m: &Metro, n: usize) -> Vec<Walker> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    (0..n).map(|_| Walker::new(m, 1.4, &mut rng)).collect()
+}
+
+/// Runs `movers` (officer moves at the rate) and `n` query loops for the duration.
+async fn drive<Q, QF, M, MF>(
+    cfg: &Config,
+    m: &Metro,
+    walkers: Vec<Walker>,
+    query: Q,
+    mv: M,
+) -> anyhow::Result<Leg>
+where
+    Q: Fn(LatLon) -> QF + Clone + Send + 'static,
+    QF: std::future::Future<Output = anyhow::Result<()>> + Send,
+    M: Fn(Vec<(usize, LatLon, LatLon)>) -> MF + Clone + Send + 'static,
+    MF: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let moves = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    // Movers: 4 tasks share the officers; each pass moves every officer of its share.
+    let mut mover_tasks = Vec::new();
+    let shares = 4;
+    let mut parts: Vec<Vec<(usize, Walker)>> = vec![Vec::new(); shares];
+    for (i, w) in walkers.into_iter().enumerate() {
+        parts[i % shares].push((i, w));
+    }
+    for mut part in parts {
+        let (stop, moves, mv, m) = (stop.clone(), moves.clone(), mv.clone(), *m);
+        let per_pass = Duration::from_secs_f64(1.0 / cfg.rate_hz.max(1e-3));
+        mover_tasks.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(part.len() as u64);
+            let mut tick = tokio::time::interval(per_pass);
+            while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
+                // One pass moves every officer of the share, sent in batches of 500.
+                for chunk in part.chunks_mut(500) {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let batch: Vec<_> = chunk
+                        .iter_mut()
+                        .map(|(i, w)| {
+                            let from = w.pos;
+                            w.step(&m, per_pass.as_secs_f64(), &mut rng);
+                            (*i, from, w.pos)
+                        })
+                        .collect();
+                    let n = batch.len() as u64;
+                    mv(batch).await?;
+                    moves.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let mut loops = Vec::new();
+    for mut c in citizens(m, cfg.citizens) {
+        let (stop, query, m) = (stop.clone(), query.clone(), *m);
+        loops.push(tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+            let mut h = stats::histogram();
+            while !stop.load(Ordering::Relaxed) {
+                c.step(&m, 1.0, &mut rng);
+                let t = Instant::now();
+                query(c.pos).await?;
+                h.record((t.elapsed().as_micros() as u64).max(1))?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    tokio::time::sleep(cfg.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    let mut latency = stats::histogram();
+    for l in loops {
+        latency.add(&l.await??)?;
+    }
+    for t in mover_tasks {
+        t.await??;
+    }
+    Ok(Leg {
+        answers: latency.len(),
+        moves: moves.load(Ordering::Relaxed),
+        secs,
+        latency,
+    })
+}
+
+async fn redis_leg(cfg: &Config, m: &Metro, walkers: Vec<Walker>) -> anyhow::Result<Leg> {
+    let client = redis::Client::open(cfg.redis_url.as_str())?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    redis::cmd("DEL")
+        .arg(KEY)
+        .query_async::<()>(&mut con)
+        .await?;
+    for chunk in walkers.chunks(1000).enumerate() {
+        let mut c = redis::cmd("GEOADD");
+        c.arg(KEY);
+        for (j, w) in chunk.1.iter().enumerate() {
+            c.arg(w.pos.lon)
+                .arg(w.pos.lat)
+                .arg(format!("officer-{}", chunk.0 * 1000 + j));
+        }
+        c.query_async::<()>(&mut con).await?;
+    }
+    // A few connections, as a pooled client would use (Redis runs commands on one thread).
+    let cons: Vec<_> = futures_util::future::try_join_all(
+        (0..4).map(|_| client.get_multiplexed_async_connection()),
+    )
+    .await?;
+    let next = Arc::new(AtomicU64::new(0));
+    let pick = {
+        let (cons, next) = (cons.clone(), next.clone());
+        move || cons[next.fetch_add(1, Ordering::Relaxed) as usize % cons.len()].clone()
+    };
+    let query = {
+        let pick = pick.clone();
+        move |p: LatLon| {
+            let mut con = pick();
+            async move {
+                let found: Vec<String> = redis::cmd("GEOSEARCH")
+                    .arg(KEY)
+                    .arg("FROMLONLAT")
+                    .arg(p.lon)
+                    .arg(p.lat)
+                    .arg("BYRADIUS")
+                    .arg(RADIUS_M)
+                    .arg("m")
+                    .arg("ASC")
+                    .arg("COUNT")
+                    .arg(K)
+                    .query_async(&mut con)
+                    .await?;
+                std::hint::black_box(found);
+                anyhow::Ok(())
+            }
+        }
+    };
+    // A batch of moves is one GEOADD of many members (one round trip, as a pipeline would).
+    let mv = move |batch: Vec<(usize, LatLon, LatLon)>| {
+        let mut con = pick();
+        async move {
+            let mut c = redis::cmd("GEOADD");
+            c.arg(KEY);
+            for (i, _, to) in batch {
+                c.arg(to.lon).arg(to.lat).arg(format!("officer-{i}"));
+            }
+            c.query_async::<()>(&mut con).await?;
+            anyhow::Ok(())
+        }
+    };
+    drive(cfg, m, walkers, query, mv).await
+}
+
+async fn engine_leg(
+    cfg: &Config,
+    m: &Metro,
+    zips: Arc<ZipTable>,
+    walkers: Vec<Walker>,
+) -> anyhow::Result<Leg> {
+    let (regions, _) =
+        Regions::start(zips.clone(), Default::default(), Duration::from_secs(5)).await?;
+    let data = |zip| OfficerData {
+        display_name: "officer".into(),
+        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
+        session_id: 1,
+        zip,
+    };
+    for (i, w) in walkers.iter().enumerate() {
+        let (z, _) = zips.nearest(w.pos);
+        regions
+            .upsert(z, format!("officer-{i}").into(), w.pos, data(z))
+            .await?;
+    }
+    let query = {
+        let (regions, zips) = (regions.clone(), zips.clone());
+        move |p: LatLon| {
+            let (regions, zips) = (regions.clone(), zips.clone());
+            async move {
+                let (own, d0) = zips.nearest(p);
+                let calls = zips
+                    .regions_touching(p, own, d0, RADIUS_M)
+                    .into_iter()
+                    .map(|z| regions.query(z, p, RADIUS_M, K, None));
+                let parts = futures_util::future::try_join_all(calls).await?;
+                std::hint::black_box(merge_nearest(parts, K));
+                anyhow::Ok(())
+            }
+        }
+    };
+    let mv = {
+        let (regions, zips) = (regions.clone(), zips.clone());
+        move |batch: Vec<(usize, LatLon, LatLon)>| {
+            let (regions, zips) = (regions.clone(), zips.clone());
+            async move {
+                for (i, from, to) in batch {
+                    let id: Arc<str> = format!("officer-{i}").into();
+                    let (old, _) = zips.nearest(from);
+                    let (z, _) = zips.nearest(to);
+                    if old != z {
+                        regions.remove(old, id.clone(), 1);
+                    }
+                    regions.upsert(z, id, to, data(z)).await?;
+                }
+                anyhow::Ok(())
+            }
+        }
+    };
+    let leg = drive(cfg, m, walkers, query, mv).await;
+    regions.stop();
+    leg
+}
