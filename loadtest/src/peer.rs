@@ -4,8 +4,8 @@
 //! * Redis: officers are members of one GEO key; a move is `GEOADD`; a citizen's update is
 //!   `GEOSEARCH key FROMLONLAT lon lat BYRADIUS r m ASC COUNT k`.
 //! * Hey Blue!: the server's region actors in process (`Regions`): a move is an upsert into
-//!   the officer's zip region; an update asks every region the circle can touch and merges,
-//!   as a citizen session does (no sockets on either side).
+//!   the officer's zip region; an update is `Regions::nearby`, exactly what a citizen
+//!   session runs (no sockets on either side).
 //!
 //! Both legs run `--citizens` closed-loop query tasks for `--duration` while officers move
 //! at `--rate` Hz each, and report answers per second and latency.
@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use heyblue::actors::directory::Regions;
 use heyblue::actors::region::OfficerData;
-use heyblue::geo::index::merge_nearest;
 use heyblue::geo::{LatLon, ZipTable};
 use rand::SeedableRng;
 use serde_json::{Value, json};
@@ -286,12 +285,8 @@ async fn engine_leg(
             let (regions, zips) = (regions.clone(), zips.clone());
             async move {
                 let (own, d0) = zips.nearest(p);
-                let calls = zips
-                    .regions_touching(p, own, d0, RADIUS_M)
-                    .into_iter()
-                    .map(|z| regions.query(z, p, RADIUS_M, K, None));
-                let parts = futures_util::future::try_join_all(calls).await?;
-                std::hint::black_box(merge_nearest(parts, K));
+                let found = regions.nearby(p, own, d0, RADIUS_M, K, None).await?;
+                std::hint::black_box(found);
                 anyhow::Ok(())
             }
         }

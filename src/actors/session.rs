@@ -393,41 +393,34 @@ impl SessionState {
         c.push_pending = false;
         let changed_at = c.changed_at.take();
         let started = Instant::now();
-        let touching = self.ctx.zips.regions_touching(pos, zip, d0, c.radius_m);
         let watch = Watch {
             session_id: session,
             center: pos,
             radius_m: c.radius_m,
             signal: c.signal.clone(),
         };
-        let calls = touching
-            .iter()
-            .map(|&z| regions.query(z, pos, c.radius_m, c.limit, Some(watch.clone())));
-        let answers = join_all(calls).await;
-
-        // Watched set: regions no longer touched forget this watcher.
+        let zips = &self.ctx.zips;
+        let answer = regions
+            .nearby(pos, zip, d0, c.radius_m, c.limit, Some(watch))
+            .await;
+        let (merged, touching) = match answer {
+            Ok((merged, touching, _)) => (merged, touching),
+            Err(e) => {
+                tracing::warn!(session, "nearby incomplete: {e}");
+                metrics::counter!("ws_errors_total", "code" => "unavailable").increment(1);
+                self.out.send(&ServerMsg::error(
+                    "unavailable",
+                    "nearby officers are unavailable; try again shortly",
+                    Some(if reply { "location" } else { "nearby" }),
+                ));
+                return;
+            }
+        };
+        // Watched set: regions no longer asked forget this watcher.
         for &z in c.watched.iter().filter(|z| !touching.contains(z)) {
             regions.unwatch(z, session);
         }
-        c.watched = touching.clone();
-
-        let mut parts = Vec::with_capacity(answers.len());
-        for a in answers {
-            match a {
-                Ok(found) => parts.push(found),
-                Err(e) => {
-                    tracing::warn!(session, "nearby incomplete: {e}");
-                    metrics::counter!("ws_errors_total", "code" => "unavailable").increment(1);
-                    self.out.send(&ServerMsg::error(
-                        "unavailable",
-                        "nearby officers are unavailable; try again shortly",
-                        Some(if reply { "location" } else { "nearby" }),
-                    ));
-                    return;
-                }
-            }
-        }
-        let merged = merge_nearest(parts, c.limit);
+        c.watched = touching;
         metrics::histogram!("nearby_query_seconds").record(started.elapsed().as_secs_f64());
 
         let key: Vec<(OfficerKey, f64, f64)> = merged
@@ -471,9 +464,10 @@ impl SessionState {
             .map(|n| (n.id.clone(), n.distance_m))
             .collect();
         if close.len() == c.limit && c.limit > 0 {
-            let calls = touching
-                .iter()
-                .map(|&z| regions.query(z, pos, proximity, MAX_CLOSE, None));
+            let calls = zips
+                .regions_touching(pos, zip, d0, proximity)
+                .into_iter()
+                .map(|z| regions.query(z, pos, proximity, MAX_CLOSE, None));
             let parts: Vec<_> = join_all(calls)
                 .await
                 .into_iter()

@@ -245,3 +245,56 @@ async fn officer_nearby_is_not_hidden_by_the_limit() {
     assert_eq!(seen, ["o1", "o2"], "each close officer announced once");
     app.running.shutdown().await;
 }
+
+/// The answer is computed from the own region's k-th nearest first, and only the regions
+/// inside that smaller circle are watched: pushes must still follow every change that
+/// matters — the nearest leaving (an officer farther away, in another zip, takes its
+/// place) and a nearer officer arriving in a neighbouring zip.
+#[tokio::test]
+async fn pushes_follow_changes_outside_the_first_answer() {
+    let app = spawn_app().await;
+    let zips = zips();
+    let here = heyblue::geo::LatLon::new(HERE.0, HERE.1).unwrap();
+    let (own, _) = zips.nearest(here);
+    // A point ~600 m away in another zip.
+    let far = (0..360)
+        .step_by(10)
+        .map(|deg| {
+            let b = f64::from(deg).to_radians();
+            heyblue::geo::LatLon::new(HERE.0 + 0.0054 * b.cos(), HERE.1 + 0.0071 * b.sin()).unwrap()
+        })
+        .find(|p| zips.nearest(*p).0 != own)
+        .expect("a neighbouring zip within 600 m");
+    let mut a = app.officer("near", HERE.0 + 0.0001, HERE.1).await;
+    let _b = app.officer("far", far.lat, far.lon).await;
+    let (mut c, first) = app.citizen("c1", HERE.0, HERE.1).await;
+    assert_eq!(first["officers"][0]["officer_id"], "near", "{first}");
+    c.send(serde_json::json!({"type":"watch","limit":1})).await;
+    c.send(serde_json::json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
+        .await;
+    let n = c.recv_type("nearby").await;
+    assert_eq!(n["officers"].as_array().unwrap().len(), 1, "{n}");
+    // The nearest leaves: the farther officer in the other zip is pushed.
+    a.send(serde_json::json!({"type":"unavailable"})).await;
+    let p = c.recv_type("nearby").await;
+    assert_eq!(p["officers"][0]["officer_id"], "far", "{p}");
+    // A nearer officer arrives in the other zip (just across the border): pushed too.
+    let (_, d_far) = (zips.nearest(far).0, heyblue::geo::haversine_m(here, far));
+    let mut mid = far;
+    for step in 1..100 {
+        let t = f64::from(step) / 100.0;
+        let q = heyblue::geo::LatLon::new(
+            here.lat + (far.lat - here.lat) * t,
+            here.lon + (far.lon - here.lon) * t,
+        )
+        .unwrap();
+        if zips.nearest(q).0 != own {
+            mid = q;
+            break;
+        }
+    }
+    assert!(heyblue::geo::haversine_m(here, mid) < d_far);
+    let _m = app.officer("mid", mid.lat, mid.lon).await;
+    let p = c.recv_type("nearby").await;
+    assert_eq!(p["officers"][0]["officer_id"], "mid", "{p}");
+}
