@@ -16,114 +16,120 @@ const NEAR: (f64, f64) = (40.7510, -73.9972);
 
 #[tokio::test]
 async fn every_admin_route_refuses_other_roles_and_no_token() {
-    let app = spawn_app().await;
-    let routes = [
-        (Method::GET, "/admin/v1/stats"),
-        (Method::GET, "/admin/v1/regions/10001"),
-        (Method::GET, "/admin/v1/reports/connections"),
-        (Method::DELETE, "/admin/v1/sessions/c1"),
-        (Method::POST, "/admin/v1/import/officers"),
-        (Method::POST, "/admin/v1/import/retailers"),
-        (Method::POST, "/admin/v1/import/offers"),
-        (Method::POST, "/admin/v1/import/charities"),
-        (Method::GET, "/metrics"),
-    ];
-    for (m, path) in routes {
-        let body = Some(("application/json", b"[]".to_vec()));
-        let (s, b) = app.send(m.clone(), path, None, body.clone(), &[]).await;
-        assert_eq!(s, 401, "{m} {path} without a token: {b}");
-        for role in [Role::Citizen, Role::Officer, Role::Retailer] {
-            let t = app.token(role, "x");
-            let (s, b) = app.send(m.clone(), path, Some(&t), body.clone(), &[]).await;
-            assert_eq!(s, 403, "{m} {path} as {role:?}: {b}");
-            assert_eq!(b["error"]["code"], "forbidden");
+    on_both_stores(|app| async move {
+        let routes = [
+            (Method::GET, "/admin/v1/stats"),
+            (Method::GET, "/admin/v1/regions/10001"),
+            (Method::GET, "/admin/v1/reports/connections"),
+            (Method::DELETE, "/admin/v1/sessions/c1"),
+            (Method::POST, "/admin/v1/import/officers"),
+            (Method::POST, "/admin/v1/import/retailers"),
+            (Method::POST, "/admin/v1/import/offers"),
+            (Method::POST, "/admin/v1/import/charities"),
+            (Method::GET, "/metrics"),
+        ];
+        for (m, path) in routes {
+            let body = Some(("application/json", b"[]".to_vec()));
+            let (s, b) = app.send(m.clone(), path, None, body.clone(), &[]).await;
+            assert_eq!(s, 401, "{m} {path} without a token: {b}");
+            for role in [Role::Citizen, Role::Officer, Role::Retailer] {
+                let t = app.token(role, "x");
+                let (s, b) = app.send(m.clone(), path, Some(&t), body.clone(), &[]).await;
+                assert_eq!(s, 403, "{m} {path} as {role:?}: {b}");
+                assert_eq!(b["error"]["code"], "forbidden");
+            }
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn stats_count_what_is_live() {
-    let app = spawn_app().await;
-    let admin = app.token(Role::Admin, "admin");
-    let stats = || async { app.get("/admin/v1/stats", Some(&admin)).await.1 };
-    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
-    let _idle = app.connect(Role::Officer, "o2", NEAR.0, NEAR.1).await;
-    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let s = stats().await;
-    assert_eq!(
-        (
-            &s["officers_online"],
-            &s["officers_available"],
-            &s["citizens_online"],
-            &s["pending_requests"]
-        ),
-        (&json!(2), &json!(1), &json!(1), &json!(0)),
-        "{s}"
-    );
-    assert!(s["regions_active"].as_u64().unwrap() >= 1);
-    assert_eq!(s["nodes"], json!(["node-1"]));
-    let id = ask(&mut o, &mut c, "o1", "virtual").await;
-    assert_eq!(stats().await["pending_requests"], 1);
-    o.send(json!({"type":"respond","request_id":id,"accept":false}))
-        .await;
-    c.recv_type("connection_response").await;
-    assert_eq!(stats().await["pending_requests"], 0);
-    o.send(json!({"type":"unavailable"})).await;
-    o.recv_type("availability").await;
-    assert_eq!(stats().await["officers_available"], 0);
-    o.send(json!({"type":"available","window_s":60})).await;
-    o.recv_type("availability").await;
-    assert_eq!(stats().await["officers_available"], 1);
-    drop(o);
-    // A closed socket takes its officer out at once.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    while stats().await["officers_available"] != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "still counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let (s, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
-    assert_eq!(s, 200);
-    assert_eq!(r["citizens"], r["citizens_watching"]);
-    let (s, b) = app.get("/admin/v1/regions/99999", Some(&admin)).await;
-    assert_eq!((s, &b["error"]["code"]), (404, &json!("unknown_zip")));
+    on_both_stores(|app| async move {
+        let admin = app.token(Role::Admin, "admin");
+        let stats = || async { app.get("/admin/v1/stats", Some(&admin)).await.1 };
+        let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+        let _idle = app.connect(Role::Officer, "o2", NEAR.0, NEAR.1).await;
+        let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+        let s = stats().await;
+        assert_eq!(
+            (
+                &s["officers_online"],
+                &s["officers_available"],
+                &s["citizens_online"],
+                &s["pending_requests"]
+            ),
+            (&json!(2), &json!(1), &json!(1), &json!(0)),
+            "{s}"
+        );
+        assert!(s["regions_active"].as_u64().unwrap() >= 1);
+        assert_eq!(s["nodes"], json!(["node-1"]));
+        let id = ask(&mut o, &mut c, "o1", "virtual").await;
+        assert_eq!(stats().await["pending_requests"], 1);
+        o.send(json!({"type":"respond","request_id":id,"accept":false}))
+            .await;
+        c.recv_type("connection_response").await;
+        assert_eq!(stats().await["pending_requests"], 0);
+        o.send(json!({"type":"unavailable"})).await;
+        o.recv_type("availability").await;
+        assert_eq!(stats().await["officers_available"], 0);
+        o.send(json!({"type":"available","window_s":60})).await;
+        o.recv_type("availability").await;
+        assert_eq!(stats().await["officers_available"], 1);
+        drop(o);
+        // A closed socket takes its officer out at once.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while stats().await["officers_available"] != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "still counted");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (s, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
+        assert_eq!(s, 200);
+        assert_eq!(r["citizens"], r["citizens_watching"]);
+        let (s, b) = app.get("/admin/v1/regions/99999", Some(&admin)).await;
+        assert_eq!((s, &b["error"]["code"]), (404, &json!("unknown_zip")));
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn an_admin_ends_a_session_with_4002() {
-    let app = spawn_app().await;
-    let admin = app.token(Role::Admin, "admin");
-    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
-    let (s, b) = app
-        .send(
-            Method::DELETE,
-            "/admin/v1/sessions/o1",
-            Some(&admin),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    assert_eq!(b["ended"], true);
-    let (frames, code) = o.closed().await;
-    assert_eq!(code, Some(4002));
-    assert_eq!(
-        frames.last().unwrap()["code"],
-        "session_ended",
-        "{frames:?}"
-    );
-    // Gone from the index at once, and from the registry.
-    let (_, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
-    assert_eq!(r["officers"], json!([]), "{r}");
-    let (s, b) = app
-        .send(
-            Method::DELETE,
-            "/admin/v1/sessions/o1",
-            Some(&admin),
-            None,
-            &[],
-        )
-        .await;
-    assert_eq!((s, &b["error"]["code"]), (404, &json!("no_session")));
+    on_both_stores(|app| async move {
+        let admin = app.token(Role::Admin, "admin");
+        let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+        let (s, b) = app
+            .send(
+                Method::DELETE,
+                "/admin/v1/sessions/o1",
+                Some(&admin),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(b["ended"], true);
+        let (frames, code) = o.closed().await;
+        assert_eq!(code, Some(4002));
+        assert_eq!(
+            frames.last().unwrap()["code"],
+            "session_ended",
+            "{frames:?}"
+        );
+        // Gone from the index at once, and from the registry.
+        let (_, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
+        assert_eq!(r["officers"], json!([]), "{r}");
+        let (s, b) = app
+            .send(
+                Method::DELETE,
+                "/admin/v1/sessions/o1",
+                Some(&admin),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!((s, &b["error"]["code"]), (404, &json!("no_session")));
+    })
+    .await;
 }
 
 async fn record(
@@ -287,49 +293,58 @@ async fn imports_work_on_both_stores_and_never_half_apply() {
 
 #[tokio::test]
 async fn metrics_cover_what_operators_watch() {
-    let app = spawn_app_with(|s| s.metrics.bind = "127.0.0.1:0".into()).await;
-    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
-    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    // A move the citizen is pushed; a bad frame; a region restart; a store call; an import.
-    o.send(json!({"type":"location","lat":NEAR.0 + 0.0002,"lon":NEAR.1}))
+    let url = postgres_database().await;
+    for pg in [false, true] {
+        let app = spawn_app_with(|s| {
+            s.metrics.bind = "127.0.0.1:0".into();
+            if pg {
+                s.database.url = url.clone();
+            }
+        })
         .await;
-    c.recv_type("nearby").await;
-    c.send(json!({"type":"dance"})).await;
-    c.recv_type("error").await;
-    let ctx = app.running.ctx();
-    assert!(ctx.regions.crash(ctx.zips.by_code("10001").unwrap()));
-    app.get("/v1/me", Some(&app.token(Role::Citizen, "c1")))
-        .await;
-    app.get("/v1/me", None).await;
-    app.import("charities", "text/csv", "charity_id,name,website\nch,C,\n")
-        .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let m = app.metrics().await;
-    for name in [
-        "ws_sessions{role=\"officer\"}",
-        "ws_sessions{role=\"citizen\"}",
-        "ws_messages_in_total{type=\"location\"}",
-        "ws_messages_out_total{type=\"nearby\"}",
-        "ws_errors_total{code=\"unknown_type\"}",
-        "nearby_query_seconds_bucket",
-        "nearby_push_latency_seconds_bucket",
-        "region_actors_alive",
-        "region_restarts_total",
-        "store_query_seconds_bucket{op=\"profile\"",
-        "import_rows_total{result=\"accepted\"}",
-        "process_resident_memory_bytes",
-        "officers_available",
-        "http_errors_total",
-    ] {
-        assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
+        let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+        let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+        // A move the citizen is pushed; a bad frame; a region restart; a store call; an import.
+        o.send(json!({"type":"location","lat":NEAR.0 + 0.0002,"lon":NEAR.1}))
+            .await;
+        c.recv_type("nearby").await;
+        c.send(json!({"type":"dance"})).await;
+        c.recv_type("error").await;
+        let ctx = app.running.ctx();
+        assert!(ctx.regions.crash(ctx.zips.by_code("10001").unwrap()));
+        app.get("/v1/me", Some(&app.token(Role::Citizen, "c1")))
+            .await;
+        app.get("/v1/me", None).await;
+        app.import("charities", "text/csv", "charity_id,name,website\nch,C,\n")
+            .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let m = app.metrics().await;
+        for name in [
+            "ws_sessions{role=\"officer\"}",
+            "ws_sessions{role=\"citizen\"}",
+            "ws_messages_in_total{type=\"location\"}",
+            "ws_messages_out_total{type=\"nearby\"}",
+            "ws_errors_total{code=\"unknown_type\"}",
+            "nearby_query_seconds_bucket",
+            "nearby_push_latency_seconds_bucket",
+            "region_actors_alive",
+            "region_restarts_total",
+            "store_query_seconds_bucket{op=\"profile\"",
+            "import_rows_total{result=\"accepted\"}",
+            "process_resident_memory_bytes",
+            "officers_available",
+            "http_errors_total",
+        ] {
+            assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
+        }
+        // Without a token on its own listener.
+        let addr = app.running.metrics_addr.expect("metrics listener");
+        let body = reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(body.contains("ws_sessions"));
     }
-    // Without a token on its own listener.
-    let addr = app.running.metrics_addr.expect("metrics listener");
-    let body = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(body.contains("ws_sessions"));
 }
