@@ -55,17 +55,11 @@ pub async fn open(
         bail!("orchestrator answered {}", resp.status());
     }
     let body: Value = resp.json().await?;
-    let ws_url = body["ws_url"].as_str().context("ws_url")?.to_owned();
-    let addr: SocketAddr = ws_url
-        .trim_start_matches("ws://")
-        .split('/')
-        .next()
-        .context("host")?
-        .parse()?;
-    connect(ws_url, addr, who.i).await
+    let ws_url = body["ws_url"].as_str().context("ws_url")?;
+    open_url(ws_url, who.i).await
 }
 
-/// Opens a WebSocket straight to `ws_url` (the echo endpoint: no orchestrator).
+/// Opens a WebSocket straight to `ws_url` (also the echo endpoint: no orchestrator).
 pub async fn open_url(ws_url: &str, i: usize) -> anyhow::Result<Ws> {
     let addr: SocketAddr = ws_url
         .trim_start_matches("ws://")
@@ -73,10 +67,6 @@ pub async fn open_url(ws_url: &str, i: usize) -> anyhow::Result<Ws> {
         .next()
         .context("host")?
         .parse()?;
-    connect(ws_url.to_owned(), addr, i).await
-}
-
-async fn connect(ws_url: String, addr: SocketAddr, i: usize) -> anyhow::Result<Ws> {
     let sock = TcpSocket::new_v4()?;
     if let Some(ip) = source(i) {
         sock.set_reuseaddr(true)?;

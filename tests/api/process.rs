@@ -19,26 +19,7 @@ fn free_port() -> u16 {
 async fn sigterm_closes_sessions_with_1001_and_exits_0() {
     let dir = tempdir();
     let (mut child, base) = serve(&dir, None).await;
-    let http = reqwest::Client::new();
-    let auth = heyblue::http::auth::Auth::new("heyblue-dev-secret-change-me");
-    let token = auth.mint(Role::Citizen, "c1", None, Duration::from_secs(60));
-    let body: Value = http
-        .get(format!("{base}/v1/citizens/session?lat=40.75&lon=-73.99"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let (ws, _) = tokio_tungstenite::connect_async(body["ws_url"].as_str().unwrap())
-        .await
-        .unwrap();
-    let mut c = crate::helpers::Client {
-        ws,
-        welcome: Value::Null,
-    };
-    assert_eq!(c.recv().await["type"], "welcome");
+    let mut c = open(&base, Role::Citizen, "c1", 40.75, -73.99).await;
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
