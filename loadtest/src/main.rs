@@ -51,7 +51,8 @@ struct Args {
     /// Role of the idle sessions.
     #[arg(long, default_value = "citizen")]
     idle_role: String,
-    /// Server process id, for RSS from /proc.
+    /// Server process id, for RSS from /proc (without it: the server's
+    /// `process_resident_memory_bytes` metric, read with an admin token).
     #[arg(long)]
     server_pid: Option<u32>,
     /// Sessions opened concurrently.
@@ -104,6 +105,28 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+/// `process_resident_memory_bytes` from the server's /metrics, in kB (None if absent).
+async fn metric_rss_kb(
+    http: &reqwest::Client,
+    auth: &Auth,
+    target: &str,
+) -> anyhow::Result<Option<u64>> {
+    let token = auth.mint(Role::Admin, "loadtest", None, Duration::from_secs(60));
+    let body = http
+        .get(format!("{target}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(body
+        .lines()
+        .find(|l| l.starts_with("process_resident_memory_bytes "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|b| (b / 1024.0) as u64))
+}
+
 fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let line = s
@@ -124,7 +147,25 @@ async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
     };
     let auth = Arc::new(Auth::new(&args.jwt_secret));
     let http = reqwest::Client::new();
-    let before = args.server_pid.map(rss_kb).transpose()?;
+    // RSS from /proc with --server-pid, else from the server's own metric (admin token).
+    let rss = {
+        let (http, auth, target, pid) = (
+            http.clone(),
+            auth.clone(),
+            args.target.clone(),
+            args.server_pid,
+        );
+        move || {
+            let (http, auth, target) = (http.clone(), auth.clone(), target.clone());
+            async move {
+                match pid {
+                    Some(pid) => rss_kb(pid).map(Some),
+                    None => metric_rss_kb(&http, &auth, &target).await,
+                }
+            }
+        }
+    };
+    let before = rss().await?;
     let started = Instant::now();
     let sem = Arc::new(Semaphore::new(args.open_concurrency));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -176,8 +217,7 @@ async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
         failed.load(Ordering::Relaxed)
     );
     tokio::time::sleep(Duration::from_secs(args.settle_s)).await;
-    if let (Some(pid), Some(b)) = (args.server_pid, before) {
-        let after = rss_kb(pid)?;
+    if let (Some(b), Some(after)) = (before, rss().await?) {
         let per = (after.saturating_sub(b)) as f64 * 1024.0 / opened.max(1) as f64;
         println!(
             "server RSS {b} kB -> {after} kB: {:.0} bytes per idle session",
