@@ -408,3 +408,24 @@ async fn imported_officers_are_matched_to_their_token_on_first_login() {
     assert_eq!(me["display_name"], "Sgt. Ana Ríos");
     assert_eq!(me["role"], "officer");
 }
+
+#[tokio::test]
+async fn imports_have_their_own_body_limit() {
+    let app = spawn_app_with(|s| {
+        s.limits.max_body_bytes = 1024;
+        s.limits.import_max_bytes = 64 * 1024;
+    })
+    .await;
+    let mut csv = String::from("charity_id,name,website\n");
+    for i in 0..500 {
+        csv.push_str(&format!("ch{i},Charity {i},\n"));
+    }
+    assert!(csv.len() > 1024);
+    let (s, b) = app.import("charities", "text/csv", &csv).await;
+    assert_eq!((s, b["accepted"].as_u64()), (200, Some(500)), "{b}");
+    let big = json!({"offer_id": "x".repeat(2000)});
+    let (s, b) = app
+        .post("/v1/redemptions", &app.token(Role::Citizen, "c"), big)
+        .await;
+    assert_eq!((s, code(&b)), (413, "payload_too_large"));
+}
