@@ -30,13 +30,19 @@ pub enum Kind {
 impl Kind {
     /// From the URL / CLI name.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "officers" => Kind::Officers,
-            "retailers" => Kind::Retailers,
-            "offers" => Kind::Offers,
-            "charities" => Kind::Charities,
-            _ => return None,
-        })
+        [Kind::Officers, Kind::Retailers, Kind::Offers, Kind::Charities]
+            .into_iter()
+            .find(|k| k.name() == s)
+    }
+
+    /// The URL / CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Officers => "officers",
+            Kind::Retailers => "retailers",
+            Kind::Offers => "offers",
+            Kind::Charities => "charities",
+        }
     }
 
     /// The columns of PROTOCOL.md, in order; the first is the id.

@@ -72,7 +72,7 @@ pub async fn import(
         Some("application/json") => Some(false),
         _ => None,
     };
-    let route = format!("POST /admin/v1/import/{}", kind.columns()[0]);
+    let route = format!("POST /admin/v1/import/{}", kind.name());
     let key = idempotency_key(&headers, &caller, &route, &body)?;
     let report = st
         .ctx
