@@ -20,11 +20,12 @@ use ractor::{
 };
 
 use super::region::{
-    OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot, Watch,
+    Indexed, OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot,
+    SharedIndex, Watch,
 };
 use super::session::SessionMsg;
 use crate::context::Sessions;
-use crate::geo::index::{OfficerKey, merge_nearest};
+use crate::geo::index::{OfficerIndex, OfficerKey, merge_nearest};
 use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
 
 /// Errors reaching a region.
@@ -40,6 +41,7 @@ pub enum RegionError {
 
 struct Slots {
     refs: Vec<RwLock<Option<ActorRef<RegionMsg>>>>,
+    indexes: Vec<RwLock<Option<SharedIndex>>>,
     restarts: Vec<AtomicU64>,
 }
 
@@ -61,6 +63,7 @@ impl Regions {
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
         let slots = Arc::new(Slots {
             refs: (0..zips.len()).map(|_| RwLock::new(None)).collect(),
+            indexes: (0..zips.len()).map(|_| RwLock::new(None)).collect(),
             restarts: (0..zips.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let (directory, join) = Actor::spawn(
@@ -198,7 +201,7 @@ impl Regions {
         k: usize,
         watch: Option<Watch>,
     ) -> Result<(Vec<Nearby<OfficerData>>, Vec<ZipId>, f64), RegionError> {
-        let first = self.query(own, at, radius_m, k, None).await?;
+        let first = self.read(own, at, radius_m, k).await?.0;
         let reach = if k > 0 && first.len() >= k {
             first
                 .iter()
@@ -209,20 +212,46 @@ impl Regions {
             radius_m
         };
         let touching = self.zips.regions_touching(at, own, d0, reach);
-        let watch = watch.map(|w| Watch {
-            radius_m: reach,
-            ..w
-        });
-        let calls = touching.iter().map(|&z| {
+        let mut parts = Vec::with_capacity(touching.len());
+        for &z in &touching {
             if z == own && watch.is_none() {
-                // Already answered above.
-                futures_util::future::Either::Left(std::future::ready(Ok(first.clone())))
-            } else {
-                futures_util::future::Either::Right(self.query(z, at, reach, k, watch.clone()))
+                continue;
             }
-        });
-        let parts = futures_util::future::try_join_all(calls).await?;
+            let (found, version, region) = self.read(z, at, reach, k).await?;
+            if let Some(w) = &watch {
+                let w = Watch {
+                    radius_m: reach,
+                    ..w.clone()
+                };
+                region
+                    .cast(RegionMsg::Watch(w, version))
+                    .map_err(|_| RegionError::Unavailable(self.code(z)))?;
+            }
+            parts.push(found);
+        }
+        if watch.is_none() {
+            parts.push(first);
+        }
         Ok((merge_nearest(parts, k), touching, reach))
+    }
+
+    /// Reads `zip`'s index directly (spawning the region on first use): the answer, the
+    /// index version it was read at, and the region actor.
+    async fn read(
+        &self,
+        zip: ZipId,
+        at: LatLon,
+        radius_m: f64,
+        k: usize,
+    ) -> Result<(Vec<Nearby<OfficerData>>, u64, ActorRef<RegionMsg>), RegionError> {
+        let region = self.ensure(zip).await?;
+        let shared = self.slots.indexes[zip as usize]
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| RegionError::Unavailable(self.code(zip)))?;
+        let g = shared.read().unwrap_or_else(|e| e.into_inner());
+        Ok((g.index.nearest_within(at, radius_m, k), g.version, region))
     }
 
     /// One officer's entry in `zip`, if indexed there.
@@ -311,7 +340,15 @@ impl RegionDirectory {
         zip: ZipId,
     ) -> Option<ActorRef<RegionMsg>> {
         let z = st.zips.get(zip);
+        let shared: SharedIndex = Arc::new(RwLock::new(Indexed {
+            index: OfficerIndex::new(z.centroid),
+            version: 0,
+        }));
+        *st.slots.indexes[zip as usize]
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
         let args = RegionArgs {
+            shared,
             zip,
             code: Arc::from(&*z.code),
             centroid: z.centroid,

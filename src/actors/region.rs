@@ -78,6 +78,8 @@ pub enum RegionMsg {
         /// Answer.
         reply: RpcReplyPort<Vec<Nearby<OfficerData>>>,
     },
+    /// Registers or moves a watcher that read the index at the given version.
+    Watch(Watch, u64),
     /// A citizen no longer watches this region.
     Unwatch(u64),
     /// One officer's entry, if indexed here.
@@ -120,8 +122,22 @@ pub struct OfficerView {
     pub status: &'static str,
 }
 
+/// A region's index, shared with readers: the actor alone writes it (bumping `version`
+/// on every change); citizens read it under the lock without a message.
+pub struct Indexed {
+    /// The officers of the region.
+    pub index: OfficerIndex<OfficerData>,
+    /// Changes so far.
+    pub version: u64,
+}
+
+/// The shared form of a region's index.
+pub type SharedIndex = Arc<std::sync::RwLock<Indexed>>;
+
 /// Arguments of a region.
 pub struct RegionArgs {
+    /// Its index, created by the directory so readers can find it.
+    pub shared: SharedIndex,
     /// Which zip.
     pub zip: ZipId,
     /// Its code.
@@ -135,12 +151,20 @@ pub struct RegionArgs {
 /// State of a region.
 pub struct RegionState {
     code: Arc<str>,
-    index: OfficerIndex<OfficerData>,
+    shared: SharedIndex,
     watchers: HashMap<u64, Watch>,
     restarts: u64,
 }
 
 impl RegionState {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexed> {
+        self.shared.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Indexed> {
+        self.shared.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn notify(&mut self, changed: &[LatLon]) {
         self.watchers.retain(|_, w| {
             let inside = changed
@@ -168,7 +192,7 @@ impl Actor for RegionActor {
         metrics::gauge!("region_actors_alive").increment(1.0);
         Ok(RegionState {
             code: args.code,
-            index: OfficerIndex::new(args.centroid),
+            shared: args.shared,
             watchers: HashMap::new(),
             restarts: args.restarts,
         })
@@ -181,17 +205,32 @@ impl Actor for RegionActor {
         st: &mut RegionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegionMsg::Upsert(u) => match st.index.upsert(u.id.clone(), u.pos, u.data) {
-                Ok(Some(old)) => st.notify(&[old, u.pos]),
-                Ok(None) => st.notify(&[u.pos]),
-                Err(e) => tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}"),
-            },
+            RegionMsg::Upsert(u) => {
+                let r = {
+                    let mut w = st.write();
+                    w.version += 1;
+                    w.index.upsert(u.id.clone(), u.pos, u.data)
+                };
+                match r {
+                    Ok(Some(old)) => st.notify(&[old, u.pos]),
+                    Ok(None) => st.notify(&[u.pos]),
+                    Err(e) => tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}"),
+                }
+            }
             RegionMsg::Remove(id, session) => {
-                let owned = st
-                    .index
-                    .get(&id)
-                    .is_some_and(|(_, d)| d.session_id == session);
-                if owned && let Some(old) = st.index.remove(&id) {
+                let removed = {
+                    let mut w = st.write();
+                    let owned = w
+                        .index
+                        .get(&id)
+                        .is_some_and(|(_, d)| d.session_id == session);
+                    let old = if owned { w.index.remove(&id) } else { None };
+                    if old.is_some() {
+                        w.version += 1;
+                    }
+                    old
+                };
+                if let Some(old) = removed {
                     st.notify(&[old]);
                 }
             }
@@ -206,17 +245,26 @@ impl Actor for RegionActor {
                     st.watchers.insert(w.session_id, w);
                 }
                 // The asker may have timed out and gone; nothing to do then.
-                let _ = reply.send(st.index.nearest_within(at, radius_m, k));
+                let _ = reply.send(st.read().index.nearest_within(at, radius_m, k));
+            }
+            RegionMsg::Watch(w, seen) => {
+                // The watcher read the index at version `seen`: a change since then that it
+                // did not see is signalled now.
+                if st.read().version != seen {
+                    w.signal.raise();
+                }
+                st.watchers.insert(w.session_id, w);
             }
             RegionMsg::Unwatch(session) => {
                 st.watchers.remove(&session);
             }
             RegionMsg::Officer(id, reply) => {
-                let found = st.index.get(&id).map(|(p, d)| (p, d.clone()));
+                let found = st.read().index.get(&id).map(|(p, d)| (p, d.clone()));
                 let _ = reply.send(found);
             }
             RegionMsg::Snapshot(reply) => {
                 let officers = st
+                    .read()
                     .index
                     .iter()
                     .map(|(id, pos, d)| OfficerView {
