@@ -30,9 +30,14 @@ pub enum Kind {
 impl Kind {
     /// From the URL / CLI name.
     pub fn parse(s: &str) -> Option<Self> {
-        [Kind::Officers, Kind::Retailers, Kind::Offers, Kind::Charities]
-            .into_iter()
-            .find(|k| k.name() == s)
+        [
+            Kind::Officers,
+            Kind::Retailers,
+            Kind::Offers,
+            Kind::Charities,
+        ]
+        .into_iter()
+        .find(|k| k.name() == s)
     }
 
     /// The URL / CLI name.

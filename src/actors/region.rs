@@ -214,7 +214,9 @@ impl Actor for RegionActor {
                 match r {
                     Ok(Some(old)) => st.notify(&[old, u.pos]),
                     Ok(None) => st.notify(&[u.pos]),
-                    Err(e) => tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}"),
+                    Err(e) => {
+                        tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}")
+                    }
                 }
             }
             RegionMsg::Remove(id, session) => {
