@@ -168,7 +168,7 @@ fn through_actors(c: &mut Criterion) {
                     let calls = zips
                         .regions_touching(q, own, d0, 2_000.0)
                         .into_iter()
-                        .map(|z| regions.query(z, q, 2_000.0, 5, None));
+                        .map(|z| regions.query(z, q, 2_000.0, 5));
                     let parts = futures_util::future::join_all(calls).await;
                     black_box(merge_nearest(parts.into_iter().map(|p| p.unwrap()), 5))
                 }

@@ -166,20 +166,18 @@ impl Regions {
         }
     }
 
-    /// Nearest officers in one region, registering `watch`.
+    /// Nearest officers in one region, through its mailbox.
     pub async fn query(
         &self,
         zip: ZipId,
         at: LatLon,
         radius_m: f64,
         k: usize,
-        watch: Option<Watch>,
     ) -> Result<Vec<Nearby<OfficerData>>, RegionError> {
         self.call(zip, move |reply| RegionMsg::Query {
             at,
             radius_m,
             k,
-            watch: watch.clone(),
             reply,
         })
         .await

@@ -7,6 +7,9 @@
 //! * a watcher is told of a change (through its [`PushSignal`]) only when the changed
 //!   officer's old or new position lies inside the watcher's circle, and at most once until
 //!   the watcher consumes the signal;
+//! * the actor is the index's only writer; readers take the shared lock and register
+//!   their watch afterwards with the version they read (`Watch`), which is signalled at once
+//!   if the index changed in between;
 //! * the actor never awaits another actor: it only answers calls and casts signals.
 
 use std::collections::HashMap;
@@ -65,7 +68,8 @@ pub enum RegionMsg {
     /// unless the entry was published by this session id (a replaced session must not
     /// remove its successor's entry).
     Remove(OfficerKey, u64),
-    /// The `k` nearest officers within `radius_m` of `at`; registers or refreshes `watch`.
+    /// The `k` nearest officers within `radius_m` of `at` (citizens read the shared index
+    /// directly; this is the same answer through the mailbox).
     Query {
         /// Centre.
         at: LatLon,
@@ -73,8 +77,6 @@ pub enum RegionMsg {
         radius_m: f64,
         /// Count.
         k: usize,
-        /// The asking citizen's circle, to be told of changes.
-        watch: Option<Watch>,
         /// Answer.
         reply: RpcReplyPort<Vec<Nearby<OfficerData>>>,
     },
@@ -240,12 +242,8 @@ impl Actor for RegionActor {
                 at,
                 radius_m,
                 k,
-                watch,
                 reply,
             } => {
-                if let Some(w) = watch {
-                    st.watchers.insert(w.session_id, w);
-                }
                 // The asker may have timed out and gone; nothing to do then.
                 let _ = reply.send(st.read().index.nearest_within(at, radius_m, k));
             }

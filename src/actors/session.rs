@@ -467,7 +467,7 @@ impl SessionState {
             let calls = zips
                 .regions_touching(pos, zip, d0, proximity)
                 .into_iter()
-                .map(|z| regions.query(z, pos, proximity, MAX_CLOSE, None));
+                .map(|z| regions.query(z, pos, proximity, MAX_CLOSE));
             let parts: Vec<_> = join_all(calls)
                 .await
                 .into_iter()
