@@ -918,6 +918,12 @@ impl Actor for SessionActor {
         Ok(())
     }
 
+    // Every await in `handle` is boxed. ractor keeps each actor's processing loop, which
+    // embeds this future, for the actor's whole life, sized for the largest future awaited
+    // here: inline, the store calls of `respond` / `request_connection` and the region reads
+    // of `refresh` cost every idle session ~7 KB (massif). Boxed, they are allocated only
+    // while a message is handled (RSS per idle session at 10k: officer 19.6 → 12.9 KB,
+    // citizen 21.5 → 14.6 KB).
     async fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
@@ -932,10 +938,10 @@ impl Actor for SessionActor {
                         st.out.accepted();
                         st.out.send(&ServerMsg::Pong);
                     }
-                    Command::Location(p) => st.on_location(p).await,
+                    Command::Location(p) => Box::pin(st.on_location(p)).await,
                     Command::Available(w) => {
                         st.out.accepted();
-                        st.on_available(&myself, w).await;
+                        Box::pin(st.on_available(&myself, w)).await;
                     }
                     Command::Unavailable => {
                         st.out.accepted();
@@ -951,15 +957,17 @@ impl Actor for SessionActor {
                             c.radius_m = radius_m.unwrap_or(c.radius_m);
                             c.limit = limit.unwrap_or(c.limit);
                         }
-                        st.schedule_push(&myself).await;
+                        Box::pin(st.schedule_push(&myself)).await;
                     }
                     Command::RequestConnection { officer_id, mode } => {
-                        st.request_connection(&myself, officer_id, mode).await
+                        Box::pin(st.request_connection(&myself, officer_id, mode)).await
                     }
-                    Command::Respond { request_id, accept } => st.respond(request_id, accept).await,
+                    Command::Respond { request_id, accept } => {
+                        Box::pin(st.respond(request_id, accept)).await
+                    }
                 }
             }
-            SessionMsg::Changed => st.schedule_push(&myself).await,
+            SessionMsg::Changed => Box::pin(st.schedule_push(&myself)).await,
             SessionMsg::Offer(req, reply) => {
                 let r = st.take_offer(&myself, req);
                 // The citizen may have given up waiting; it then cancels on its side.
@@ -972,7 +980,7 @@ impl Actor for SessionActor {
                 if let RoleState::Citizen(c) = &st.role
                     && c.push_pending
                 {
-                    st.refresh(false).await;
+                    Box::pin(st.refresh(false)).await;
                 }
             }
             SessionMsg::WindowTick {
@@ -981,11 +989,11 @@ impl Actor for SessionActor {
             } => st.on_window_tick(generation, expired),
             SessionMsg::Resync(zip) => match st.role {
                 RoleState::Officer(_) if zip == st.zip => {
-                    if let Err(e) = st.publish().await {
+                    if let Err(e) = Box::pin(st.publish()).await {
                         tracing::warn!(session = st.id, "resync failed: {e}");
                     }
                 }
-                RoleState::Citizen(_) => st.refresh(false).await,
+                RoleState::Citizen(_) => Box::pin(st.refresh(false)).await,
                 _ => {}
             },
             SessionMsg::Close {
