@@ -186,10 +186,15 @@ impl Regions {
     /// The `k` nearest officers within `radius_m` of `at` over every region, exactly, in
     /// two steps: the own region's `k`-th nearest (if it has `k` within the radius) bounds
     /// the answer, so only the regions touching that smaller circle are asked next — in a
-    /// dense city a handful instead of the dozens a 2 km circle touches. With `watch`, those
-    /// regions watch the smaller circle: a change outside it cannot change the answer (an
-    /// officer of the answer that leaves is inside it, and signals its departure).
-    /// Returns the answer, the regions asked (the watched set) and the circle's radius.
+    /// dense city a handful instead of the dozens a 2 km circle touches.
+    ///
+    /// With `watch` (the watcher and the regions it watches already), the watcher's circle
+    /// becomes that smaller one — a change outside it cannot change the answer (an officer
+    /// of the answer that leaves is inside it, and signals its departure) — and regions
+    /// asked that it did not watch yet are told to, with the version read. The circle is
+    /// set before each read (see [`PushSignal`](super::session::PushSignal)): first the
+    /// whole radius, then the smaller circle once the own region has bounded it.
+    /// Returns the answer, the regions asked (the set to watch) and the circle's radius.
     pub async fn nearby(
         &self,
         at: LatLon,
@@ -197,9 +202,12 @@ impl Regions {
         d0: f64,
         radius_m: f64,
         k: usize,
-        watch: Option<Watch>,
+        watch: Option<(&Watch, &[ZipId])>,
     ) -> Result<(Vec<Nearby<OfficerData>>, Vec<ZipId>, f64), RegionError> {
-        let first = self.read(own, at, radius_m, k).await?.0;
+        if let Some((w, _)) = watch {
+            w.signal.set_circle(at, radius_m);
+        }
+        let (first, own_version, own_region) = self.read(own, at, radius_m, k).await?;
         let reach = if k > 0 && first.len() >= k {
             first
                 .iter()
@@ -209,27 +217,29 @@ impl Regions {
         } else {
             radius_m
         };
+        let register = |z: ZipId, version: u64, region: &ActorRef<RegionMsg>| {
+            let Some((w, watched)) = watch else {
+                return Ok(());
+            };
+            if watched.contains(&z) {
+                return Ok(());
+            }
+            region
+                .cast(RegionMsg::Watch(w.clone(), version))
+                .map_err(|_| RegionError::Unavailable(self.code(z)))
+        };
+        if let Some((w, _)) = watch {
+            w.signal.set_circle(at, reach);
+        }
+        register(own, own_version, &own_region)?;
         let touching = self.zips.regions_touching(at, own, d0, reach);
         let mut parts = Vec::with_capacity(touching.len());
-        for &z in &touching {
-            if z == own && watch.is_none() {
-                continue;
-            }
+        for &z in touching.iter().filter(|&&z| z != own) {
             let (found, version, region) = self.read(z, at, reach, k).await?;
-            if let Some(w) = &watch {
-                let w = Watch {
-                    radius_m: reach,
-                    ..w.clone()
-                };
-                region
-                    .cast(RegionMsg::Watch(w, version))
-                    .map_err(|_| RegionError::Unavailable(self.code(z)))?;
-            }
+            register(z, version, &region)?;
             parts.push(found);
         }
-        if watch.is_none() {
-            parts.push(first);
-        }
+        parts.push(first);
         Ok((merge_nearest(parts, k), touching, reach))
     }
 

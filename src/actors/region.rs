@@ -21,7 +21,7 @@ use serde::Serialize;
 
 use super::session::PushSignal;
 use crate::geo::index::OfficerKey;
-use crate::geo::{LatLon, Nearby, OfficerIndex, ZipId, haversine_m};
+use crate::geo::{LatLon, Nearby, OfficerIndex, ZipId};
 
 /// What a region keeps about each available officer.
 #[derive(Debug, Clone)]
@@ -47,16 +47,13 @@ pub struct OfficerUpdate {
     pub data: OfficerData,
 }
 
-/// A citizen's search circle registered with a region.
+/// A citizen watching a region: the session and its signal, which carries the search
+/// circle (shared by all the regions the citizen watches; see [`PushSignal`]).
 #[derive(Debug, Clone)]
 pub struct Watch {
     /// The citizen session.
     pub session_id: u64,
-    /// Centre.
-    pub center: LatLon,
-    /// Radius.
-    pub radius_m: f64,
-    /// How to tell the session its result may have changed.
+    /// How to tell the session its result may have changed, and its circle.
     pub signal: Arc<PushSignal>,
 }
 
@@ -80,7 +77,7 @@ pub enum RegionMsg {
         /// Answer.
         reply: RpcReplyPort<Vec<Nearby<OfficerData>>>,
     },
-    /// Registers or moves a watcher that read the index at the given version.
+    /// Registers a watcher that read the index at the given version.
     Watch(Watch, u64),
     /// A citizen no longer watches this region.
     Unwatch(u64),
@@ -154,7 +151,7 @@ pub struct RegionArgs {
 pub struct RegionState {
     code: Arc<str>,
     shared: SharedIndex,
-    watchers: HashMap<u64, Watch>,
+    watchers: HashMap<u64, Arc<PushSignal>>,
     restarts: u64,
 }
 
@@ -168,13 +165,9 @@ impl RegionState {
     }
 
     fn notify(&mut self, changed: &[LatLon]) {
-        self.watchers.retain(|_, w| {
-            let inside = changed
-                .iter()
-                .any(|p| haversine_m(w.center, *p) <= w.radius_m);
-            // A watcher whose session is gone is dropped here.
-            !inside || w.signal.raise()
-        });
+        // A watcher whose session is gone is dropped here.
+        self.watchers
+            .retain(|_, w| !w.covers_any(changed) || w.raise());
     }
 }
 
@@ -253,7 +246,7 @@ impl Actor for RegionActor {
                 if st.read().version != seen {
                     w.signal.raise();
                 }
-                st.watchers.insert(w.session_id, w);
+                st.watchers.insert(w.session_id, w.signal);
             }
             RegionMsg::Unwatch(session) => {
                 st.watchers.remove(&session);

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -28,7 +28,7 @@ use super::region::{OfficerData, Watch};
 use crate::context::{Context, Counted, SessionEntry};
 use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
-use crate::geo::{LatLon, ZipId};
+use crate::geo::{LatLon, ZipId, haversine_m};
 use crate::http::auth::Ticket;
 use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg};
 use crate::store::NewConnection;
@@ -39,13 +39,35 @@ const MAX_CLOSE: usize = 64;
 /// How a region tells a citizen session that its answer may have changed: a flag that is
 /// raised once (one message) until the session consumes it, so a busy region costs a
 /// watcher at most one message per push.
+///
+/// It also carries the citizen's search circle, shared by every region the citizen
+/// watches, so that moving costs no message to regions watched already. The session (the
+/// only writer) sets the circle *before* it reads the region indexes, and regions test
+/// it *after* writing their index, so no change can be missed: a change the session's
+/// read did not see was written after that read (the index lock orders the two), and its
+/// test therefore sees the circle stored before the read. A test that sees a circle half
+/// stored is for a change the read includes anyway; it can only signal once too often.
 #[derive(Debug)]
 pub struct PushSignal {
     dirty: AtomicBool,
     session: ActorRef<SessionMsg>,
+    lat: AtomicU64,
+    lon: AtomicU64,
+    radius_m: AtomicU64,
 }
 
 impl PushSignal {
+    /// A lowered signal for `session`, with an empty circle.
+    pub fn new(session: ActorRef<SessionMsg>) -> Self {
+        Self {
+            dirty: AtomicBool::new(false),
+            session,
+            lat: AtomicU64::new(0),
+            lon: AtomicU64::new(0),
+            radius_m: AtomicU64::new((-1.0f64).to_bits()),
+        }
+    }
+
     /// Raises the flag; returns false if the session is gone.
     pub fn raise(&self) -> bool {
         if self.dirty.swap(true, Ordering::AcqRel) {
@@ -56,6 +78,23 @@ impl PushSignal {
 
     fn consume(&self) {
         self.dirty.store(false, Ordering::Release);
+    }
+
+    /// Sets the circle regions test changes against (see the type's invariant).
+    pub fn set_circle(&self, center: LatLon, radius_m: f64) {
+        self.lat.store(center.lat.to_bits(), Ordering::Relaxed);
+        self.lon.store(center.lon.to_bits(), Ordering::Relaxed);
+        self.radius_m.store(radius_m.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether any of `points` lies in the circle.
+    pub fn covers_any(&self, points: &[LatLon]) -> bool {
+        let center = LatLon {
+            lat: f64::from_bits(self.lat.load(Ordering::Relaxed)),
+            lon: f64::from_bits(self.lon.load(Ordering::Relaxed)),
+        };
+        let r = f64::from_bits(self.radius_m.load(Ordering::Relaxed));
+        points.iter().any(|p| haversine_m(center, *p) <= r)
     }
 }
 
@@ -395,13 +434,18 @@ impl SessionState {
         let started = Instant::now();
         let watch = Watch {
             session_id: session,
-            center: pos,
-            radius_m: c.radius_m,
             signal: c.signal.clone(),
         };
         let zips = &self.ctx.zips;
         let answer = regions
-            .nearby(pos, zip, d0, c.radius_m, c.limit, Some(watch))
+            .nearby(
+                pos,
+                zip,
+                d0,
+                c.radius_m,
+                c.limit,
+                Some((&watch, &c.watched)),
+            )
             .await;
         let (merged, touching) = match answer {
             Ok((merged, touching, _)) => (merged, touching),
@@ -858,10 +902,7 @@ impl Actor for SessionActor {
                     radius_m: cfg.default_radius_m,
                     limit: cfg.default_limit,
                     watched: Vec::new(),
-                    signal: Arc::new(PushSignal {
-                        dirty: AtomicBool::new(false),
-                        session: myself.clone(),
-                    }),
+                    signal: Arc::new(PushSignal::new(myself.clone())),
                     last_push: None,
                     changed_at: None,
                     push_pending: false,
@@ -987,13 +1028,17 @@ impl Actor for SessionActor {
                 generation,
                 expired,
             } => st.on_window_tick(generation, expired),
-            SessionMsg::Resync(zip) => match st.role {
+            SessionMsg::Resync(zip) => match &mut st.role {
                 RoleState::Officer(_) if zip == st.zip => {
                     if let Err(e) = Box::pin(st.publish()).await {
                         tracing::warn!(session = st.id, "resync failed: {e}");
                     }
                 }
-                RoleState::Citizen(_) => Box::pin(st.refresh(false)).await,
+                RoleState::Citizen(c) => {
+                    // The restarted region has forgotten this watcher: register it anew.
+                    c.watched.retain(|&z| z != zip);
+                    Box::pin(st.refresh(false)).await
+                }
                 _ => {}
             },
             SessionMsg::Close {

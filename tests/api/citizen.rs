@@ -298,3 +298,37 @@ async fn pushes_follow_changes_outside_the_first_answer() {
     let p = c.recv_type("nearby").await;
     assert_eq!(p["officers"][0]["officer_id"], "mid", "{p}");
 }
+
+/// A citizen that moves keeps watching the regions it watched already without telling
+/// them (its circle is shared with them): a change near its new position must be pushed
+/// even though it is far from where the citizen was when it registered.
+#[tokio::test]
+async fn pushes_follow_changes_near_a_moved_citizen_in_the_same_regions() {
+    let app = spawn_app().await; // radius 2 km
+    let zips = zips();
+    // A large rural zip, so that every point below is in it (asserted).
+    let (own, _) = zips.nearest(LatLon::new(44.0, -101.0).unwrap());
+    let x = zips.get(own).centroid;
+    let at = |dlat: f64| LatLon::new(x.lat + dlat, x.lon).unwrap();
+    // 2.5 km north of the citizen's first position, beyond its first 2 km circle.
+    let (a_pos, y, b_pos, b_moved) = (at(0.0005), at(0.0225), at(0.0228), at(0.0229));
+    for p in [a_pos, y, b_pos, b_moved] {
+        assert_eq!(zips.nearest(p).0, own, "{p:?} left the zip");
+    }
+    let _a = app.officer("a", a_pos.lat, a_pos.lon).await;
+    let mut b = app.officer("b", b_pos.lat, b_pos.lon).await;
+    let (mut c, first) = app.citizen("c1", x.lat, x.lon).await;
+    assert_eq!(ids(&first), ["a"], "{first}");
+    c.send(json!({"type":"location","lat":y.lat,"lon":y.lon}))
+        .await;
+    assert_eq!(ids(&c.recv_type("nearby").await), ["b"]);
+    // "b" moves 11 m, 2.5 km from where the citizen registered its watch: pushed.
+    b.send(json!({"type":"location","lat":b_moved.lat,"lon":b_moved.lon}))
+        .await;
+    let p = c.recv_type("nearby").await;
+    assert!(
+        (p["officers"][0]["lat"].as_f64().unwrap() - b_moved.lat).abs() < 1e-9,
+        "{p}"
+    );
+    app.running.shutdown().await;
+}
