@@ -136,6 +136,23 @@ fn cross_region(c: &mut Criterion) {
     g.finish();
 }
 
+/// Which regions a circle touches (the first step of every cross-region answer).
+fn touching(c: &mut Criterion) {
+    let zips = ZipTable::embedded();
+    let mut g = c.benchmark_group("regions_touching");
+    for r in [500.0, 2_000.0] {
+        let mut rng = Rng(7);
+        g.bench_with_input(BenchmarkId::from_parameter(r), &r, |b, &r| {
+            b.iter(|| {
+                let q = rng.point();
+                let (own, d0) = zips.nearest(q);
+                black_box(zips.regions_touching(q, own, d0, r))
+            })
+        });
+    }
+    g.finish();
+}
+
 fn through_actors(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let zips = Arc::new(ZipTable::embedded());
@@ -182,6 +199,6 @@ fn through_actors(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(50).measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = nearest, moves, cross_region, through_actors
+    targets = nearest, moves, cross_region, touching, through_actors
 }
 criterion_main!(benches);

@@ -8,7 +8,7 @@
 //! of unit vectors), so answers equal a brute-force haversine scan.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::io::Read;
 
 use spade::handles::FixedVertexHandle;
@@ -68,7 +68,11 @@ pub struct ZipTable {
     zips: Vec<Zip>,
     by_code: HashMap<Box<str>, ZipId>,
     tri: CentroidTriangulation,
-    vertex_of: Vec<FixedVertexHandle>,
+    /// Delaunay adjacency, flat: the neighbours of zip `i` are
+    /// `adjacent[adjacent_from[i]..adjacent_from[i + 1]]` (walks read it far more often
+    /// than the triangulation's edge lists, and it is a tenth of their size).
+    adjacent_from: Vec<u32>,
+    adjacent: Vec<ZipId>,
     stereo: Stereographic,
 }
 
@@ -190,7 +194,14 @@ impl ZipTable {
             .into_iter()
             .enumerate()
             .map(|(i, v)| v.ok_or_else(|| format!("zip {} shares a centroid", zips[i].code)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<FixedVertexHandle>, _>>()?;
+        let mut adjacent_from = Vec::with_capacity(zips.len() + 1);
+        let mut adjacent = Vec::with_capacity(tri.num_directed_edges());
+        for v in &vertex_of {
+            adjacent_from.push(adjacent.len() as u32);
+            adjacent.extend(tri.vertex(*v).out_edges().map(|e| e.to().data().id));
+        }
+        adjacent_from.push(adjacent.len() as u32);
         let by_code = zips
             .iter()
             .enumerate()
@@ -200,7 +211,8 @@ impl ZipTable {
             zips,
             by_code,
             tri,
-            vertex_of,
+            adjacent_from,
+            adjacent,
             stereo,
         })
     }
@@ -231,10 +243,11 @@ impl ZipTable {
     }
 
     fn neighbours(&self, id: ZipId) -> impl Iterator<Item = ZipId> + '_ {
-        self.tri
-            .vertex(self.vertex_of[id as usize])
-            .out_edges()
-            .map(|e| e.to().data().id)
+        let (a, b) = (
+            self.adjacent_from[id as usize] as usize,
+            self.adjacent_from[id as usize + 1] as usize,
+        );
+        self.adjacent[a..b].iter().copied()
     }
 
     /// Delaunay neighbours of a zip: the regions whose cells share a border with it.
@@ -295,44 +308,85 @@ impl ZipTable {
         let min_dot = (reach / EARTH_RADIUS_M).min(std::f64::consts::PI).cos();
         let theta = (radius_m / EARTH_RADIUS_M).min(std::f64::consts::FRAC_PI_2);
         let sin_theta = theta.sin() + 1e-12;
-        // Whether the cap reaches the hemisphere of points nearer `z` than `m`.
+        let sin2 = sin_theta * sin_theta;
+        // Whether the cap reaches the hemisphere of points nearer `z` than `m`:
+        // `u·n / |n| >= -sin θ` with `n = c_z - c_m`, squared so that no root is taken.
         let reaches = |z: ZipId, m: ZipId| {
             let (cz, cm) = (self.zips[z as usize].unit, self.zips[m as usize].unit);
             let n = [cz[0] - cm[0], cz[1] - cm[1], cz[2] - cm[2]];
-            let nn = dot(n, n).sqrt();
-            nn == 0.0 || dot(u, n) / nn >= -sin_theta
+            let un = dot(u, n);
+            un >= 0.0 || un * un <= sin2 * dot(n, n)
         };
 
-        let mut out = vec![own];
-        let mut seen: HashSet<ZipId> = HashSet::from([own]);
-        let mut heap = BinaryHeap::new();
-        for n in self.neighbours(own) {
-            if seen.insert(n) {
-                heap.push(ByNearness(dot(u, self.zips[n as usize].unit), n));
-            }
-        }
-        // Best-first in exact distance order: stop at the first centroid beyond `reach`.
-        while let Some(ByNearness(d, z)) = heap.pop() {
-            if d < min_dot - 1e-12 {
-                break;
-            }
-            if reaches(z, own) && self.neighbours(z).all(|m| reaches(z, m)) {
-                out.push(z);
-            }
-            for m in self.neighbours(z) {
-                if seen.insert(m) {
-                    heap.push(ByNearness(dot(u, self.zips[m as usize].unit), m));
+        VISITED.with_borrow_mut(|seen| {
+            seen.begin(self.zips.len());
+            seen.insert(own);
+            let mut out = vec![own];
+            let mut heap = BinaryHeap::new();
+            for n in self.neighbours(own) {
+                if seen.insert(n) {
+                    heap.push(ByNearness(dot(u, self.zips[n as usize].unit), n));
                 }
             }
-        }
-        out
+            // Best-first in exact distance order: stop at the first centroid beyond `reach`.
+            while let Some(ByNearness(d, z)) = heap.pop() {
+                if d < min_dot - 1e-12 {
+                    break;
+                }
+                let mut inside = reaches(z, own);
+                for m in self.neighbours(z) {
+                    inside = inside && reaches(z, m);
+                    if seen.insert(m) {
+                        heap.push(ByNearness(dot(u, self.zips[m as usize].unit), m));
+                    }
+                }
+                if inside {
+                    out.push(z);
+                }
+            }
+            out
+        })
     }
+}
+
+/// A set of zip ids cleared in O(1): a stamp per zip, and the current walk's stamp.
+#[derive(Default)]
+struct Visited {
+    stamp: u32,
+    marks: Vec<u32>,
+}
+
+impl Visited {
+    fn begin(&mut self, len: usize) {
+        if self.marks.len() < len {
+            self.marks.resize(len, 0);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.marks.fill(0);
+            self.stamp = 1;
+        }
+    }
+
+    /// Marks `z`; true if it was not marked in this walk.
+    fn insert(&mut self, z: ZipId) -> bool {
+        let m = &mut self.marks[z as usize];
+        let new = *m != self.stamp;
+        *m = self.stamp;
+        new
+    }
+}
+
+thread_local! {
+    /// Each thread's visited set for [`ZipTable::regions_touching`] (one walk at a time).
+    static VISITED: std::cell::RefCell<Visited> = std::cell::RefCell::default();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
     use std::sync::OnceLock;
 
     fn table() -> &'static ZipTable {
