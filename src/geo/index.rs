@@ -74,6 +74,10 @@ thread_local! {
     static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Default::default());
 }
 
+/// Indexes of at most this many officers answer by measuring each one (the walk's set-up
+/// costs more than a handful of haversines; most regions hold a few officers).
+const SCAN_BELOW: usize = 16;
+
 /// Degrees of latitude added around the band to cover the bow of short geodesics.
 const BAND_PAD_DEG: f64 = 0.1;
 
@@ -250,6 +254,9 @@ impl<T: Clone> OfficerIndex<T> {
         if k == 0 || self.entries.is_empty() {
             return Vec::new();
         }
+        if self.entries.len() <= SCAN_BELOW {
+            return self.scan(q, radius_m, k);
+        }
         let [qx, qy] = self.proj.project(q);
         let qp = Point2::new(qx, qy);
         let (lo, _) = self.proj.distortion(
@@ -312,6 +319,28 @@ impl<T: Clone> OfficerIndex<T> {
         SCRATCH.with(|s| s.set((seen, frontier)));
         let mut out: Vec<Nearby<T>> = best.into_iter().map(|b| b.0).collect();
         out.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+        out
+    }
+}
+
+impl<T: Clone> OfficerIndex<T> {
+    /// The same answer as the walk, by measuring every officer: cheaper for a handful.
+    fn scan(&self, q: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<T>> {
+        let mut out: Vec<Nearby<T>> = self
+            .entries
+            .iter()
+            .filter_map(|(id, e)| {
+                let d = haversine_m(q, e.pos);
+                (d <= radius_m).then(|| Nearby {
+                    id: id.clone(),
+                    pos: e.pos,
+                    distance_m: d,
+                    data: e.data.clone(),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+        out.truncate(k);
         out
     }
 }
