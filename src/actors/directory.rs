@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
@@ -20,12 +20,12 @@ use ractor::{
 };
 
 use super::region::{
-    Indexed, OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot,
+    OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionIndex, RegionMsg, RegionSnapshot,
     SharedIndex, Watch,
 };
 use super::session::SessionMsg;
 use crate::context::Sessions;
-use crate::geo::index::{OfficerIndex, OfficerKey, merge_nearest};
+use crate::geo::index::{OfficerKey, merge_nearest};
 use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
 
 /// Errors reaching a region.
@@ -41,7 +41,8 @@ pub enum RegionError {
 
 struct Slots {
     refs: Vec<RwLock<Option<ActorRef<RegionMsg>>>>,
-    indexes: Vec<RwLock<Option<SharedIndex>>>,
+    /// Set when the zip's region is first spawned, kept across its restarts.
+    indexes: Vec<OnceLock<SharedIndex>>,
     restarts: Vec<AtomicU64>,
 }
 
@@ -63,7 +64,7 @@ impl Regions {
     ) -> Result<(Self, tokio::task::JoinHandle<()>), ractor::SpawnErr> {
         let slots = Arc::new(Slots {
             refs: (0..zips.len()).map(|_| RwLock::new(None)).collect(),
-            indexes: (0..zips.len()).map(|_| RwLock::new(None)).collect(),
+            indexes: (0..zips.len()).map(|_| OnceLock::new()).collect(),
             restarts: (0..zips.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let (directory, join) = Actor::spawn(
@@ -207,7 +208,23 @@ impl Regions {
         if let Some((w, _)) = watch {
             w.signal.set_circle(at, radius_m);
         }
-        let (first, own_version, own_region) = self.read(own, at, radius_m, k).await?;
+        // Regions that need no watch registered (none asked, or watched already) are only
+        // peeked at; the others are read with their version and told to watch.
+        let needs_watch = |z: ZipId| watch.is_some_and(|(_, watched)| !watched.contains(&z));
+        let register = |z: ZipId, version: u64, region: &ActorRef<RegionMsg>| match watch {
+            Some((w, _)) => region
+                .cast(RegionMsg::Watch(w.clone(), version))
+                .map_err(|_| RegionError::Unavailable(self.code(z))),
+            None => Ok(()),
+        };
+        let mut pending = None;
+        let first = if needs_watch(own) {
+            let (found, version, region) = self.read(own, at, radius_m, k).await?;
+            pending = Some((version, region));
+            found
+        } else {
+            self.peek(own, at, radius_m, k)
+        };
         let reach = if k > 0 && first.len() >= k {
             first
                 .iter()
@@ -217,30 +234,36 @@ impl Regions {
         } else {
             radius_m
         };
-        let register = |z: ZipId, version: u64, region: &ActorRef<RegionMsg>| {
-            let Some((w, watched)) = watch else {
-                return Ok(());
-            };
-            if watched.contains(&z) {
-                return Ok(());
-            }
-            region
-                .cast(RegionMsg::Watch(w.clone(), version))
-                .map_err(|_| RegionError::Unavailable(self.code(z)))
-        };
         if let Some((w, _)) = watch {
             w.signal.set_circle(at, reach);
         }
-        register(own, own_version, &own_region)?;
+        if let Some((version, region)) = pending {
+            register(own, version, &region)?;
+        }
         let touching = self.zips.regions_touching(at, own, d0, reach);
         let mut parts = Vec::with_capacity(touching.len());
         for &z in touching.iter().filter(|&&z| z != own) {
-            let (found, version, region) = self.read(z, at, reach, k).await?;
-            register(z, version, &region)?;
-            parts.push(found);
+            if needs_watch(z) {
+                let (found, version, region) = self.read(z, at, reach, k).await?;
+                register(z, version, &region)?;
+                parts.push(found);
+            } else {
+                parts.push(self.peek(z, at, reach, k));
+            }
         }
         parts.push(first);
         Ok((merge_nearest(parts, k), touching, reach))
+    }
+
+    /// The answer of `zip`'s index without a lock when it holds nobody, and without
+    /// spawning its region (a region never spawned holds nobody).
+    fn peek(&self, zip: ZipId, at: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<OfficerData>> {
+        match self.slots.indexes[zip as usize].get() {
+            Some(shared) if shared.officers() > 0 => {
+                shared.read().index.nearest_within(at, radius_m, k)
+            }
+            _ => Vec::new(),
+        }
     }
 
     /// Reads `zip`'s index directly (spawning the region on first use): the answer, the
@@ -254,11 +277,9 @@ impl Regions {
     ) -> Result<(Vec<Nearby<OfficerData>>, u64, ActorRef<RegionMsg>), RegionError> {
         let region = self.ensure(zip).await?;
         let shared = self.slots.indexes[zip as usize]
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .get()
             .ok_or_else(|| RegionError::Unavailable(self.code(zip)))?;
-        let g = shared.read().unwrap_or_else(|e| e.into_inner());
+        let g = shared.read();
         Ok((g.index.nearest_within(at, radius_m, k), g.version, region))
     }
 
@@ -348,13 +369,9 @@ impl RegionDirectory {
         zip: ZipId,
     ) -> Option<ActorRef<RegionMsg>> {
         let z = st.zips.get(zip);
-        let shared: SharedIndex = Arc::new(RwLock::new(Indexed {
-            index: OfficerIndex::new(z.centroid),
-            version: 0,
-        }));
-        *st.slots.indexes[zip as usize]
-            .write()
-            .unwrap_or_else(|e| e.into_inner()) = Some(shared.clone());
+        let shared = st.slots.indexes[zip as usize]
+            .get_or_init(|| Arc::new(RegionIndex::new(z.centroid)))
+            .clone();
         let args = RegionArgs {
             shared,
             zip,

@@ -13,7 +13,8 @@
 //! * the actor never awaits another actor: it only answers calls and casts signals.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -130,8 +131,49 @@ pub struct Indexed {
     pub version: u64,
 }
 
+/// A region's index as readers see it: one per zip for the life of the node (a restarted
+/// region clears it), so readers reach it without a lock on the slot.
+pub struct RegionIndex {
+    indexed: RwLock<Indexed>,
+    /// Officers indexed, stored (`SeqCst`) after every change and before watchers are
+    /// tested: a watcher that reads 0 here needs no lock (see `Regions::nearby`).
+    officers: AtomicUsize,
+}
+
+impl RegionIndex {
+    /// An empty index for the region whose centroid is `centroid`.
+    pub fn new(centroid: LatLon) -> Self {
+        Self {
+            indexed: RwLock::new(Indexed {
+                index: OfficerIndex::new(centroid),
+                version: 0,
+            }),
+            officers: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes the read lock (a panic while a writer held it leaves nothing half-written
+    /// that a reader could see: a failed region clears its index when it restarts).
+    pub fn read(&self) -> RwLockReadGuard<'_, Indexed> {
+        self.indexed.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Indexed> {
+        self.indexed.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Officers indexed (see the field).
+    pub fn officers(&self) -> usize {
+        self.officers.load(Ordering::SeqCst)
+    }
+
+    fn publish_count(&self, n: usize) {
+        self.officers.store(n, Ordering::SeqCst);
+    }
+}
+
 /// The shared form of a region's index.
-pub type SharedIndex = Arc<std::sync::RwLock<Indexed>>;
+pub type SharedIndex = Arc<RegionIndex>;
 
 /// Arguments of a region.
 pub struct RegionArgs {
@@ -156,12 +198,21 @@ pub struct RegionState {
 }
 
 impl RegionState {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Indexed> {
-        self.shared.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Indexed> {
+        self.shared.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Indexed> {
-        self.shared.write().unwrap_or_else(|e| e.into_inner())
+    /// Applies a change to the index: bumps the version and publishes the count.
+    fn change<R>(&self, f: impl FnOnce(&mut OfficerIndex<OfficerData>) -> (R, bool)) -> R {
+        let mut w = self.shared.write();
+        let (r, changed) = f(&mut w.index);
+        if changed {
+            w.version += 1;
+        }
+        let n = w.index.len();
+        drop(w);
+        self.shared.publish_count(n);
+        r
     }
 
     fn notify(&mut self, changed: &[LatLon]) {
@@ -185,6 +236,13 @@ impl Actor for RegionActor {
         args: RegionArgs,
     ) -> Result<RegionState, ActorProcessingErr> {
         metrics::gauge!("region_actors_alive").increment(1.0);
+        // A restarted region starts empty; its officers' sessions publish again.
+        {
+            let mut w = args.shared.write();
+            w.index = OfficerIndex::new(args.centroid);
+            w.version += 1;
+        }
+        args.shared.publish_count(0);
         Ok(RegionState {
             code: args.code,
             shared: args.shared,
@@ -201,11 +259,7 @@ impl Actor for RegionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegionMsg::Upsert(u) => {
-                let r = {
-                    let mut w = st.write();
-                    w.version += 1;
-                    w.index.upsert(u.id.clone(), u.pos, u.data)
-                };
+                let r = st.change(|index| (index.upsert(u.id.clone(), u.pos, u.data), true));
                 match r {
                     Ok(Some(old)) => st.notify(&[old, u.pos]),
                     Ok(None) => st.notify(&[u.pos]),
@@ -215,18 +269,12 @@ impl Actor for RegionActor {
                 }
             }
             RegionMsg::Remove(id, session) => {
-                let removed = {
-                    let mut w = st.write();
-                    let owned = w
-                        .index
-                        .get(&id)
-                        .is_some_and(|(_, d)| d.session_id == session);
-                    let old = if owned { w.index.remove(&id) } else { None };
-                    if old.is_some() {
-                        w.version += 1;
-                    }
-                    old
-                };
+                let removed = st.change(|index| {
+                    let owned = index.get(&id).is_some_and(|(_, d)| d.session_id == session);
+                    let old = if owned { index.remove(&id) } else { None };
+                    let changed = old.is_some();
+                    (old, changed)
+                });
                 if let Some(old) = removed {
                     st.notify(&[old]);
                 }

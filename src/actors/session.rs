@@ -43,9 +43,11 @@ const MAX_CLOSE: usize = 64;
 /// It also carries the citizen's search circle, shared by every region the citizen
 /// watches, so that moving costs no message to regions watched already. The session (the
 /// only writer) sets the circle *before* it reads the region indexes, and regions test
-/// it *after* writing their index, so no change can be missed: a change the session's
-/// read did not see was written after that read (the index lock orders the two), and its
-/// test therefore sees the circle stored before the read. A test that sees a circle half
+/// it *after* writing theirs, so no change can be missed: a change the session's read did
+/// not see was written after that read, and its test therefore sees the circle stored
+/// before the read. "After" is given by the index lock for a read under it, and by the
+/// single order of `SeqCst` operations for a read of a region's officer count alone (the
+/// count is stored, and the circle loaded, `SeqCst` too). A test that sees a circle half
 /// stored is for a change the read includes anyway; it can only signal once too often.
 #[derive(Debug)]
 pub struct PushSignal {
@@ -82,18 +84,18 @@ impl PushSignal {
 
     /// Sets the circle regions test changes against (see the type's invariant).
     pub fn set_circle(&self, center: LatLon, radius_m: f64) {
-        self.lat.store(center.lat.to_bits(), Ordering::Relaxed);
-        self.lon.store(center.lon.to_bits(), Ordering::Relaxed);
-        self.radius_m.store(radius_m.to_bits(), Ordering::Relaxed);
+        self.lat.store(center.lat.to_bits(), Ordering::SeqCst);
+        self.lon.store(center.lon.to_bits(), Ordering::SeqCst);
+        self.radius_m.store(radius_m.to_bits(), Ordering::SeqCst);
     }
 
     /// Whether any of `points` lies in the circle.
     pub fn covers_any(&self, points: &[LatLon]) -> bool {
         let center = LatLon {
-            lat: f64::from_bits(self.lat.load(Ordering::Relaxed)),
-            lon: f64::from_bits(self.lon.load(Ordering::Relaxed)),
+            lat: f64::from_bits(self.lat.load(Ordering::SeqCst)),
+            lon: f64::from_bits(self.lon.load(Ordering::SeqCst)),
         };
-        let r = f64::from_bits(self.radius_m.load(Ordering::Relaxed));
+        let r = f64::from_bits(self.radius_m.load(Ordering::SeqCst));
         points.iter().any(|p| haversine_m(center, *p) <= r)
     }
 }
@@ -222,7 +224,8 @@ struct CitizenState {
     push_pending: bool,
     last_sent: Vec<(OfficerKey, f64, f64)>,
     last_radius: f64,
-    nearby: Vec<NearbyOfficer>,
+    /// The officers of the last answer and their distances (what may be asked).
+    nearby: Vec<(OfficerKey, f64)>,
     close_by: HashSet<OfficerKey>,
     /// The one request this citizen may have open: (request id, officer session).
     pending: Option<(String, ActorRef<SessionMsg>)>,
@@ -467,28 +470,32 @@ impl SessionState {
         c.watched = touching;
         metrics::histogram!("nearby_query_seconds").record(started.elapsed().as_secs_f64());
 
-        let key: Vec<(OfficerKey, f64, f64)> = merged
-            .iter()
-            .map(|n| (n.id.clone(), n.pos.lat, n.pos.lon))
-            .collect();
-        let changed = key != c.last_sent || c.radius_m != c.last_radius;
-        let officers: Vec<NearbyOfficer> = merged
-            .iter()
-            .map(|n| NearbyOfficer {
-                officer_id: n.id.to_string(),
-                display_name: n.data.display_name.to_string(),
-                lat: n.pos.lat,
-                lon: n.pos.lon,
-                distance_m: n.distance_m,
-                zip: self.ctx.zips.get(n.data.zip).code.to_string(),
-            })
-            .collect();
+        let changed = c.radius_m != c.last_radius
+            || merged.len() != c.last_sent.len()
+            || merged
+                .iter()
+                .zip(&c.last_sent)
+                .any(|(n, (id, lat, lon))| n.id != *id || n.pos.lat != *lat || n.pos.lon != *lon);
         if reply || changed {
+            let officers: Vec<NearbyOfficer> = merged
+                .iter()
+                .map(|n| NearbyOfficer {
+                    officer_id: n.id.to_string(),
+                    display_name: n.data.display_name.to_string(),
+                    lat: n.pos.lat,
+                    lon: n.pos.lon,
+                    distance_m: n.distance_m,
+                    zip: self.ctx.zips.get(n.data.zip).code.to_string(),
+                })
+                .collect();
             self.out.send(&ServerMsg::Nearby {
-                officers: officers.clone(),
+                officers,
                 radius_m: c.radius_m,
             });
-            c.last_sent = key;
+            c.last_sent = merged
+                .iter()
+                .map(|n| (n.id.clone(), n.pos.lat, n.pos.lon))
+                .collect();
             c.last_radius = c.radius_m;
             c.last_push = Some(Instant::now());
             if let (false, Some(t)) = (reply, changed_at) {
@@ -497,7 +504,10 @@ impl SessionState {
                     .record(t.elapsed().as_secs_f64());
             }
         }
-        c.nearby = officers;
+        c.nearby = merged
+            .iter()
+            .map(|n| (n.id.clone(), n.distance_m))
+            .collect();
 
         // officer_nearby: once per entry into the proximity distance. When the `limit`
         // nearest are all that close, more may be: ask the same regions for them.
@@ -572,21 +582,22 @@ impl SessionState {
                 Some("request_connection"),
             );
         }
-        let Some(seen) = c.nearby.iter().find(|o| o.officer_id == officer_id) else {
+        let Some(&(_, seen_distance_m)) = c.nearby.iter().find(|(id, _)| **id == *officer_id)
+        else {
             return self.refuse(
                 "officer_unavailable",
                 "that officer is not among your nearby available officers",
                 Some("request_connection"),
             );
         };
-        if mode == Mode::InPerson && seen.distance_m > cfg.in_person_m {
+        if mode == Mode::InPerson && seen_distance_m > cfg.in_person_m {
             return self.refuse(
                 "too_far",
                 &format!("in-person connections need {} m or less", cfg.in_person_m),
                 Some("request_connection"),
             );
         }
-        let distance_m = seen.distance_m;
+        let distance_m = seen_distance_m;
         let Some(officer) = self
             .ctx
             .sessions
