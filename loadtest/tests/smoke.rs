@@ -46,8 +46,10 @@ async fn a_short_run_completes_without_protocol_errors() {
     let args: Vec<String> = [
         "--target",
         &target,
+        // Every citizen may ask: with 10 officers and a 30 % share over the whole metro, a
+        // run once had no asking citizen with an officer inside its 2 km circle.
         "--officers",
-        "10",
+        "20",
         "--citizens",
         "30",
         "--rate",
@@ -55,7 +57,7 @@ async fn a_short_run_completes_without_protocol_errors() {
         "--duration",
         "4s",
         "--connect-share",
-        "0.3",
+        "1.0",
     ]
     .map(String::from)
     .to_vec();
