@@ -97,15 +97,16 @@ async fn an_admin_ends_a_session_with_4002() {
     on_both_stores(|app| async move {
         let admin = app.token(Role::Admin, "admin");
         let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
-        let (s, b) = app
-            .send(
+        let end_o1 = || {
+            app.send(
                 Method::DELETE,
                 "/admin/v1/sessions/o1",
                 Some(&admin),
                 None,
                 &[],
             )
-            .await;
+        };
+        let (s, b) = end_o1().await;
         assert_eq!(s, 200, "{b}");
         assert_eq!(b["ended"], true);
         let (frames, code) = o.closed().await;
@@ -118,15 +119,7 @@ async fn an_admin_ends_a_session_with_4002() {
         // Gone from the index at once, and from the registry.
         let (_, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
         assert_eq!(r["officers"], json!([]), "{r}");
-        let (s, b) = app
-            .send(
-                Method::DELETE,
-                "/admin/v1/sessions/o1",
-                Some(&admin),
-                None,
-                &[],
-            )
-            .await;
+        let (s, b) = end_o1().await;
         assert_eq!((s, &b["error"]["code"]), (404, &json!("no_session")));
     })
     .await;
