@@ -318,7 +318,7 @@ impl<T: Clone> OfficerIndex<T> {
         }
         SCRATCH.with(|s| s.set((seen, frontier)));
         let mut out: Vec<Nearby<T>> = best.into_iter().map(|b| b.0).collect();
-        out.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+        out.sort_by(nearest_first);
         out
     }
 }
@@ -339,10 +339,15 @@ impl<T: Clone> OfficerIndex<T> {
                 })
             })
             .collect();
-        out.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+        out.sort_by(nearest_first);
         out.truncate(k);
         out
     }
+}
+
+/// The order of every answer: by distance, ties by id.
+fn nearest_first<T>(a: &Nearby<T>, b: &Nearby<T>) -> Ordering {
+    a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id))
 }
 
 /// Merges per-region answers into the global `k` nearest, nearest first.
@@ -351,7 +356,7 @@ pub fn merge_nearest<T>(
     k: usize,
 ) -> Vec<Nearby<T>> {
     let mut all: Vec<Nearby<T>> = parts.into_iter().flatten().collect();
-    all.sort_by(|a, b| a.distance_m.total_cmp(&b.distance_m).then(a.id.cmp(&b.id)));
+    all.sort_by(nearest_first);
     all.truncate(k);
     all
 }
