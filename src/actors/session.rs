@@ -222,10 +222,10 @@ struct CitizenState {
     /// When a watched region first signalled a change not yet answered (push latency).
     changed_at: Option<Instant>,
     push_pending: bool,
-    last_sent: Vec<(OfficerKey, f64, f64)>,
+    /// The officers of the last answer: id, position, distance. A push is due when ids or
+    /// positions change; requests may ask any of them.
+    last: Vec<(OfficerKey, LatLon, f64)>,
     last_radius: f64,
-    /// The officers of the last answer and their distances (what may be asked).
-    nearby: Vec<(OfficerKey, f64)>,
     close_by: HashSet<OfficerKey>,
     /// The one request this citizen may have open: (request id, officer session).
     pending: Option<(String, ActorRef<SessionMsg>)>,
@@ -471,11 +471,11 @@ impl SessionState {
         metrics::histogram!("nearby_query_seconds").record(started.elapsed().as_secs_f64());
 
         let changed = c.radius_m != c.last_radius
-            || merged.len() != c.last_sent.len()
+            || merged.len() != c.last.len()
             || merged
                 .iter()
-                .zip(&c.last_sent)
-                .any(|(n, (id, lat, lon))| n.id != *id || n.pos.lat != *lat || n.pos.lon != *lon);
+                .zip(&c.last)
+                .any(|(n, (id, pos, _))| n.id != *id || n.pos != *pos);
         if reply || changed {
             let officers: Vec<NearbyOfficer> = merged
                 .iter()
@@ -492,10 +492,6 @@ impl SessionState {
                 officers,
                 radius_m: c.radius_m,
             });
-            c.last_sent = merged
-                .iter()
-                .map(|n| (n.id.clone(), n.pos.lat, n.pos.lon))
-                .collect();
             c.last_radius = c.radius_m;
             c.last_push = Some(Instant::now());
             if let (false, Some(t)) = (reply, changed_at) {
@@ -504,9 +500,10 @@ impl SessionState {
                     .record(t.elapsed().as_secs_f64());
             }
         }
-        c.nearby = merged
+        // Unsent only when ids and positions are those last sent: only distances differ.
+        c.last = merged
             .iter()
-            .map(|n| (n.id.clone(), n.distance_m))
+            .map(|n| (n.id.clone(), n.pos, n.distance_m))
             .collect();
 
         // officer_nearby: once per entry into the proximity distance. When the `limit`
@@ -582,22 +579,20 @@ impl SessionState {
                 Some("request_connection"),
             );
         }
-        let Some(&(_, seen_distance_m)) = c.nearby.iter().find(|(id, _)| **id == *officer_id)
-        else {
+        let Some(&(_, _, distance_m)) = c.last.iter().find(|(id, _, _)| **id == *officer_id) else {
             return self.refuse(
                 "officer_unavailable",
                 "that officer is not among your nearby available officers",
                 Some("request_connection"),
             );
         };
-        if mode == Mode::InPerson && seen_distance_m > cfg.in_person_m {
+        if mode == Mode::InPerson && distance_m > cfg.in_person_m {
             return self.refuse(
                 "too_far",
                 &format!("in-person connections need {} m or less", cfg.in_person_m),
                 Some("request_connection"),
             );
         }
-        let distance_m = seen_distance_m;
         let Some(officer) = self
             .ctx
             .sessions
@@ -917,9 +912,8 @@ impl Actor for SessionActor {
                     last_push: None,
                     changed_at: None,
                     push_pending: false,
-                    last_sent: Vec::new(),
+                    last: Vec::new(),
                     last_radius: cfg.default_radius_m,
-                    nearby: Vec::new(),
                     close_by: HashSet::new(),
                     pending: None,
                 }))
