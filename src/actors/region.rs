@@ -236,19 +236,18 @@ impl Actor for RegionActor {
         args: RegionArgs,
     ) -> Result<RegionState, ActorProcessingErr> {
         metrics::gauge!("region_actors_alive").increment(1.0);
-        // A restarted region starts empty; its officers' sessions publish again.
-        {
-            let mut w = args.shared.write();
-            w.index = OfficerIndex::new(args.centroid);
-            w.version += 1;
-        }
-        args.shared.publish_count(0);
-        Ok(RegionState {
+        let st = RegionState {
             code: args.code,
             shared: args.shared,
             watchers: HashMap::new(),
             restarts: args.restarts,
-        })
+        };
+        // A restarted region starts empty; its officers' sessions publish again.
+        st.change(|index| {
+            *index = OfficerIndex::new(args.centroid);
+            ((), true)
+        });
+        Ok(st)
     }
 
     async fn handle(
@@ -259,7 +258,11 @@ impl Actor for RegionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegionMsg::Upsert(u) => {
-                let r = st.change(|index| (index.upsert(u.id.clone(), u.pos, u.data), true));
+                let r = st.change(|index| {
+                    let r = index.upsert(u.id.clone(), u.pos, u.data);
+                    let changed = r.is_ok();
+                    (r, changed)
+                });
                 match r {
                     Ok(Some(old)) => st.notify(&[old, u.pos]),
                     Ok(None) => st.notify(&[u.pos]),
