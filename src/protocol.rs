@@ -292,7 +292,8 @@ pub struct WireError {
 }
 
 impl WireError {
-    fn new(code: &'static str, message: impl Into<String>, reference: Option<&str>) -> Self {
+    /// A refusal with this code and text.
+    pub fn new(code: &'static str, message: impl Into<String>, reference: Option<&str>) -> Self {
         Self {
             code,
             message: message.into(),

@@ -1,16 +1,17 @@
 //! The bounded write side of one socket, shared by its reader and its session actor.
 //!
 //! Frames are serialised once and queued (at most `limits.outbound_queue`); the socket's
-//! writer task drains the queue. A client too slow to drain it is closed with 4008 at once
+//! task drains the queue between reads (see `http::ws`). A client too slow to drain it is closed with 4008 at once
 //! — the queue never grows. Error frames are counted here: after
 //! `limits.max_consecutive_errors` in a row the socket is closed with 1008.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
-use tokio::sync::Notify;
+use futures_util::task::AtomicWaker;
 
 use crate::protocol::ServerMsg;
 
@@ -52,7 +53,8 @@ struct Queue {
 
 struct Shared {
     queue: Mutex<Queue>,
-    ready: Notify,
+    /// The socket task, waiting for something to write.
+    writer: AtomicWaker,
     capacity: usize,
     closing: AtomicBool,
     errors: AtomicU32,
@@ -76,7 +78,7 @@ impl Outbox {
     pub fn new(capacity: usize, max_errors: u32) -> Self {
         Self(Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
-            ready: Notify::new(),
+            writer: AtomicWaker::new(),
             capacity: capacity.max(1),
             closing: AtomicBool::new(false),
             errors: AtomicU32::new(0),
@@ -119,7 +121,7 @@ impl Outbox {
             self.abort(close::SLOW_CLIENT, "slow client");
             return false;
         }
-        self.0.ready.notify_one();
+        self.0.writer.wake();
         metrics::counter!("ws_messages_out_total", "type" => msg.kind()).increment(1);
         true
     }
@@ -136,49 +138,44 @@ impl Outbox {
             q.frames.push_back(Outbound::Close(code, reason.to_owned()));
         }
         drop(q);
-        self.0.ready.notify_one();
+        self.0.writer.wake();
     }
 
     /// Closes now, dropping whatever is queued.
     pub fn abort(&self, code: u16, reason: &str) {
         self.0.closing.store(true, Ordering::Relaxed);
         self.queue().abort.get_or_insert((code, reason.to_owned()));
-        self.0.ready.notify_one();
+        self.0.writer.wake();
     }
 
-    /// The writer's next item: an abort first, then queued frames in order.
-    pub async fn next(&self) -> Next {
-        loop {
-            {
-                let mut q = self.queue();
-                if let Some((code, reason)) = q.abort.take() {
+    /// The writer's next item: an abort first, then queued frames in order. Pending (and
+    /// the task woken later) while there is nothing to write.
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Next> {
+        // Registered before the check, so a frame queued after the check wakes the task.
+        self.0.writer.register(cx.waker());
+        let mut q = self.queue();
+        if let Some((code, reason)) = q.abort.take() {
+            q.frames = VecDeque::new();
+            return Poll::Ready(Next::Close(code, reason));
+        }
+        match q.frames.pop_front() {
+            Some(Outbound::Frame(t)) => Poll::Ready(Next::Frame(t)),
+            Some(Outbound::Close(code, reason)) => Poll::Ready(Next::Close(code, reason)),
+            None => {
+                // Give the memory of a burst back once drained.
+                if q.frames.capacity() > 8 {
                     q.frames = VecDeque::new();
-                    return Next::Close(code, reason);
                 }
-                match q.frames.pop_front() {
-                    Some(Outbound::Frame(t)) => return Next::Frame(t),
-                    Some(Outbound::Close(code, reason)) => return Next::Close(code, reason),
-                    None => {
-                        // Give the memory of a burst back once drained.
-                        if q.frames.capacity() > 8 {
-                            q.frames = VecDeque::new();
-                        }
-                    }
-                }
+                Poll::Pending
             }
-            // notify_one stores a permit, so a push between the check and here is not lost.
-            self.0.ready.notified().await;
         }
     }
 
-    /// Resolves with the abort close, if one is requested while the writer is busy.
-    pub async fn aborted(&self) -> (u16, String) {
-        loop {
-            if let Some(a) = self.queue().abort.take() {
-                return a;
-            }
-            self.0.ready.notified().await;
-        }
+    /// Whether an abort was requested (while the writer is stuck on a frame the client
+    /// does not read). Registers the task like [`Outbox::poll_next`].
+    pub fn poll_aborted(&self, cx: &mut Context<'_>) -> bool {
+        self.0.writer.register(cx.waker());
+        self.queue().abort.is_some()
     }
 
     /// Sends an error frame and counts it. Returns true when this error reaches the
@@ -205,6 +202,10 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    async fn next(out: &Outbox) -> Next {
+        std::future::poll_fn(|cx| out.poll_next(cx)).await
+    }
+
     fn text(n: &Next) -> String {
         match n {
             Next::Frame(t) => t.to_string(),
@@ -218,8 +219,8 @@ mod tests {
         assert!(out.send(&ServerMsg::Pong));
         out.close(close::NORMAL, "bye");
         assert!(!out.send(&ServerMsg::Pong), "nothing after close");
-        assert_eq!(text(&out.next().await), r#"{"type":"pong"}"#);
-        assert_eq!(text(&out.next().await), "close 1000 bye");
+        assert_eq!(text(&next(&out).await), r#"{"type":"pong"}"#);
+        assert_eq!(text(&next(&out).await), "close 1000 bye");
     }
 
     #[tokio::test]
@@ -229,7 +230,7 @@ mod tests {
         assert!(out.send(&ServerMsg::Pong));
         assert!(!out.send(&ServerMsg::Pong), "third frame does not fit");
         assert!(out.is_closing());
-        assert_eq!(text(&out.next().await), "close 4008 slow client");
+        assert_eq!(text(&next(&out).await), "close 4008 slow client");
     }
 
     #[tokio::test]
@@ -249,7 +250,7 @@ mod tests {
     async fn writer_wakes_for_a_frame_sent_later() {
         let out = Outbox::new(4, 10);
         let o2 = out.clone();
-        let w = tokio::spawn(async move { text(&o2.next().await) });
+        let w = tokio::spawn(async move { text(&next(&o2).await) });
         tokio::task::yield_now().await;
         out.send(&ServerMsg::Pong);
         assert_eq!(w.await.unwrap(), r#"{"type":"pong"}"#);

@@ -30,7 +30,7 @@ use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId, haversine_m};
 use crate::http::auth::Ticket;
-use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg};
+use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg, WireError};
 use crate::store::NewConnection;
 
 /// Most officers announced by `officer_nearby` from one answer.
@@ -104,6 +104,8 @@ impl PushSignal {
 pub enum SessionMsg {
     /// A validated frame from the socket.
     Command(Command),
+    /// A frame the socket could not take (bad input, rate limit): answered in frame order.
+    Refused(WireError),
     /// A watched region changed.
     Changed,
     /// Time for a coalesced push.
@@ -1013,6 +1015,7 @@ impl Actor for SessionActor {
                     }
                 }
             }
+            SessionMsg::Refused(e) => st.refuse(e.code, &e.message, e.reference.as_deref()),
             SessionMsg::Changed => Box::pin(st.schedule_push(&myself)).await,
             SessionMsg::Offer(req, reply) => {
                 let r = st.take_offer(&myself, req);

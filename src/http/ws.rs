@@ -4,19 +4,19 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use futures_util::SinkExt;
-use futures_util::stream::{SplitSink, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use governor::{Quota, RateLimiter};
 use ractor::Actor;
-use tokio::sync::oneshot;
 
 use super::AppState;
 use super::auth::Ticket;
@@ -24,7 +24,7 @@ use super::error::ApiError;
 use super::error::ErrorBody;
 use crate::actors::outbox::{Next, Outbox, close};
 use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
-use crate::protocol::{DecodeLimits, Role, decode};
+use crate::protocol::{DecodeLimits, Role, WireError, decode};
 
 /// `GET /v1/ws?ticket=...`
 #[utoipa::path(
@@ -86,15 +86,127 @@ impl Drop for SocketSlot {
     }
 }
 
-async fn run(state: AppState, t: Ticket, socket: WebSocket) {
+/// What the socket task's pump turns up.
+enum Event {
+    /// A frame from the client (`None` when the stream ended).
+    Frame(Option<Result<Message, axum::Error>>),
+    /// The writer handed a close frame to the socket: finish within the grace period.
+    Closing,
+    /// The writer is finished: close frame flushed, or the socket failed.
+    WriterDone,
+}
+
+/// The write half of a socket, driven by the same task that reads it: one task and one
+/// wake-up per socket event instead of a reader, a writer and a hand-over between them.
+struct Writer {
+    out: Outbox,
+    /// A frame was handed to the socket and is not flushed yet.
+    flushing: bool,
+    /// The close frame was handed to the socket.
+    closing: bool,
+    /// Whether the run loop was told [`Event::Closing`].
+    told_closing: bool,
+    done: bool,
+}
+
+impl Writer {
+    fn new(out: Outbox) -> Self {
+        Self {
+            out,
+            flushing: false,
+            closing: false,
+            told_closing: false,
+            done: false,
+        }
+    }
+
+    /// Moves queued frames into the socket until the queue is empty or the socket is
+    /// full. Ready with an event for the run loop; Pending otherwise.
+    fn poll_write(&mut self, cx: &mut Context<'_>, socket: &mut WebSocket) -> Poll<Event> {
+        loop {
+            if self.done {
+                return Poll::Pending;
+            }
+            if self.flushing {
+                match Pin::new(&mut *socket).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushing = false,
+                    Poll::Ready(Err(_)) => return self.finish(),
+                    Poll::Pending => {
+                        // A client that does not read: an abort (4008, shutdown) must
+                        // still end the socket within the grace period.
+                        if self.out.poll_aborted(cx) && !self.told_closing {
+                            self.told_closing = true;
+                            return Poll::Ready(Event::Closing);
+                        }
+                        return Poll::Pending;
+                    }
+                }
+                if self.closing {
+                    return self.finish();
+                }
+            }
+            match Pin::new(&mut *socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return self.finish(),
+                Poll::Pending => return Poll::Pending,
+            }
+            let msg = match ready!(self.out.poll_next(cx)) {
+                Next::Frame(text) => Message::Text(text),
+                Next::Close(code, reason) => {
+                    self.closing = true;
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    }))
+                }
+            };
+            if Pin::new(&mut *socket).start_send(msg).is_err() {
+                return self.finish();
+            }
+            self.flushing = true;
+            if self.closing && !self.told_closing {
+                self.told_closing = true;
+                return Poll::Ready(Event::Closing);
+            }
+        }
+    }
+
+    /// Writes until the writer is done (the close frame flushed or the socket failed).
+    async fn finish_on(&mut self, socket: &mut WebSocket) {
+        std::future::poll_fn(|cx| {
+            loop {
+                match self.poll_write(cx, socket) {
+                    Poll::Ready(Event::WriterDone) => return Poll::Ready(()),
+                    Poll::Ready(_) => continue,
+                    Poll::Pending if self.done => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    fn finish(&mut self) -> Poll<Event> {
+        self.done = true;
+        Poll::Ready(Event::WriterDone)
+    }
+
+    /// Writes what can be written, then reads the next frame.
+    fn poll_event(&mut self, cx: &mut Context<'_>, socket: &mut WebSocket) -> Poll<Event> {
+        if let Poll::Ready(e) = self.poll_write(cx, socket) {
+            return Poll::Ready(e);
+        }
+        socket.poll_next_unpin(cx).map(Event::Frame)
+    }
+}
+
+async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     let _slot = SocketSlot(state.clone());
     let ctx = state.ctx.clone();
     let lim = &ctx.settings.limits;
-    let (sink, mut stream) = socket.split();
     let out = Outbox::new(lim.outbound_queue, lim.max_consecutive_errors);
-    let (done_tx, mut writer_done) = oneshot::channel::<()>();
+    let mut writer = Writer::new(out.clone());
     let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
-    tokio::spawn(write_loop(sink, out.clone(), done_tx, grace));
 
     let session_id = ctx.next_session_id();
     let last_zip = Arc::new(AtomicU32::new(t.zip));
@@ -112,6 +224,7 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
         Err(e) => {
             tracing::error!("cannot start session: {e}");
             out.close(close::INTERNAL, "internal error");
+            let _ = tokio::time::timeout(grace, writer.finish_on(&mut socket)).await;
             return;
         }
     };
@@ -128,63 +241,64 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
         max_limit: ctx.settings.citizen.max_limit,
     };
     let mut shutdown = ctx.shutdown_signal();
-    // At the error limit the actor closes the socket after the replies it still owes;
-    // until then further frames are read but not answered.
-    let mut draining = false;
+    let mut shutdown_seen = false;
+    let mut actor_gone = false;
+    // Once the socket is closing it has `grace` to finish: boxed, as most sockets never
+    // close this way.
+    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
     loop {
         let frame = tokio::select! {
-            _ = &mut writer_done => break,
+            biased;
             // The actor ended on its own (a bug made it panic, or it was killed): the
             // socket cannot be served any more.
-            _ = &mut join => {
+            _ = &mut join, if !actor_gone => {
                 tracing::error!(session_id, "session actor ended unexpectedly; closing its socket");
+                actor_gone = true;
                 out.abort(close::INTERNAL, "internal error");
-                let _ = tokio::time::timeout(grace, &mut writer_done).await;
-                break;
+                deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                continue;
             }
-            _ = shutting_down(&mut shutdown) => {
+            _ = shutting_down(&mut shutdown), if !shutdown_seen => {
+                shutdown_seen = true;
                 out.close(close::GOING_AWAY, "server shutting down");
-                // Keep the reader alive until the writer has sent the close frame.
-                let _ = tokio::time::timeout(grace, &mut writer_done).await;
-                break;
+                deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                continue;
             }
-            f = stream.next() => f,
+            _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => break,
+            e = std::future::poll_fn(|cx| writer.poll_event(cx, &mut socket)) => match e {
+                Event::WriterDone => break,
+                Event::Closing => {
+                    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                    continue;
+                }
+                Event::Frame(f) => f,
+            },
         };
-        let verdict = match frame {
+        let msg = match frame {
             None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            _ if draining => continue,
+            // At the error limit (or any other close) the actor closes the socket after
+            // the replies it still owes; until then further frames are read, not answered.
+            _ if actor_gone || out.is_closing() => continue,
             Some(Ok(_)) if limiter.check().is_err() => {
                 metrics::counter!("ws_rate_limited_total").increment(1);
-                Err(("rate_limited", "too many messages".to_owned(), None))
+                SessionMsg::Refused(WireError::new("rate_limited", "too many messages", None))
             }
-            Some(Ok(Message::Binary(_))) => Err((
+            Some(Ok(Message::Binary(_))) => SessionMsg::Refused(WireError::new(
                 "unsupported_frame",
-                "binary frames are not supported; send JSON text".to_owned(),
+                "binary frames are not supported; send JSON text",
                 None,
             )),
-            Some(Ok(Message::Text(text))) => {
-                decode(text.as_str(), t.role, &dl).map_err(|e| (e.code, e.message, e.reference))
-            }
+            Some(Ok(Message::Text(text))) => match decode(text.as_str(), t.role, &dl) {
+                Ok(cmd) => SessionMsg::Command(cmd),
+                // Refused by the actor, so that replies and the consecutive-error count
+                // follow the order of the frames.
+                Err(e) => SessionMsg::Refused(e),
+            },
         };
-        match verdict {
-            Ok(cmd) => {
-                if actor.cast(SessionMsg::Command(cmd)).is_err() {
-                    break;
-                }
-            }
-            Err((code, message, reference)) => {
-                if out.refuse(code, &message, reference.as_deref()) {
-                    draining = true;
-                    // If the actor is gone the socket is closing anyway.
-                    let _ = actor.cast(SessionMsg::Close {
-                        code: close::POLICY,
-                        error: None,
-                        reason: "too many errors".into(),
-                    });
-                }
-            }
+        if actor.cast(msg).is_err() {
+            break;
         }
     }
 
@@ -207,41 +321,15 @@ async fn run(state: AppState, t: Ticket, socket: WebSocket) {
             session_id,
         );
     }
-    out.abort(close::NORMAL, "bye");
-    tracing::debug!(session_id, "session closed");
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    out: Outbox,
-    done: oneshot::Sender<()>,
-    grace: Duration,
-) {
-    let closing = loop {
-        match out.next().await {
-            Next::Frame(text) => {
-                let sent = tokio::select! {
-                    biased;
-                    a = out.aborted() => break Some(a),
-                    r = sink.send(Message::Text(text)) => r,
-                };
-                if sent.is_err() {
-                    break None;
-                }
-            }
-            Next::Close(code, reason) => break Some((code, reason)),
-        }
-    };
-    if let Some((code, reason)) = closing {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        // A client that does not read may never take the close frame; bounded wait.
-        let _ = tokio::time::timeout(grace, sink.send(Message::Close(Some(frame)))).await;
+    // Close the socket if nobody has (the client went first: this flushes the reply to
+    // its close frame); a client that does not read gets the grace period.
+    if !writer.done {
+        out.abort(close::NORMAL, "bye");
+        let _ = tokio::time::timeout(grace, writer.finish_on(&mut socket)).await;
     }
-    // The reader may be gone already; then there is nobody to tell.
-    let _ = done.send(());
+    // A client that closed first gets the reply tungstenite queued when it read the close.
+    let _ = tokio::time::timeout(grace, socket.flush()).await;
+    tracing::debug!(session_id, "session closed");
 }
 
 /// Resolves once shutdown has begun (at once if it already has).
