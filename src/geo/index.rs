@@ -11,6 +11,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 use rustc_hash::{FxHashMap, FxHashSet};
+use smallvec::{SmallVec, smallvec};
 use spade::handles::FixedVertexHandle;
 use spade::{DelaunayTriangulation, HasPosition, Point2, PositionInTriangulation, Triangulation};
 
@@ -21,9 +22,10 @@ pub type OfficerKey = Arc<str>;
 
 struct Vertex {
     pos: Point2<f64>,
-    /// The officers at exactly this point, with their geographic positions (so a query
-    /// ranks them without a map lookup).
-    officers: Vec<(OfficerKey, LatLon)>,
+    /// The slab slots of the officers at exactly this point, with their geographic
+    /// positions (so a query ranks them without touching the slab). Inline for the usual
+    /// single officer: a query reads it from the vertex it has loaded anyway.
+    officers: SmallVec<[(Slot, LatLon); 1]>,
 }
 
 impl HasPosition for Vertex {
@@ -35,7 +37,11 @@ impl HasPosition for Vertex {
 
 type Tri = DelaunayTriangulation<Vertex, (), (), (), super::hint::GridHint>;
 
+/// An officer's place in the index's slab; stable while the officer is indexed.
+type Slot = u32;
+
 struct Entry<T> {
+    id: OfficerKey,
     pos: LatLon,
     planar: Point2<f64>,
     data: T,
@@ -63,7 +69,12 @@ pub struct IndexError(String);
 pub struct OfficerIndex<T> {
     proj: Projection,
     tri: Tri,
-    entries: FxHashMap<OfficerKey, Entry<T>>,
+    /// Officer id → slab slot.
+    slots: FxHashMap<OfficerKey, Slot>,
+    /// The officers by slot; freed slots are reused, so slots never move (vertices and
+    /// queries refer to them) and a query reaches an officer without hashing its id.
+    slab: Vec<Option<Entry<T>>>,
+    free: Vec<Slot>,
     /// Latitude band that covers every indexed officer (only ever widened while non-empty).
     lat_band: (f64, f64),
 }
@@ -97,27 +108,9 @@ impl Ord for Frontier {
     }
 }
 
-/// Max-heap entry by distance, so the heap root is the current k-th best.
-struct Best<T>(Nearby<T>);
-impl<T> PartialEq for Best<T> {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == Ordering::Equal
-    }
-}
-impl<T> Eq for Best<T> {}
-impl<T> PartialOrd for Best<T> {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl<T> Ord for Best<T> {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.0
-            .distance_m
-            .total_cmp(&o.0.distance_m)
-            .then_with(|| self.0.id.cmp(&o.0.id))
-    }
-}
+/// A candidate answer: distance and slot. A query touches an officer's entry (id and
+/// payload) only for ties and for the `k` it returns.
+type Candidate = (f64, Slot);
 
 impl<T: Clone> OfficerIndex<T> {
     /// An empty index projected around `origin` (the region's centroid).
@@ -125,29 +118,44 @@ impl<T: Clone> OfficerIndex<T> {
         Self {
             proj: Projection::new(origin),
             tri: Tri::new(),
-            entries: FxHashMap::default(),
+            slots: FxHashMap::default(),
+            slab: Vec::new(),
+            free: Vec::new(),
             lat_band: (origin.lat, origin.lat),
         }
     }
 
     /// Number of officers.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.slots.len()
     }
 
     /// Whether no officer is indexed.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.slots.is_empty()
+    }
+
+    fn entry(&self, slot: Slot) -> &Entry<T> {
+        self.slab[slot as usize]
+            .as_ref()
+            .expect("an indexed slot holds an entry")
+    }
+
+    fn entry_mut(&mut self, slot: Slot) -> &mut Entry<T> {
+        self.slab[slot as usize]
+            .as_mut()
+            .expect("an indexed slot holds an entry")
     }
 
     /// Where an officer is, if indexed.
     pub fn get(&self, id: &str) -> Option<(LatLon, &T)> {
-        self.entries.get(id).map(|e| (e.pos, &e.data))
+        let e = self.entry(*self.slots.get(id)?);
+        Some((e.pos, &e.data))
     }
 
     /// Every officer with position and payload (snapshot order is unspecified).
     pub fn iter(&self) -> impl Iterator<Item = (&OfficerKey, LatLon, &T)> {
-        self.entries.iter().map(|(k, e)| (k, e.pos, &e.data))
+        self.slab.iter().flatten().map(|e| (&e.id, e.pos, &e.data))
     }
 
     /// Inserts or moves an officer. Returns the previous position, if any.
@@ -159,36 +167,69 @@ impl<T: Clone> OfficerIndex<T> {
     ) -> Result<Option<LatLon>, IndexError> {
         let [x, y] = self.proj.project(pos);
         let planar = Point2::new(x, y);
-        if let Some(e) = self.entries.get_mut(&id) {
-            let old = e.pos;
+        if let Some(&slot) = self.slots.get(&id) {
+            let e = self.entry_mut(slot);
+            let (old, old_planar) = (e.pos, e.planar);
             e.data = data;
-            if e.planar == planar && e.pos == pos {
+            if old_planar == planar && old == pos {
                 return Ok(Some(old));
             }
-            let old_planar = e.planar;
-            self.detach(&id, old_planar);
-            self.attach(id.clone(), pos, planar)?;
-            let e = self.entries.get_mut(&id).expect("entry exists");
+            self.detach(slot, old_planar);
+            if let Err(err) = self.attach(slot, pos, planar) {
+                // Not indexed any more: forget it entirely rather than keep a ghost.
+                self.forget(&id);
+                return Err(err);
+            }
+            let e = self.entry_mut(slot);
             e.pos = pos;
             e.planar = planar;
             self.widen(pos.lat);
             return Ok(Some(old));
         }
-        self.attach(id.clone(), pos, planar)?;
-        self.entries.insert(id, Entry { pos, planar, data });
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = Slot::try_from(self.slab.len())
+                    .map_err(|_| IndexError("too many officers in one region".into()))?;
+                self.slab.push(None);
+                s
+            }
+        };
+        if let Err(err) = self.attach(slot, pos, planar) {
+            self.free.push(slot);
+            return Err(err);
+        }
+        self.slab[slot as usize] = Some(Entry {
+            id: id.clone(),
+            pos,
+            planar,
+            data,
+        });
+        self.slots.insert(id, slot);
         self.widen(pos.lat);
         Ok(None)
     }
 
     /// Removes an officer. Returns where it was.
     pub fn remove(&mut self, id: &str) -> Option<LatLon> {
-        let e = self.entries.remove(id)?;
-        self.detach(id, e.planar);
-        if self.entries.is_empty() {
+        let slot = *self.slots.get(id)?;
+        let planar = self.entry(slot).planar;
+        self.detach(slot, planar);
+        self.forget(id).map(|e| e.pos)
+    }
+
+    /// Drops an officer's entry and frees its slot (its vertex entry is gone already).
+    fn forget(&mut self, id: &str) -> Option<Entry<T>> {
+        let slot = self.slots.remove(id)?;
+        let e = self.slab[slot as usize].take();
+        self.free.push(slot);
+        if self.slots.is_empty() {
             let lat = self.proj_origin_lat();
             self.lat_band = (lat, lat);
+            self.slab = Vec::new();
+            self.free = Vec::new();
         }
-        Some(e.pos)
+        e
     }
 
     fn proj_origin_lat(&self) -> f64 {
@@ -200,17 +241,12 @@ impl<T: Clone> OfficerIndex<T> {
         self.lat_band.1 = self.lat_band.1.max(lat);
     }
 
-    fn attach(
-        &mut self,
-        id: OfficerKey,
-        pos: LatLon,
-        planar: Point2<f64>,
-    ) -> Result<(), IndexError> {
+    fn attach(&mut self, slot: Slot, pos: LatLon, planar: Point2<f64>) -> Result<(), IndexError> {
         // One walk: either the vertex already exists, or the walk's end is the hint that
         // makes the insertion's own walk trivial.
         let hint = match self.tri.locate(planar) {
             PositionInTriangulation::OnVertex(v) => {
-                self.tri.vertex_data_mut(v).officers.push((id, pos));
+                self.tri.vertex_data_mut(v).officers.push((slot, pos));
                 return Ok(());
             }
             PositionInTriangulation::OnFace(f) => Some(self.tri.face(f).vertices()[0].fix()),
@@ -222,7 +258,7 @@ impl<T: Clone> OfficerIndex<T> {
         };
         let vertex = Vertex {
             pos: planar,
-            officers: vec![(id, pos)],
+            officers: smallvec![(slot, pos)],
         };
         match hint {
             Some(h) => self.tri.insert_with_hint(vertex, h),
@@ -232,13 +268,13 @@ impl<T: Clone> OfficerIndex<T> {
         .map_err(|e| IndexError(format!("{e:?}")))
     }
 
-    fn detach(&mut self, id: &str, planar: Point2<f64>) {
+    fn detach(&mut self, slot: Slot, planar: Point2<f64>) {
         let Some(v) = self.tri.locate_vertex(planar).map(|v| v.fix()) else {
             debug_assert!(false, "indexed officer without a vertex");
             return;
         };
         let officers = &mut self.tri.vertex_data_mut(v).officers;
-        officers.retain(|(o, _)| &**o != id);
+        officers.retain(|(o, _)| *o != slot);
         if officers.is_empty() {
             self.tri.remove(v);
         }
@@ -251,10 +287,10 @@ impl<T: Clone> OfficerIndex<T> {
     /// projection's distortion bound `haversine >= lo * planar` over the latitude band says
     /// when no unvisited vertex can still be within the radius or beat the k-th answer.
     pub fn nearest_within(&self, q: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<T>> {
-        if k == 0 || self.entries.is_empty() {
+        if k == 0 || self.slots.is_empty() {
             return Vec::new();
         }
-        if self.entries.len() <= SCAN_BELOW {
+        if self.slots.len() <= SCAN_BELOW {
             return self.scan(q, radius_m, k);
         }
         let [qx, qy] = self.proj.project(q);
@@ -268,7 +304,12 @@ impl<T: Clone> OfficerIndex<T> {
         };
         let planar = |p: Point2<f64>| ((p.x - qp.x).powi(2) + (p.y - qp.y).powi(2)).sqrt();
 
-        let mut best: BinaryHeap<Best<T>> = BinaryHeap::with_capacity(k + 1);
+        // The best so far, nearest first (by distance, ties by id); at most `k`.
+        let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
+        let before = |a: &Candidate, b: &Candidate| match a.0.total_cmp(&b.0) {
+            Ordering::Equal => self.entry(a.1).id < self.entry(b.1).id,
+            o => o == Ordering::Less,
+        };
         // Reuse this thread's scratch space: no allocation per query once warm.
         let (mut seen, mut frontier) = SCRATCH.with(|s| s.take());
         seen.clear();
@@ -281,33 +322,21 @@ impl<T: Clone> OfficerIndex<T> {
             if floor > radius_m {
                 break;
             }
-            if best.len() == k && best.peek().is_some_and(|b| floor > b.0.distance_m) {
+            if best.len() == k && floor > best[k - 1].0 {
                 break;
             }
             let v = self.tri.vertex(vh);
-            for (id, pos) in &v.data().officers {
-                let d = haversine_m(q, *pos);
-                if d > radius_m {
+            for &(slot, pos) in &v.data().officers {
+                let d = haversine_m(q, pos);
+                if d > radius_m || (best.len() == k && d > best[k - 1].0) {
                     continue;
                 }
-                let full = best.len() == k;
-                if full
-                    && best
-                        .peek()
-                        .is_some_and(|b| (d, id) >= (b.0.distance_m, &b.0.id))
-                {
-                    continue;
+                let cand = (d, slot);
+                let at = best.partition_point(|b| before(b, &cand));
+                if at < k {
+                    best.insert(at, cand);
+                    best.truncate(k);
                 }
-                let cand = Best(Nearby {
-                    id: id.clone(),
-                    pos: *pos,
-                    distance_m: d,
-                    data: self.entries[id].data.clone(),
-                });
-                if full {
-                    best.pop();
-                }
-                best.push(cand);
             }
             for edge in v.out_edges() {
                 let n = edge.to();
@@ -317,9 +346,17 @@ impl<T: Clone> OfficerIndex<T> {
             }
         }
         SCRATCH.with(|s| s.set((seen, frontier)));
-        let mut out: Vec<Nearby<T>> = best.into_iter().map(|b| b.0).collect();
-        out.sort_by(nearest_first);
-        out
+        best.iter()
+            .map(|&(d, slot)| {
+                let e = self.entry(slot);
+                Nearby {
+                    id: e.id.clone(),
+                    pos: e.pos,
+                    distance_m: d,
+                    data: e.data.clone(),
+                }
+            })
+            .collect()
     }
 }
 
@@ -327,12 +364,13 @@ impl<T: Clone> OfficerIndex<T> {
     /// The same answer as the walk, by measuring every officer: cheaper for a handful.
     fn scan(&self, q: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<T>> {
         let mut out: Vec<Nearby<T>> = self
-            .entries
+            .slab
             .iter()
-            .filter_map(|(id, e)| {
+            .flatten()
+            .filter_map(|e| {
                 let d = haversine_m(q, e.pos);
                 (d <= radius_m).then(|| Nearby {
-                    id: id.clone(),
+                    id: e.id.clone(),
                     pos: e.pos,
                     distance_m: d,
                     data: e.data.clone(),
