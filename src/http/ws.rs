@@ -243,6 +243,11 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     let mut shutdown = ctx.shutdown_signal();
     let mut shutdown_seen = false;
     let mut actor_gone = false;
+    // Refusals cast since the last command: at the error limit the session will close
+    // with 1008 once it has answered them, so later frames are not forwarded (this also
+    // bounds what a flooding client can queue in the session's mailbox).
+    let mut refused_in_row = 0u32;
+    let max_refused = lim.max_consecutive_errors.max(1);
     // Once the socket is closing it has `grace` to finish: boxed, as most sockets never
     // close this way.
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
@@ -280,7 +285,10 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             // At the error limit (or any other close) the actor closes the socket after
             // the replies it still owes; until then further frames are read, not answered.
-            _ if actor_gone || out.is_closing() => continue,
+            _ if actor_gone || out.is_closing() || refused_in_row >= max_refused => {
+                metrics::counter!("ws_frames_ignored_total").increment(1);
+                continue;
+            }
             Some(Ok(_)) if limiter.check().is_err() => {
                 metrics::counter!("ws_rate_limited_total").increment(1);
                 SessionMsg::Refused(WireError::new("rate_limited", "too many messages", None))
@@ -297,6 +305,11 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
                 Err(e) => SessionMsg::Refused(e),
             },
         };
+        if matches!(msg, SessionMsg::Refused(_)) {
+            refused_in_row += 1;
+        } else {
+            refused_in_row = 0;
+        }
         if actor.cast(msg).is_err() {
             break;
         }
