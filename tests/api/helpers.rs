@@ -373,3 +373,11 @@ impl TestApp {
             .unwrap()
     }
 }
+
+/// The sum of every series of a metric (all label sets) in a Prometheus text body.
+pub fn metric_sum(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
