@@ -1,8 +1,8 @@
-//! The bounded write side of one socket, shared by its reader and its session actor.
+//! The bounded write side of one socket, shared by its socket task and its session actor.
 //!
 //! Frames are serialised once and queued (at most `limits.outbound_queue`); the socket's
-//! task drains the queue between reads (see `http::ws`). A client too slow to drain it is closed with 4008 at once
-//! — the queue never grows. Error frames are counted here: after
+//! task drains the queue between reads (see `http::ws`). A client too slow to drain it is
+//! closed with 4008 at once — the queue never grows. Error frames are counted here: after
 //! `limits.max_consecutive_errors` in a row the socket is closed with 1008.
 
 use std::collections::VecDeque;

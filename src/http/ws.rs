@@ -261,20 +261,20 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
                 tracing::error!(session_id, "session actor ended unexpectedly; closing its socket");
                 actor_gone = true;
                 out.abort(close::INTERNAL, "internal error");
-                deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                arm(&mut deadline, grace);
                 continue;
             }
             _ = shutting_down(&mut shutdown), if !shutdown_seen => {
                 shutdown_seen = true;
                 out.close(close::GOING_AWAY, "server shutting down");
-                deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                arm(&mut deadline, grace);
                 continue;
             }
             _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => break,
             e = std::future::poll_fn(|cx| writer.poll_event(cx, &mut socket)) => match e {
                 Event::WriterDone => break,
                 Event::Closing => {
-                    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+                    arm(&mut deadline, grace);
                     continue;
                 }
                 Event::Frame(f) => f,
@@ -343,6 +343,11 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     // A client that closed first gets the reply tungstenite queued when it read the close.
     let _ = tokio::time::timeout(grace, socket.flush()).await;
     tracing::debug!(session_id, "session closed");
+}
+
+/// Starts the grace period of a closing socket (once: a later close does not extend it).
+fn arm(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>, grace: Duration) {
+    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
 }
 
 /// Resolves once shutdown has begun (at once if it already has).
