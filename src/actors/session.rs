@@ -223,7 +223,9 @@ struct CitizenState {
     last_push: Option<Instant>,
     /// When a watched region first signalled a change not yet answered (push latency).
     changed_at: Option<Instant>,
-    push_pending: bool,
+    /// A `PushTick` is on its way: at most one timer per session, whatever the rate of
+    /// changes and locations.
+    push_armed: bool,
     /// The officers of the last answer: id, position, distance. A push is due when ids or
     /// positions change; requests may ask any of them.
     last: Vec<(OfficerKey, LatLon, f64)>,
@@ -434,7 +436,6 @@ impl SessionState {
             return;
         };
         c.signal.consume();
-        c.push_pending = false;
         let changed_at = c.changed_at.take();
         let started = Instant::now();
         let watch = Watch {
@@ -542,23 +543,39 @@ impl SessionState {
 
     /// Citizen: a watched region changed; push now or at the end of the interval.
     async fn schedule_push(&mut self, myself: &ActorRef<SessionMsg>) {
+        if let RoleState::Citizen(c) = &mut self.role {
+            c.changed_at.get_or_insert_with(Instant::now);
+            if !c.push_armed {
+                self.push_or_arm(myself).await;
+            }
+        }
+    }
+
+    /// Citizen: the push timer fired; push what changed since the last `nearby` sent, if
+    /// that was an interval ago, or wait for the rest of the interval. A reply to a
+    /// location carries every change before it, so a change it covered is not pushed.
+    async fn on_push_tick(&mut self, myself: &ActorRef<SessionMsg>) {
+        if let RoleState::Citizen(c) = &mut self.role {
+            c.push_armed = false;
+            if c.changed_at.is_some() {
+                self.push_or_arm(myself).await;
+            }
+        }
+    }
+
+    /// Citizen: a change is unsent and no timer runs: push now if the last `nearby` went
+    /// out an interval ago, else arm the one timer for the moment it is due.
+    async fn push_or_arm(&mut self, myself: &ActorRef<SessionMsg>) {
         let interval = Duration::from_millis(self.ctx.settings.citizen.push_interval_ms);
         let RoleState::Citizen(c) = &mut self.role else {
             return;
         };
-        c.changed_at.get_or_insert_with(Instant::now);
-        if c.push_pending {
-            return;
-        }
-        let due = c
-            .last_push
-            .map(|t| t + interval)
-            .unwrap_or_else(Instant::now);
         let now = Instant::now();
+        let due = c.last_push.map_or(now, |t| t + interval);
         if due <= now {
             self.refresh(false).await;
         } else {
-            c.push_pending = true;
+            c.push_armed = true;
             myself.send_after(due - now, || SessionMsg::PushTick);
         }
     }
@@ -913,7 +930,7 @@ impl Actor for SessionActor {
                     signal: Arc::new(PushSignal::new(myself.clone())),
                     last_push: None,
                     changed_at: None,
-                    push_pending: false,
+                    push_armed: false,
                     last: Vec::new(),
                     last_radius: cfg.default_radius_m,
                     close_by: HashSet::new(),
@@ -1025,13 +1042,7 @@ impl Actor for SessionActor {
             SessionMsg::RequestTimeout(id) => st.end_pending(&id, "expired", true),
             SessionMsg::CancelRequest(id) => st.end_pending(&id, "cancelled", true),
             SessionMsg::Decided(id, outcome) => st.decided(id, outcome),
-            SessionMsg::PushTick => {
-                if let RoleState::Citizen(c) = &st.role
-                    && c.push_pending
-                {
-                    Box::pin(st.refresh(false)).await;
-                }
-            }
+            SessionMsg::PushTick => Box::pin(st.on_push_tick(&myself)).await,
             SessionMsg::WindowTick {
                 generation,
                 expired,

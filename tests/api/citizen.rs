@@ -155,6 +155,52 @@ async fn pushes_follow_officer_moves_coalesced() {
     app.running.shutdown().await;
 }
 
+/// A citizen that keeps sending locations gets each answered, and the pushes between them
+/// still at most one per interval: a reply does not restart the push timer's count.
+#[tokio::test]
+async fn pushes_stay_coalesced_while_the_citizen_moves() {
+    let app = spawn_app().await; // push interval 200 ms
+    let mut o = app.officer("o1", HERE.0 + 0.002, HERE.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let start = Instant::now();
+    let mover = tokio::spawn(async move {
+        for i in 0..60 {
+            o.send(json!({"type":"location","lat":HERE.0 + 0.0001 * (i % 7) as f64,"lon":HERE.1}))
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        o
+    });
+    let locations = 40;
+    let mut nearby = 0;
+    for i in 0..locations {
+        c.send(json!({"type":"location","lat":HERE.0 - 0.00001 * i as f64,"lon":HERE.1}))
+            .await;
+        let pause = tokio::time::sleep(Duration::from_millis(30));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                f = c.recv() => if f["type"] == "nearby" { nearby += 1 },
+            }
+        }
+    }
+    while let Some(f) = c.try_recv(Duration::from_millis(500)).await {
+        if f["type"] == "nearby" {
+            nearby += 1;
+        }
+    }
+    let _o = mover.await.unwrap();
+    let window = start.elapsed().as_millis() as usize;
+    assert!(nearby >= locations, "every location is answered: {nearby}");
+    let pushes = nearby - locations;
+    assert!(
+        pushes <= window / 200 + 1,
+        "{pushes} pushes besides {locations} replies in {window} ms"
+    );
+    app.running.shutdown().await;
+}
+
 #[tokio::test]
 async fn location_is_answered_at_once_even_without_change() {
     let app = spawn_app_with(|s| s.citizen.push_interval_ms = 5_000).await;
