@@ -107,6 +107,21 @@ pub const CLIENT_TYPES: &[&str] = &[
     "request_connection",
 ];
 
+impl ClientMsg {
+    /// The wire type name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientMsg::Location { .. } => "location",
+            ClientMsg::Ping => "ping",
+            ClientMsg::Available { .. } => "available",
+            ClientMsg::Unavailable => "unavailable",
+            ClientMsg::Respond { .. } => "respond",
+            ClientMsg::Watch { .. } => "watch",
+            ClientMsg::RequestConnection { .. } => "request_connection",
+        }
+    }
+}
+
 /// One officer in a `nearby` frame.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NearbyOfficer {
@@ -122,6 +137,45 @@ pub struct NearbyOfficer {
     pub distance_m: f64,
     /// The officer's region.
     pub zip: String,
+}
+
+/// One officer of a `nearby` frame, borrowed from the region's answer: serialises exactly
+/// as [`NearbyOfficer`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct NearbyOfficerRef<'a> {
+    /// Account id.
+    pub officer_id: &'a str,
+    /// Display name.
+    pub display_name: &'a str,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Haversine distance from the citizen.
+    pub distance_m: f64,
+    /// The officer's region.
+    pub zip: &'a str,
+}
+
+/// A `nearby` frame over borrowed officers: serialises exactly as [`ServerMsg::Nearby`]
+/// without copying a string (the hot path of every citizen's location).
+#[derive(Debug, Clone, Copy)]
+pub struct NearbyRef<'a> {
+    /// Nearest first.
+    pub officers: &'a [NearbyOfficerRef<'a>],
+    /// The search radius.
+    pub radius_m: f64,
+}
+
+impl Serialize for NearbyRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(3))?;
+        m.serialize_entry("type", "nearby")?;
+        m.serialize_entry("officers", self.officers)?;
+        m.serialize_entry("radius_m", &self.radius_m)?;
+        m.end()
+    }
 }
 
 /// The citizen in a `connection_requested` frame.
@@ -391,42 +445,16 @@ pub fn decode(text: &str, role: Role, lim: &DecodeLimits) -> Result<Command, Wir
             None,
         ));
     }
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| WireError::new("invalid_json", format!("invalid JSON: {e}"), None))?;
-    let Some(obj) = value.as_object() else {
-        return Err(WireError::new(
-            "invalid_message",
-            "a frame is a JSON object",
-            None,
-        ));
-    };
-    let ty = match obj.get("type") {
-        Some(serde_json::Value::String(t)) => t.clone(),
-        Some(_) => {
-            return Err(WireError::new(
-                "invalid_message",
-                "`type` must be a string",
-                None,
-            ));
+    // A well-formed frame deserialises straight from the text; any other is read again as
+    // a tree, to say precisely what is wrong with it.
+    let (msg, ty) = match serde_json::from_str::<ClientMsg>(text) {
+        Ok(msg) => {
+            let ty = msg.type_name();
+            (msg, ty)
         }
-        None => {
-            return Err(WireError::new(
-                "invalid_message",
-                "missing field `type`",
-                None,
-            ));
-        }
+        Err(_) => decode_slow(text)?,
     };
-    if !CLIENT_TYPES.contains(&ty.as_str()) {
-        return Err(WireError::new(
-            "unknown_type",
-            format!("unknown message type `{ty}`"),
-            Some(&ty),
-        ));
-    }
-    let r = Some(ty.as_str());
-    let msg: ClientMsg = serde_json::from_value(value)
-        .map_err(|e| WireError::new("invalid_message", e.to_string(), r))?;
+    let r = Some(ty);
     let cmd = match msg {
         ClientMsg::Location { lat, lon, .. } => {
             Command::Location(LatLon::new(lat, lon).ok_or_else(|| {
@@ -504,6 +532,46 @@ pub fn decode(text: &str, role: Role, lim: &DecodeLimits) -> Result<Command, Wir
     Ok(cmd)
 }
 
+/// A frame that did not deserialise as a [`ClientMsg`]: which rule it breaks.
+fn decode_slow(text: &str) -> Result<(ClientMsg, &'static str), WireError> {
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| WireError::new("invalid_json", format!("invalid JSON: {e}"), None))?;
+    let Some(obj) = value.as_object() else {
+        return Err(WireError::new(
+            "invalid_message",
+            "a frame is a JSON object",
+            None,
+        ));
+    };
+    let ty = match obj.get("type") {
+        Some(serde_json::Value::String(t)) => t.clone(),
+        Some(_) => {
+            return Err(WireError::new(
+                "invalid_message",
+                "`type` must be a string",
+                None,
+            ));
+        }
+        None => {
+            return Err(WireError::new(
+                "invalid_message",
+                "missing field `type`",
+                None,
+            ));
+        }
+    };
+    let Some(ty) = CLIENT_TYPES.iter().copied().find(|t| *t == ty) else {
+        return Err(WireError::new(
+            "unknown_type",
+            format!("unknown message type `{ty}`"),
+            Some(&ty),
+        ));
+    };
+    let msg: ClientMsg = serde_json::from_value(value)
+        .map_err(|e| WireError::new("invalid_message", e.to_string(), Some(ty)))?;
+    Ok((msg, ty))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,6 +625,74 @@ mod tests {
                 limit: Some(3)
             }
         );
+    }
+
+    #[test]
+    fn fast_and_tree_decoding_agree() {
+        for text in [
+            r#"{"type":"location","lat":40.7,"lon":-73.9,"speed_mps":1.2,"extra":[1,{"a":2}]}"#,
+            r#"{"lon":-73.9,"lat":40.7,"type":"location"}"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"respond","request_id":"r\u00e9","accept":false}"#,
+            r#"{"type":"watch"}"#,
+            r#"{"type":"request_connection","officer_id":"o1","mode":"virtual"}"#,
+        ] {
+            let fast: ClientMsg = serde_json::from_str(text).unwrap();
+            let (slow, ty) = decode_slow(text).unwrap();
+            assert_eq!(fast, slow, "{text}");
+            assert_eq!(fast.type_name(), ty);
+        }
+        // A refusal after the fast path still names the frame's type.
+        let e = decode(
+            r#"{"type":"location","lat":91,"lon":2}"#,
+            Role::Citizen,
+            &lim(),
+        );
+        assert_eq!(e.unwrap_err().reference.as_deref(), Some("location"));
+    }
+
+    #[test]
+    fn nearby_ref_serialises_as_the_owned_frame() {
+        let owned = |o: &NearbyOfficerRef<'_>| NearbyOfficer {
+            officer_id: o.officer_id.into(),
+            display_name: o.display_name.into(),
+            lat: o.lat,
+            lon: o.lon,
+            distance_m: o.distance_m,
+            zip: o.zip.into(),
+        };
+        let officers = [
+            NearbyOfficerRef {
+                officer_id: "o1",
+                display_name: "Officer \"Ray\" Núñez \\ 警",
+                lat: 40.75,
+                lon: -73.99,
+                distance_m: 12.345678,
+                zip: "10001",
+            },
+            NearbyOfficerRef {
+                officer_id: "o2",
+                display_name: "",
+                lat: -0.5,
+                lon: 1e-7,
+                distance_m: 1999.9999999,
+                zip: "00501",
+            },
+        ];
+        for n in [0, 1, 2] {
+            let borrowed = NearbyRef {
+                officers: &officers[..n],
+                radius_m: 2000.0,
+            };
+            let msg = ServerMsg::Nearby {
+                officers: officers[..n].iter().map(owned).collect(),
+                radius_m: 2000.0,
+            };
+            assert_eq!(
+                serde_json::to_string(&borrowed).unwrap(),
+                serde_json::to_string(&msg).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,11 @@ use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId, haversine_m};
 use crate::http::auth::Ticket;
-use crate::protocol::{CitizenRef, Command, Mode, NearbyOfficer, Role, ServerMsg, WireError};
+use smallvec::SmallVec;
+
+use crate::protocol::{
+    CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, Role, ServerMsg, WireError,
+};
 use crate::store::NewConnection;
 
 /// Most officers announced by `officer_nearby` from one answer.
@@ -480,21 +484,22 @@ impl SessionState {
                 .zip(&c.last)
                 .any(|(n, (id, pos, _))| n.id != *id || n.pos != *pos);
         if reply || changed {
-            let officers: Vec<NearbyOfficer> = merged
+            let officers: SmallVec<[NearbyOfficerRef<'_>; 8]> = merged
                 .iter()
-                .map(|n| NearbyOfficer {
-                    officer_id: n.id.to_string(),
-                    display_name: n.data.display_name.to_string(),
+                .map(|n| NearbyOfficerRef {
+                    officer_id: &n.id,
+                    display_name: &n.data.display_name,
                     lat: n.pos.lat,
                     lon: n.pos.lon,
                     distance_m: n.distance_m,
-                    zip: self.ctx.zips.get(n.data.zip).code.to_string(),
+                    zip: &zips.get(n.data.zip).code,
                 })
                 .collect();
-            self.out.send(&ServerMsg::Nearby {
-                officers,
+            let frame = NearbyRef {
+                officers: &officers,
                 radius_m: c.radius_m,
-            });
+            };
+            self.out.send_as("nearby", &frame);
             c.last_radius = c.radius_m;
             c.last_push = Some(Instant::now());
             if let (false, Some(t)) = (reply, changed_at) {
