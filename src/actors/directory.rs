@@ -25,7 +25,7 @@ use super::region::{
 };
 use super::session::SessionMsg;
 use crate::context::Sessions;
-use crate::geo::index::{OfficerKey, merge_nearest};
+use crate::geo::index::{OfficerKey, merge_into};
 use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
 
 /// Errors reaching a region.
@@ -184,18 +184,17 @@ impl Regions {
         .await
     }
 
-    /// The `k` nearest officers within `radius_m` of `at` over every region, exactly, in
-    /// two steps: the own region's `k`-th nearest (if it has `k` within the radius) bounds
-    /// the answer, so only the regions touching that smaller circle are asked next — in a
-    /// dense city a handful instead of the dozens a 2 km circle touches.
+    /// The `k` nearest officers within `radius_m` of `at` over every region, exactly. The
+    /// regions the circle touches are read nearest first, and once `k` officers are found
+    /// the circle shrinks to the `k`-th (`ZipTable::walk_touching`): in a city only the
+    /// regions near the answer are read, not the dozens a 2 km circle touches.
     ///
     /// With `watch` (the watcher and the regions it watches already), the watcher's circle
-    /// becomes that smaller one — a change outside it cannot change the answer (an officer
-    /// of the answer that leaves is inside it, and signals its departure) — and regions
-    /// asked that it did not watch yet are told to, with the version read. The circle is
-    /// set before each read (see [`PushSignal`](super::session::PushSignal)): first the
-    /// whole radius, then the smaller circle once the own region has bounded it.
-    /// Returns the answer, the regions asked (the set to watch) and the circle's radius.
+    /// is the whole radius while the regions are read and the shrunk one after — a change
+    /// outside that cannot change the answer (an officer of the answer that leaves is inside
+    /// it, and signals its departure; see [`PushSignal`](super::session::PushSignal)) — and
+    /// regions read that it did not watch yet are told to, with the version read.
+    /// Returns the answer, the regions read (the set to watch) and the last radius.
     pub async fn nearby(
         &self,
         at: LatLon,
@@ -209,50 +208,37 @@ impl Regions {
             w.signal.set_circle(at, radius_m);
         }
         // Regions that need no watch registered (none asked, or watched already) are only
-        // peeked at; the others are read with their version and told to watch.
+        // peeked at; the others are read with their version and told to watch below.
         let needs_watch = |z: ZipId| watch.is_some_and(|(_, watched)| !watched.contains(&z));
-        let register = |z: ZipId, version: u64, region: &ActorRef<RegionMsg>| match watch {
-            Some((w, _)) => region
-                .cast(RegionMsg::Watch(w.clone(), version))
-                .map_err(|_| RegionError::Unavailable(self.code(z))),
-            None => Ok(()),
-        };
-        let mut pending = None;
-        let first = if needs_watch(own) {
-            let (found, version, region) = self.read(own, at, radius_m, k).await?;
-            pending = Some((version, region));
-            found
-        } else {
-            self.peek(own, at, radius_m, k)
-        };
-        let reach = if k > 0 && first.len() >= k {
-            first
-                .iter()
-                .map(|n| n.distance_m)
-                .fold(0.0, f64::max)
-                .min(radius_m)
-        } else {
-            radius_m
-        };
+        let mut best = Vec::new();
+        let mut touching = Vec::new();
+        let mut to_watch = Vec::new();
+        let reach = self.zips.walk_touching(at, own, d0, radius_m, |z, r| {
+            touching.push(z);
+            let found = if needs_watch(z) {
+                let (found, version) = self.read(z, at, r, k);
+                to_watch.push((z, version));
+                found
+            } else {
+                self.peek(z, at, r, k)
+            };
+            merge_into(&mut best, found, k);
+            if k > 0 && best.len() >= k {
+                best[k - 1].distance_m.min(r)
+            } else {
+                r
+            }
+        });
         if let Some((w, _)) = watch {
             w.signal.set_circle(at, reach);
-        }
-        if let Some((version, region)) = pending {
-            register(own, version, &region)?;
-        }
-        let touching = self.zips.regions_touching(at, own, d0, reach);
-        let mut parts = Vec::with_capacity(touching.len());
-        for &z in touching.iter().filter(|&&z| z != own) {
-            if needs_watch(z) {
-                let (found, version, region) = self.read(z, at, reach, k).await?;
-                register(z, version, &region)?;
-                parts.push(found);
-            } else {
-                parts.push(self.peek(z, at, reach, k));
+            for (z, version) in to_watch {
+                let region = self.ensure(z).await?;
+                region
+                    .cast(RegionMsg::Watch(w.clone(), version))
+                    .map_err(|_| RegionError::Unavailable(self.code(z)))?;
             }
         }
-        parts.push(first);
-        Ok((merge_nearest(parts, k), touching, reach))
+        Ok((best, touching, reach))
     }
 
     /// The answer of `zip`'s index without a lock when it holds nobody, and without
@@ -266,21 +252,22 @@ impl Regions {
         }
     }
 
-    /// Reads `zip`'s index directly (spawning the region on first use): the answer, the
-    /// index version it was read at, and the region actor.
-    async fn read(
+    /// Reads `zip`'s index directly: the answer and the index version it was read at. A
+    /// region never spawned holds nobody at version 0 (where its index starts).
+    fn read(
         &self,
         zip: ZipId,
         at: LatLon,
         radius_m: f64,
         k: usize,
-    ) -> Result<(Vec<Nearby<OfficerData>>, u64, ActorRef<RegionMsg>), RegionError> {
-        let region = self.ensure(zip).await?;
-        let shared = self.slots.indexes[zip as usize]
-            .get()
-            .ok_or_else(|| RegionError::Unavailable(self.code(zip)))?;
-        let g = shared.read();
-        Ok((g.index.nearest_within(at, radius_m, k), g.version, region))
+    ) -> (Vec<Nearby<OfficerData>>, u64) {
+        match self.slots.indexes[zip as usize].get() {
+            Some(shared) => {
+                let g = shared.read();
+                (g.index.nearest_within(at, radius_m, k), g.version)
+            }
+            None => (Vec::new(), 0),
+        }
     }
 
     /// One officer's entry in `zip`, if indexed there.

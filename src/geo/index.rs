@@ -399,6 +399,16 @@ pub fn merge_nearest<T>(
     all
 }
 
+/// Merges one region's answer into `best`, the `k` nearest so far, nearest first.
+pub fn merge_into<T>(best: &mut Vec<Nearby<T>>, found: Vec<Nearby<T>>, k: usize) {
+    if found.is_empty() {
+        return;
+    }
+    best.extend(found);
+    best.sort_by(nearest_first);
+    best.truncate(k);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -303,49 +303,92 @@ impl ZipTable {
     ///   `c_m` (for `c_own` and each Delaunay neighbour `m` of `z`), so the search cap must
     ///   reach every one of those hemispheres.
     pub fn regions_touching(&self, q: LatLon, own: ZipId, d0: f64, radius_m: f64) -> Vec<ZipId> {
-        let u = q.unit();
-        let reach = 2.0 * radius_m + d0;
-        let min_dot = (reach / EARTH_RADIUS_M).min(std::f64::consts::PI).cos();
-        let theta = (radius_m / EARTH_RADIUS_M).min(std::f64::consts::FRAC_PI_2);
-        let sin_theta = theta.sin() + 1e-12;
-        let sin2 = sin_theta * sin_theta;
-        // Whether the cap reaches the hemisphere of points nearer `z` than `m`:
-        // `u·n / |n| >= -sin θ` with `n = c_z - c_m`, squared so that no root is taken.
-        let reaches = |z: ZipId, m: ZipId| {
-            let (cz, cm) = (self.zips[z as usize].unit, self.zips[m as usize].unit);
-            let n = [cz[0] - cm[0], cz[1] - cm[1], cz[2] - cm[2]];
-            let un = dot(u, n);
-            un >= 0.0 || un * un <= sin2 * dot(n, n)
-        };
+        let mut out = Vec::new();
+        self.walk_touching(q, own, d0, radius_m, |z, r| {
+            out.push(z);
+            r
+        });
+        out
+    }
 
+    /// [`ZipTable::regions_touching`] for a circle that shrinks as it is searched: `visit`
+    /// gets each region (`own` first, then by nearness of centroid) with the radius so far
+    /// and returns the radius from then on (never larger). Every region touching the last
+    /// circle is visited — the walk pops centroids in one distance order whatever the radius,
+    /// and both tests only pass more often for a larger one — plus some the circle left.
+    /// Returns the last radius.
+    pub fn walk_touching(
+        &self,
+        q: LatLon,
+        own: ZipId,
+        d0: f64,
+        radius_m: f64,
+        mut visit: impl FnMut(ZipId, f64) -> f64,
+    ) -> f64 {
+        let u = q.unit();
         VISITED.with_borrow_mut(|seen| {
             seen.begin(self.zips.len());
             seen.insert(own);
-            let mut out = vec![own];
+            let mut r = visit(own, radius_m).min(radius_m);
             let mut heap = BinaryHeap::new();
             for n in self.neighbours(own) {
                 if seen.insert(n) {
                     heap.push(ByNearness(dot(u, self.zips[n as usize].unit), n));
                 }
             }
+            let mut cap = Cap::new(r, d0);
             // Best-first in exact distance order: stop at the first centroid beyond `reach`.
             while let Some(ByNearness(d, z)) = heap.pop() {
-                if d < min_dot - 1e-12 {
+                if d < cap.min_dot - 1e-12 {
                     break;
                 }
-                let mut inside = reaches(z, own);
+                let mut inside =
+                    cap.reaches(u, self.zips[z as usize].unit, self.zips[own as usize].unit);
                 for m in self.neighbours(z) {
-                    inside = inside && reaches(z, m);
+                    inside = inside
+                        && cap.reaches(u, self.zips[z as usize].unit, self.zips[m as usize].unit);
                     if seen.insert(m) {
                         heap.push(ByNearness(dot(u, self.zips[m as usize].unit), m));
                     }
                 }
                 if inside {
-                    out.push(z);
+                    let next = visit(z, r);
+                    if next < r {
+                        r = next;
+                        cap = Cap::new(r, d0);
+                    }
                 }
             }
-            out
+            r
         })
+    }
+}
+
+/// The pruning tests of [`ZipTable::regions_touching`] for one radius.
+struct Cap {
+    /// Cosine of the farthest a centroid can be: `2r + d0`.
+    min_dot: f64,
+    /// `sin² θ` of the circle's angular radius θ (padded).
+    sin2: f64,
+}
+
+impl Cap {
+    fn new(radius_m: f64, d0: f64) -> Self {
+        let reach = 2.0 * radius_m + d0;
+        let theta = (radius_m / EARTH_RADIUS_M).min(std::f64::consts::FRAC_PI_2);
+        let sin_theta = theta.sin() + 1e-12;
+        Self {
+            min_dot: (reach / EARTH_RADIUS_M).min(std::f64::consts::PI).cos(),
+            sin2: sin_theta * sin_theta,
+        }
+    }
+
+    /// Whether the cap around `u` reaches the hemisphere of points nearer `cz` than `cm`:
+    /// `u·n / |n| >= -sin θ` with `n = cz - cm`, squared so that no root is taken.
+    fn reaches(&self, u: [f64; 3], cz: [f64; 3], cm: [f64; 3]) -> bool {
+        let n = [cz[0] - cm[0], cz[1] - cm[1], cz[2] - cm[2]];
+        let un = dot(u, n);
+        un >= 0.0 || un * un <= self.sin2 * dot(n, n)
     }
 }
 
@@ -440,33 +483,57 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(200))]
 
-        /// Position → zip equals the brute-force nearest centroid.
-        #[test]
-        fn nearest_matches_brute_force(p in near_zip()) {
-            let t = table();
-            let (got, gd) = t.nearest(p);
-            let (want, wd) = brute_nearest(t, p);
-            prop_assert!(got == want || (gd - wd).abs() < 1e-6, "got {got} {gd} want {want} {wd}");
-        }
+    /// Position → zip equals the brute-force nearest centroid.
+    #[test]
+    fn nearest_matches_brute_force(p in near_zip()) {
+        let t = table();
+        let (got, gd) = t.nearest(p);
+        let (want, wd) = brute_nearest(t, p);
+        prop_assert!(got == want || (gd - wd).abs() < 1e-6, "got {got} {gd} want {want} {wd}");
+    }
 
-        /// Every zip that owns some point of the search circle is in `regions_touching`.
-        #[test]
-        fn touching_regions_cover_the_circle(
-            q in near_zip(), r in 50.0f64..10_000.0,
-            samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
-        ) {
-            let t = table();
-            let (own, d0) = t.nearest(q);
-            let got: HashSet<ZipId> = t.regions_touching(q, own, d0, r).into_iter().collect();
-            for (f, bearing) in samples {
-                let p = destination(q, r * f.sqrt(), bearing);
-                let (z, _) = t.nearest(p);
-                prop_assert!(got.contains(&z), "point {p:?} in zip {} not covered", t.get(z).code);
-            }
+    /// Every zip that owns some point of the search circle is in `regions_touching`.
+    #[test]
+    fn touching_regions_cover_the_circle(
+        q in near_zip(), r in 50.0f64..10_000.0,
+        samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
+    ) {
+        let t = table();
+        let (own, d0) = t.nearest(q);
+        let got: HashSet<ZipId> = t.regions_touching(q, own, d0, r).into_iter().collect();
+        for (f, bearing) in samples {
+            let p = destination(q, r * f.sqrt(), bearing);
+            let (z, _) = t.nearest(p);
+            prop_assert!(got.contains(&z), "point {p:?} in zip {} not covered", t.get(z).code);
         }
     }
+
+
+    /// A circle that shrinks while it is walked (as a nearby search does once it has
+    /// `k` officers): every zip owning a point of the last circle was visited.
+    #[test]
+    fn shrinking_walk_covers_the_last_circle(
+        q in near_zip(), r in 50.0f64..10_000.0,
+        cuts in prop::collection::vec(0.2f64..1.0, 0..8),
+        samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
+    ) {
+        let t = table();
+        let (own, d0) = t.nearest(q);
+        let mut got = HashSet::new();
+        let mut cuts = cuts.into_iter();
+        let last = t.walk_touching(q, own, d0, r, |z, r| {
+            got.insert(z);
+            cuts.next().map_or(r, |f| r * f)
+        });
+        prop_assert!(last <= r);
+        for (f, bearing) in samples {
+            let p = destination(q, last * f.sqrt(), bearing);
+            let (z, _) = t.nearest(p);
+            prop_assert!(got.contains(&z), "point {p:?} in zip {} not visited", t.get(z).code);
+        }
+    }    }
 
     /// The point `dist` metres from `p` along `bearing` (radians).
     pub(crate) fn destination(p: LatLon, dist: f64, bearing: f64) -> LatLon {
