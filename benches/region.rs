@@ -156,26 +156,33 @@ fn touching(c: &mut Criterion) {
 fn through_actors(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let zips = Arc::new(ZipTable::embedded());
-    let mut g = c.benchmark_group("actor_nearby_k5_r2km");
-    for n in [1_000, 100_000] {
-        let regions = rt.block_on(async {
-            let (regions, _) =
-                Regions::start(zips.clone(), Default::default(), Duration::from_secs(5))
-                    .await
-                    .unwrap();
-            let mut rng = Rng(n as u64 + 1);
-            for i in 0..n {
-                let p = rng.point();
-                let (z, _) = zips.nearest(p);
+    let sizes = [1_000, 100_000];
+    let all: Vec<Regions> = sizes
+        .iter()
+        .map(|&n| {
+            rt.block_on(async {
+                let (regions, _) =
+                    Regions::start(zips.clone(), Default::default(), Duration::from_secs(5))
+                        .await
+                        .unwrap();
+                let mut rng = Rng(n as u64 + 1);
+                for i in 0..n {
+                    let p = rng.point();
+                    let (z, _) = zips.nearest(p);
+                    regions
+                        .upsert(z, format!("officer-{i}").into(), p, data())
+                        .await
+                        .unwrap();
+                }
                 regions
-                    .upsert(z, format!("officer-{i}").into(), p, data())
-                    .await
-                    .unwrap();
-            }
-            regions
-        });
+            })
+        })
+        .collect();
+    // One call per touched region through its mailbox, joined.
+    let mut g = c.benchmark_group("actor_nearby_k5_r2km");
+    for (n, regions) in sizes.iter().zip(&all) {
         let mut rng = Rng(5);
-        g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::from_parameter(n), n, |b, _| {
             b.to_async(&rt).iter(|| {
                 let q = rng.point();
                 let regions = regions.clone();
@@ -191,9 +198,26 @@ fn through_actors(c: &mut Criterion) {
                 }
             })
         });
-        regions.stop();
     }
     g.finish();
+    // What a citizen's location runs: `Regions::nearby`, reading the indexes nearest
+    // region first while the circle shrinks to the 5th officer.
+    let mut g = c.benchmark_group("regions_nearby_k5_r2km");
+    for (n, regions) in sizes.iter().zip(&all) {
+        let mut rng = Rng(5);
+        g.bench_with_input(BenchmarkId::from_parameter(n), n, |b, _| {
+            b.to_async(&rt).iter(|| {
+                let q = rng.point();
+                let (own, d0) = zips.nearest(q);
+                let regions = regions.clone();
+                async move { black_box(regions.nearby(q, own, d0, 2_000.0, 5, None).await) }
+            })
+        });
+    }
+    g.finish();
+    for regions in all {
+        regions.stop();
+    }
 }
 
 criterion_group! {
