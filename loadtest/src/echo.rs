@@ -1,6 +1,7 @@
 //! The ceiling: a bare WebSocket echo endpoint with the server's socket settings (axum,
-//! the same tungstenite read buffer, no write buffering, TCP_NODELAY), so the load on it
-//! costs everything the server's sockets cost except the server's own work.
+//! the same tungstenite read buffer, no write buffering, TCP_NODELAY) and the server's
+//! runtime (its own default multi-thread tokio runtime, not the load generator's), so the
+//! load on it costs everything the server's sockets cost except the server's own work.
 
 use std::net::SocketAddr;
 
@@ -10,8 +11,10 @@ use axum::extract::ws::Message;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 
-/// Starts the echo endpoint on 127.0.0.1:0; returns its `ws://` URL.
-pub async fn start() -> anyhow::Result<String> {
+/// Starts the echo endpoint on 127.0.0.1:0 in a runtime of its own, built as the server
+/// builds its (`Runtime::new`: one worker per core), on a thread that lives as long as the
+/// process; returns its `ws://` URL.
+pub fn start() -> anyhow::Result<String> {
     let settings = heyblue::config::Settings::defaults();
     let (read_buffer, max_message) = (
         settings.limits.ws_read_buffer_bytes,
@@ -34,11 +37,24 @@ pub async fn start() -> anyhow::Result<String> {
                 })
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr: SocketAddr = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    std_listener.set_nonblocking(true)?;
+    let addr: SocketAddr = std_listener.local_addr()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    std::thread::Builder::new()
+        .name("echo".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(std_listener) {
+                    Ok(l) => l.tap_io(|tcp| {
+                        let _ = tcp.set_nodelay(true);
+                    }),
+                    Err(e) => return eprintln!("echo endpoint: {e}"),
+                };
+                if let Err(e) = axum::serve(listener, app).await {
+                    eprintln!("echo endpoint: {e}");
+                }
+            })
+        })?;
     Ok(format!("ws://{addr}/echo"))
 }

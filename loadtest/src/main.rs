@@ -269,7 +269,7 @@ async fn main() -> anyhow::Result<()> {
     if args.officers + args.citizens > 0 {
         let target = match args.against.as_deref() {
             None => scenario::Target::Server(args.target.clone()),
-            Some("echo") => scenario::Target::Echo(echo::start().await?),
+            Some("echo") => scenario::Target::Echo(echo::start()?),
             Some(other) => bail!("--against {other}: only echo is built in"),
         };
         let cfg = scenario::Config {
