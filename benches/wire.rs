@@ -14,16 +14,6 @@ use heyblue::protocol::{
 
 const LOCATION: &str = r#"{"type":"location","lat":40.75061234567,"lon":-73.99721234567}"#;
 
-fn limits() -> DecodeLimits {
-    DecodeLimits {
-        max_frame_bytes: 4096,
-        max_window_s: 900,
-        min_radius_m: 50.0,
-        max_radius_m: 10_000.0,
-        max_limit: 20,
-    }
-}
-
 /// One officer as a region answer holds it: id, name, distance, zip (shared strings).
 type Officer = (Arc<str>, Arc<str>, f64, Arc<str>);
 
@@ -42,7 +32,7 @@ fn answer() -> Vec<Officer> {
 }
 
 fn wire(c: &mut Criterion) {
-    let lim = limits();
+    let lim = DecodeLimits::from_settings(&heyblue::config::Settings::defaults());
     c.bench_function("decode_location", |b| {
         b.iter(|| decode(black_box(LOCATION), Role::Citizen, &lim).unwrap())
     });

@@ -233,13 +233,7 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     let per_s = NonZeroU32::new(lim.messages_per_s.max(1)).expect("max(1) is non-zero");
     let burst = NonZeroU32::new(lim.messages_burst.max(1)).expect("max(1) is non-zero");
     let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
-    let dl = DecodeLimits {
-        max_frame_bytes: lim.max_frame_bytes,
-        max_window_s: ctx.settings.officer.max_window_s,
-        min_radius_m: ctx.settings.citizen.min_radius_m,
-        max_radius_m: ctx.settings.citizen.max_radius_m,
-        max_limit: ctx.settings.citizen.max_limit,
-    };
+    let dl = DecodeLimits::from_settings(&ctx.settings);
     let mut shutdown = ctx.shutdown_signal();
     let mut shutdown_seen = false;
     let mut actor_gone = false;

@@ -38,6 +38,26 @@ fn ids(n: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Moves officer `o` `n` times, `every` apart, north of `HERE` by `step` degrees times
+/// `i % cycle`; gives the officer's client back when done.
+fn keep_moving(
+    mut o: Client,
+    n: usize,
+    (step, cycle): (f64, usize),
+    every: Duration,
+) -> tokio::task::JoinHandle<Client> {
+    tokio::spawn(async move {
+        for i in 0..n {
+            o.send(
+                json!({"type":"location","lat":HERE.0 + step * (i % cycle) as f64,"lon":HERE.1}),
+            )
+            .await;
+            tokio::time::sleep(every).await;
+        }
+        o
+    })
+}
+
 #[tokio::test]
 async fn nearby_across_zip_borders_equals_brute_force() {
     let app = spawn_app().await;
@@ -118,14 +138,7 @@ async fn pushes_follow_officer_moves_coalesced() {
     // Many moves in a burst: pushes are coalesced to at most one per interval.
     tokio::time::sleep(Duration::from_millis(250)).await;
     let start = Instant::now();
-    let mover = tokio::spawn(async move {
-        for i in 0..15 {
-            o.send(json!({"type":"location","lat":HERE.0 + 0.001 * (i % 5) as f64,"lon":HERE.1}))
-                .await;
-            tokio::time::sleep(Duration::from_millis(40)).await;
-        }
-        o
-    });
+    let mover = keep_moving(o, 15, (0.001, 5), Duration::from_millis(40));
     let mut pushes = Vec::new();
     while let Some(f) = c.try_recv(Duration::from_millis(500)).await {
         if f["type"] == "nearby" {
@@ -160,17 +173,10 @@ async fn pushes_follow_officer_moves_coalesced() {
 #[tokio::test]
 async fn pushes_stay_coalesced_while_the_citizen_moves() {
     let app = spawn_app().await; // push interval 200 ms
-    let mut o = app.officer("o1", HERE.0 + 0.002, HERE.1).await;
+    let o = app.officer("o1", HERE.0 + 0.002, HERE.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
     let start = Instant::now();
-    let mover = tokio::spawn(async move {
-        for i in 0..60 {
-            o.send(json!({"type":"location","lat":HERE.0 + 0.0001 * (i % 7) as f64,"lon":HERE.1}))
-                .await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        o
-    });
+    let mover = keep_moving(o, 60, (0.0001, 7), Duration::from_millis(20));
     let locations = 40;
     let mut nearby = 0;
     for i in 0..locations {
