@@ -20,6 +20,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::future::join_all;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use smallvec::SmallVec;
 use tokio::task::JoinHandle;
 
 use super::directory::RegionError;
@@ -30,8 +31,6 @@ use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId, haversine_m};
 use crate::http::auth::Ticket;
-use smallvec::SmallVec;
-
 use crate::protocol::{
     CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, Role, ServerMsg, WireError,
 };
