@@ -99,17 +99,17 @@ impl Outbox {
 
     /// Queues a frame. Returns false if the socket is closing or was just closed as slow.
     pub fn send(&self, msg: &ServerMsg) -> bool {
-        self.send_as(msg.kind(), msg)
+        self.send_as(msg.kind(), msg, 128)
     }
 
     /// Queues `msg`, a frame of wire type `kind` in another form than [`ServerMsg`] (a
-    /// borrowed one); as [`Outbox::send`].
-    pub fn send_as(&self, kind: &'static str, msg: &impl Serialize) -> bool {
+    /// borrowed one), written into a buffer of `size_hint` bytes (it grows if needed, and
+    /// is held until the frame is written); as [`Outbox::send`].
+    pub fn send_as(&self, kind: &'static str, msg: &impl Serialize, size_hint: usize) -> bool {
         if self.is_closing() {
             return false;
         }
-        // Sized for a `nearby` of five officers, the most frequent frame: no regrowth.
-        let mut text = Vec::with_capacity(1024);
+        let mut text = Vec::with_capacity(size_hint);
         if let Err(e) = serde_json::to_writer(&mut text, msg) {
             tracing::error!("cannot serialise a server frame: {e}");
             return false;

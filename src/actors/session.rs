@@ -498,7 +498,9 @@ impl SessionState {
                 officers: &officers,
                 radius_m: c.radius_m,
             };
-            self.out.send_as("nearby", &frame);
+            // About 150 bytes per officer: one buffer, no regrowth.
+            self.out
+                .send_as("nearby", &frame, 64 + 160 * officers.len());
             c.last_radius = c.radius_m;
             c.last_push = Some(Instant::now());
             if let (false, Some(t)) = (reply, changed_at) {
