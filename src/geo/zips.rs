@@ -342,11 +342,10 @@ impl ZipTable {
                 if d < cap.min_dot - 1e-12 {
                     break;
                 }
-                let mut inside =
-                    cap.reaches(u, self.zips[z as usize].unit, self.zips[own as usize].unit);
+                let cz = self.zips[z as usize].unit;
+                let mut inside = cap.reaches(u, cz, self.zips[own as usize].unit);
                 for m in self.neighbours(z) {
-                    inside = inside
-                        && cap.reaches(u, self.zips[z as usize].unit, self.zips[m as usize].unit);
+                    inside = inside && cap.reaches(u, cz, self.zips[m as usize].unit);
                     if seen.insert(m) {
                         heap.push(ByNearness(dot(u, self.zips[m as usize].unit), m));
                     }
@@ -483,57 +482,57 @@ mod tests {
     }
 
     proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+        #![proptest_config(ProptestConfig::with_cases(200))]
 
-    /// Position → zip equals the brute-force nearest centroid.
-    #[test]
-    fn nearest_matches_brute_force(p in near_zip()) {
-        let t = table();
-        let (got, gd) = t.nearest(p);
-        let (want, wd) = brute_nearest(t, p);
-        prop_assert!(got == want || (gd - wd).abs() < 1e-6, "got {got} {gd} want {want} {wd}");
-    }
+        /// Position → zip equals the brute-force nearest centroid.
+        #[test]
+        fn nearest_matches_brute_force(p in near_zip()) {
+            let t = table();
+            let (got, gd) = t.nearest(p);
+            let (want, wd) = brute_nearest(t, p);
+            prop_assert!(got == want || (gd - wd).abs() < 1e-6, "got {got} {gd} want {want} {wd}");
+        }
 
-    /// Every zip that owns some point of the search circle is in `regions_touching`.
-    #[test]
-    fn touching_regions_cover_the_circle(
-        q in near_zip(), r in 50.0f64..10_000.0,
-        samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
-    ) {
-        let t = table();
-        let (own, d0) = t.nearest(q);
-        let got: HashSet<ZipId> = t.regions_touching(q, own, d0, r).into_iter().collect();
-        for (f, bearing) in samples {
-            let p = destination(q, r * f.sqrt(), bearing);
-            let (z, _) = t.nearest(p);
-            prop_assert!(got.contains(&z), "point {p:?} in zip {} not covered", t.get(z).code);
+        /// Every zip that owns some point of the search circle is in `regions_touching`.
+        #[test]
+        fn touching_regions_cover_the_circle(
+            q in near_zip(), r in 50.0f64..10_000.0,
+            samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
+        ) {
+            let t = table();
+            let (own, d0) = t.nearest(q);
+            let got: HashSet<ZipId> = t.regions_touching(q, own, d0, r).into_iter().collect();
+            for (f, bearing) in samples {
+                let p = destination(q, r * f.sqrt(), bearing);
+                let (z, _) = t.nearest(p);
+                prop_assert!(got.contains(&z), "point {p:?} in zip {} not covered", t.get(z).code);
+            }
+        }
+
+        /// A circle that shrinks while it is walked (as a nearby search does once it has
+        /// `k` officers): every zip owning a point of the last circle was visited.
+        #[test]
+        fn shrinking_walk_covers_the_last_circle(
+            q in near_zip(), r in 50.0f64..10_000.0,
+            cuts in prop::collection::vec(0.2f64..1.0, 0..8),
+            samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
+        ) {
+            let t = table();
+            let (own, d0) = t.nearest(q);
+            let mut got = HashSet::new();
+            let mut cuts = cuts.into_iter();
+            let last = t.walk_touching(q, own, d0, r, |z, r| {
+                got.insert(z);
+                cuts.next().map_or(r, |f| r * f)
+            });
+            prop_assert!(last <= r);
+            for (f, bearing) in samples {
+                let p = destination(q, last * f.sqrt(), bearing);
+                let (z, _) = t.nearest(p);
+                prop_assert!(got.contains(&z), "point {p:?} in zip {} not visited", t.get(z).code);
+            }
         }
     }
-
-
-    /// A circle that shrinks while it is walked (as a nearby search does once it has
-    /// `k` officers): every zip owning a point of the last circle was visited.
-    #[test]
-    fn shrinking_walk_covers_the_last_circle(
-        q in near_zip(), r in 50.0f64..10_000.0,
-        cuts in prop::collection::vec(0.2f64..1.0, 0..8),
-        samples in prop::collection::vec((0.0f64..1.0, 0.0f64..std::f64::consts::TAU), 40),
-    ) {
-        let t = table();
-        let (own, d0) = t.nearest(q);
-        let mut got = HashSet::new();
-        let mut cuts = cuts.into_iter();
-        let last = t.walk_touching(q, own, d0, r, |z, r| {
-            got.insert(z);
-            cuts.next().map_or(r, |f| r * f)
-        });
-        prop_assert!(last <= r);
-        for (f, bearing) in samples {
-            let p = destination(q, last * f.sqrt(), bearing);
-            let (z, _) = t.nearest(p);
-            prop_assert!(got.contains(&z), "point {p:?} in zip {} not visited", t.get(z).code);
-        }
-    }    }
 
     /// The point `dist` metres from `p` along `bearing` (radians).
     pub(crate) fn destination(p: LatLon, dist: f64, bearing: f64) -> LatLon {
