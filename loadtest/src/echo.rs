@@ -12,7 +12,7 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 
 /// Starts the echo endpoint on 127.0.0.1:0 in a runtime of its own, built as the server
-/// builds its (`Runtime::new`: one worker per core), on a thread that lives as long as the
+/// builds its (one worker per core), on a thread that lives as long as the
 /// process; returns its `ws://` URL.
 pub fn start() -> anyhow::Result<String> {
     let settings = heyblue::config::Settings::defaults();
@@ -40,7 +40,12 @@ pub fn start() -> anyhow::Result<String> {
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     std_listener.set_nonblocking(true)?;
     let addr: SocketAddr = std_listener.local_addr()?;
-    let runtime = tokio::runtime::Runtime::new()?;
+    // What `Runtime::new` builds, with the workers named so that their CPU time can be
+    // told apart from the load generator's (`/proc/PID/task/*/comm`, `perf --comm`).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("echo-worker")
+        .enable_all()
+        .build()?;
     std::thread::Builder::new()
         .name("echo".into())
         .spawn(move || {
