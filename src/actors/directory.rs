@@ -25,7 +25,7 @@ use super::region::{
 };
 use super::session::SessionMsg;
 use crate::context::Sessions;
-use crate::geo::index::{OfficerKey, merge_into};
+use crate::geo::index::OfficerKey;
 use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
 
 /// Errors reaching a region.
@@ -215,14 +215,11 @@ impl Regions {
         let mut to_watch = Vec::new();
         let reach = self.zips.walk_touching(at, own, d0, radius_m, |z, r| {
             touching.push(z);
-            let found = if needs_watch(z) {
-                let (found, version) = self.read(z, at, r, k);
-                to_watch.push((z, version));
-                found
+            if needs_watch(z) {
+                to_watch.push((z, self.read_into(z, at, r, k, &mut best)));
             } else {
-                self.peek(z, at, r, k)
-            };
-            merge_into(&mut best, found, k);
+                self.peek_into(z, at, r, k, &mut best);
+            }
             if k > 0 && best.len() >= k {
                 best[k - 1].distance_m.min(r)
             } else {
@@ -241,32 +238,45 @@ impl Regions {
         Ok((best, touching, reach))
     }
 
-    /// The answer of `zip`'s index without a lock when it holds nobody, and without
-    /// spawning its region (a region never spawned holds nobody).
-    fn peek(&self, zip: ZipId, at: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<OfficerData>> {
-        match self.slots.indexes[zip as usize].get() {
-            Some(shared) if shared.officers() > 0 => {
-                shared.read().index.nearest_within(at, radius_m, k)
-            }
-            _ => Vec::new(),
-        }
-    }
-
-    /// Reads `zip`'s index directly: the answer and the index version it was read at. A
-    /// region never spawned holds nobody at version 0 (where its index starts).
-    fn read(
+    /// Merges `zip`'s answer into `best` (see
+    /// [`crate::geo::OfficerIndex::nearest_within_into`]):
+    /// without a lock when it holds nobody, and without spawning its region (a region
+    /// never spawned holds nobody).
+    fn peek_into(
         &self,
         zip: ZipId,
         at: LatLon,
         radius_m: f64,
         k: usize,
-    ) -> (Vec<Nearby<OfficerData>>, u64) {
+        best: &mut Vec<Nearby<OfficerData>>,
+    ) {
+        if let Some(shared) = self.slots.indexes[zip as usize].get()
+            && shared.officers() > 0
+        {
+            shared
+                .read()
+                .index
+                .nearest_within_into(at, radius_m, k, best);
+        }
+    }
+
+    /// Merges `zip`'s answer into `best`; returns the index version it was read at. A
+    /// region never spawned holds nobody at version 0 (where its index starts).
+    fn read_into(
+        &self,
+        zip: ZipId,
+        at: LatLon,
+        radius_m: f64,
+        k: usize,
+        best: &mut Vec<Nearby<OfficerData>>,
+    ) -> u64 {
         match self.slots.indexes[zip as usize].get() {
             Some(shared) => {
                 let g = shared.read();
-                (g.index.nearest_within(at, radius_m, k), g.version)
+                g.index.nearest_within_into(at, radius_m, k, best);
+                g.version
             }
-            None => (Vec::new(), 0),
+            None => 0,
         }
     }
 

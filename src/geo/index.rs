@@ -287,11 +287,33 @@ impl<T: Clone> OfficerIndex<T> {
     /// projection's distortion bound `haversine >= lo * planar` over the latitude band says
     /// when no unvisited vertex can still be within the radius or beat the k-th answer.
     pub fn nearest_within(&self, q: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<T>> {
+        let mut out = Vec::new();
+        self.nearest_within_into(q, radius_m, k, &mut out);
+        out
+    }
+
+    /// Merges this index's answer into `best`, the `k` nearest found so far (nearest first,
+    /// ties by id, as [`merge_nearest`] leaves them): what merging [`Self::nearest_within`]'s
+    /// answer gives, without a vector per call, and cloning only the officers that enter.
+    pub fn nearest_within_into(
+        &self,
+        q: LatLon,
+        radius_m: f64,
+        k: usize,
+        out: &mut Vec<Nearby<T>>,
+    ) {
         if k == 0 || self.slots.is_empty() {
-            return Vec::new();
+            return;
         }
+        // A handful of officers: measuring each costs less than the walk's set-up.
         if self.slots.len() <= SCAN_BELOW {
-            return self.scan(q, radius_m, k);
+            for e in self.slab.iter().flatten() {
+                let d = haversine_m(q, e.pos);
+                if d <= radius_m {
+                    offer(out, k, d, e);
+                }
+            }
+            return;
         }
         let [qx, qy] = self.proj.project(q);
         let qp = Point2::new(qx, qy);
@@ -300,7 +322,7 @@ impl<T: Clone> OfficerIndex<T> {
             self.lat_band.1.max(q.lat) + BAND_PAD_DEG,
         );
         let Some(start) = self.tri.nearest_neighbor(qp) else {
-            return Vec::new();
+            return;
         };
         let planar = |p: Point2<f64>| ((p.x - qp.x).powi(2) + (p.y - qp.y).powi(2)).sqrt();
 
@@ -346,40 +368,29 @@ impl<T: Clone> OfficerIndex<T> {
             }
         }
         SCRATCH.with(|s| s.set((seen, frontier)));
-        best.iter()
-            .map(|&(d, slot)| {
-                let e = self.entry(slot);
-                Nearby {
-                    id: e.id.clone(),
-                    pos: e.pos,
-                    distance_m: d,
-                    data: e.data.clone(),
-                }
-            })
-            .collect()
+        for (d, slot) in best {
+            offer(out, k, d, self.entry(slot));
+        }
     }
 }
 
-impl<T: Clone> OfficerIndex<T> {
-    /// The same answer as the walk, by measuring every officer: cheaper for a handful.
-    fn scan(&self, q: LatLon, radius_m: f64, k: usize) -> Vec<Nearby<T>> {
-        let mut out: Vec<Nearby<T>> = self
-            .slab
-            .iter()
-            .flatten()
-            .filter_map(|e| {
-                let d = haversine_m(q, e.pos);
-                (d <= radius_m).then(|| Nearby {
-                    id: e.id.clone(),
-                    pos: e.pos,
-                    distance_m: d,
-                    data: e.data.clone(),
-                })
-            })
-            .collect();
-        out.sort_by(nearest_first);
-        out.truncate(k);
-        out
+/// Puts the officer of `e` at distance `d` into `best` (nearest first, ties by id, at most
+/// `k`) if it belongs there; clones its id and payload only then.
+fn offer<T: Clone>(best: &mut Vec<Nearby<T>>, k: usize, d: f64, e: &Entry<T>) {
+    let at = best.partition_point(|b| {
+        b.distance_m.total_cmp(&d).then_with(|| b.id.cmp(&e.id)) == Ordering::Less
+    });
+    if at < k {
+        best.truncate(k - 1);
+        best.insert(
+            at,
+            Nearby {
+                id: e.id.clone(),
+                pos: e.pos,
+                distance_m: d,
+                data: e.data.clone(),
+            },
+        );
     }
 }
 
@@ -397,16 +408,6 @@ pub fn merge_nearest<T>(
     all.sort_by(nearest_first);
     all.truncate(k);
     all
-}
-
-/// Merges one region's answer into `best`, the `k` nearest so far, nearest first.
-pub fn merge_into<T>(best: &mut Vec<Nearby<T>>, found: Vec<Nearby<T>>, k: usize) {
-    if found.is_empty() {
-        return;
-    }
-    best.extend(found);
-    best.sort_by(nearest_first);
-    best.truncate(k);
 }
 
 #[cfg(test)]
@@ -523,6 +524,36 @@ mod tests {
             for (dlat, dlon, r, k) in queries {
                 let q = LatLon { lat: lat0 + dlat, lon: lon0 + dlon };
                 same_answer(&idx.nearest_within(q, r, k), &brute(&truth, q, r, k))?;
+            }
+        }
+
+        /// Answers merged region by region (as a nearby search reads them, scanned or
+        /// walked) equal the brute-force answer over all their officers.
+        #[test]
+        fn answers_merged_into_one_equal_brute_force(
+            lat0 in 25.0f64..49.0, lon0 in -124.0f64..-67.0,
+            parts in prop::collection::vec(prop::collection::vec((-0.05f64..0.05, -0.05f64..0.05), 0..40), 1..4),
+            queries in prop::collection::vec((-0.06f64..0.06, -0.06f64..0.06, 50.0f64..8_000.0, 1usize..12), 1..6),
+        ) {
+            let mut truth: Vec<(OfficerKey, LatLon)> = Vec::new();
+            let mut indexes = Vec::new();
+            for (j, pts) in parts.iter().enumerate() {
+                let mut idx = OfficerIndex::new(LatLon { lat: lat0, lon: lon0 });
+                for (i, (dlat, dlon)) in pts.iter().enumerate() {
+                    let id: OfficerKey = format!("r{j}o{i}").into();
+                    let p = LatLon { lat: lat0 + dlat, lon: lon0 + dlon };
+                    idx.upsert(id.clone(), p, ()).unwrap();
+                    truth.push((id, p));
+                }
+                indexes.push(idx);
+            }
+            for (dlat, dlon, r, k) in queries {
+                let q = LatLon { lat: lat0 + dlat, lon: lon0 + dlon };
+                let mut best = Vec::new();
+                for idx in &indexes {
+                    idx.nearest_within_into(q, r, k, &mut best);
+                }
+                same_answer(&best, &brute(&truth, q, r, k))?;
             }
         }
     }
