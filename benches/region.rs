@@ -43,12 +43,14 @@ impl Rng {
 }
 
 fn data() -> OfficerData {
-    OfficerData {
-        display_name: Arc::from("Officer"),
-        expires_at: chrono::Utc::now(),
-        session_id: 1,
-        zip: 0,
-    }
+    OfficerData::new(
+        "officer",
+        Arc::from("Officer"),
+        chrono::Utc::now(),
+        1,
+        0,
+        "00000",
+    )
 }
 
 fn one_region(n: usize) -> (OfficerIndex<OfficerData>, Vec<(Arc<str>, LatLon)>) {

@@ -1,6 +1,6 @@
 //! The wire work of every citizen location: decoding the `location` frame and writing the
 //! `nearby` of five officers that answers it, each beside the general form it replaced
-//! (a JSON tree; owned wire structs).
+//! (a JSON tree; owned wire structs serialised by serde).
 //!
 //! Run: `cargo bench --bench wire` (results in docs/performance.md).
 
@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use heyblue::protocol::{
-    ClientMsg, DecodeLimits, NearbyOfficer, NearbyOfficerRef, NearbyRef, Role, ServerMsg, decode,
+    ClientMsg, DecodeLimits, NearbyOfficer, NearbyOfficerRef, NearbyRef, OfficerCard, Role,
+    ServerMsg, decode,
 };
 
 const LOCATION: &str = r#"{"type":"location","lat":40.75061234567,"lon":-73.99721234567}"#;
@@ -43,28 +44,29 @@ fn wire(c: &mut Criterion) {
         })
     });
     let officers = answer();
-    c.bench_function("encode_nearby5_borrowed", |b| {
+    // The cards are written when officers publish, not per answer.
+    let cards: Vec<OfficerCard> = officers
+        .iter()
+        .map(|(id, name, _, zip)| OfficerCard::new(id, name, zip))
+        .collect();
+    c.bench_function("encode_nearby5_cards", |b| {
         b.iter(|| {
             let refs: smallvec::SmallVec<[NearbyOfficerRef<'_>; 8]> = officers
                 .iter()
-                .map(|(id, name, d, zip)| NearbyOfficerRef {
-                    officer_id: id,
-                    display_name: name,
+                .zip(&cards)
+                .map(|((_, _, d, _), card)| NearbyOfficerRef {
+                    card,
                     lat: 40.75 + d * 1e-6,
                     lon: -73.99,
                     distance_m: *d,
-                    zip,
                 })
                 .collect();
-            let mut out = Vec::with_capacity(1024);
-            serde_json::to_writer(
-                &mut out,
-                &NearbyRef {
-                    officers: &refs,
-                    radius_m: 2000.0,
-                },
-            )
-            .unwrap();
+            let frame = NearbyRef {
+                officers: &refs,
+                radius_m: 2000.0,
+            };
+            let mut out = Vec::with_capacity(frame.size_hint());
+            frame.write_json(&mut out);
             String::from_utf8(out).unwrap()
         })
     });

@@ -139,26 +139,56 @@ pub struct NearbyOfficer {
     pub zip: String,
 }
 
-/// One officer of a `nearby` frame, borrowed from the region's answer: serialises exactly
-/// as [`NearbyOfficer`].
-#[derive(Debug, Clone, Copy, Serialize)]
+/// The constant part of an officer's entry in a `nearby` frame, escaped once when the
+/// officer publishes instead of once per citizen answered: the text before the numbers,
+/// `{"officer_id":…,"display_name":…,"lat":`, and after them, `,"zip":…}`.
+#[derive(Debug, Clone)]
+pub struct OfficerCard {
+    text: std::sync::Arc<str>,
+    split: usize,
+}
+
+impl OfficerCard {
+    /// The card of an officer with this id and name, in the region with this code.
+    pub fn new(officer_id: &str, display_name: &str, zip: &str) -> Self {
+        // serde_json's own escaping, so the frame is what it would write for the struct.
+        let s = |v: &str| serde_json::to_string(v).expect("a str serialises");
+        let head = format!(
+            r#"{{"officer_id":{},"display_name":{},"lat":"#,
+            s(officer_id),
+            s(display_name)
+        );
+        Self {
+            split: head.len(),
+            text: format!(r#"{head},"zip":{}}}"#, s(zip)).into(),
+        }
+    }
+
+    fn head(&self) -> &str {
+        &self.text[..self.split]
+    }
+
+    fn tail(&self) -> &str {
+        &self.text[self.split..]
+    }
+}
+
+/// One officer of a `nearby` frame: its card and the numbers of this answer. Written by
+/// [`NearbyRef::write_json`] exactly as [`NearbyOfficer`] serialises.
+#[derive(Debug, Clone, Copy)]
 pub struct NearbyOfficerRef<'a> {
-    /// Account id.
-    pub officer_id: &'a str,
-    /// Display name.
-    pub display_name: &'a str,
+    /// Id, name and region, escaped.
+    pub card: &'a OfficerCard,
     /// Latitude.
     pub lat: f64,
     /// Longitude.
     pub lon: f64,
     /// Haversine distance from the citizen.
     pub distance_m: f64,
-    /// The officer's region.
-    pub zip: &'a str,
 }
 
-/// A `nearby` frame over borrowed officers: serialises exactly as [`ServerMsg::Nearby`]
-/// without copying a string (the hot path of every citizen's location).
+/// A `nearby` frame over the region answer's cards (the hot path of every citizen's
+/// location): no string is copied or escaped per answer.
 #[derive(Debug, Clone, Copy)]
 pub struct NearbyRef<'a> {
     /// Nearest first.
@@ -167,15 +197,38 @@ pub struct NearbyRef<'a> {
     pub radius_m: f64,
 }
 
-impl Serialize for NearbyRef<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(Some(3))?;
-        m.serialize_entry("type", "nearby")?;
-        m.serialize_entry("officers", self.officers)?;
-        m.serialize_entry("radius_m", &self.radius_m)?;
-        m.end()
+impl NearbyRef<'_> {
+    /// A buffer size that holds the frame without growing (about 150 bytes an officer).
+    pub fn size_hint(&self) -> usize {
+        64 + 160 * self.officers.len()
     }
+
+    /// Appends the frame: byte for byte what serde_json writes for the same
+    /// [`ServerMsg::Nearby`].
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(br#"{"type":"nearby","officers":["#);
+        for (i, o) in self.officers.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(o.card.head().as_bytes());
+            write_f64(out, o.lat);
+            out.extend_from_slice(br#","lon":"#);
+            write_f64(out, o.lon);
+            out.extend_from_slice(br#","distance_m":"#);
+            write_f64(out, o.distance_m);
+            out.extend_from_slice(o.card.tail().as_bytes());
+        }
+        out.extend_from_slice(br#"],"radius_m":"#);
+        write_f64(out, self.radius_m);
+        out.push(b'}');
+    }
+}
+
+/// A number as serde_json writes it (shortest round trip; `null` when not finite).
+fn write_f64(out: &mut Vec<u8>, x: f64) {
+    // Writing into a Vec cannot fail.
+    let _ = x.serialize(&mut serde_json::Serializer::new(out));
 }
 
 /// The citizen in a `connection_requested` frame.
@@ -665,46 +718,59 @@ mod tests {
     }
 
     #[test]
-    fn nearby_ref_serialises_as_the_owned_frame() {
-        let owned = |o: &NearbyOfficerRef<'_>| NearbyOfficer {
-            officer_id: o.officer_id.into(),
-            display_name: o.display_name.into(),
-            lat: o.lat,
-            lon: o.lon,
-            distance_m: o.distance_m,
-            zip: o.zip.into(),
-        };
-        let officers = [
-            NearbyOfficerRef {
-                officer_id: "o1",
-                display_name: "Officer \"Ray\" Núñez \\ 警",
-                lat: 40.75,
-                lon: -73.99,
-                distance_m: 12.345678,
-                zip: "10001",
-            },
-            NearbyOfficerRef {
-                officer_id: "o2",
-                display_name: "",
-                lat: -0.5,
-                lon: 1e-7,
-                distance_m: 1999.9999999,
-                zip: "00501",
-            },
+    fn nearby_ref_writes_what_serde_writes_for_the_owned_frame() {
+        let people = [
+            (
+                "o1",
+                "Officer \"Ray\" Núñez \\ 警 \u{1}",
+                "10001",
+                40.75,
+                -73.99,
+                12.345678,
+            ),
+            ("o\"2", "", "00501", -0.5, 1e-7, 1999.9999999),
+            ("o3", "Lee", "94103", 37.0, -122.0, f64::NAN),
         ];
-        for n in [0, 1, 2] {
-            let borrowed = NearbyRef {
-                officers: &officers[..n],
-                radius_m: 2000.0,
+        let cards: Vec<_> = people
+            .iter()
+            .map(|(id, name, zip, ..)| OfficerCard::new(id, name, zip))
+            .collect();
+        let refs: Vec<_> = people
+            .iter()
+            .zip(&cards)
+            .map(|(&(.., lat, lon, d), card)| NearbyOfficerRef {
+                card,
+                lat,
+                lon,
+                distance_m: d,
+            })
+            .collect();
+        for n in [0, 1, 2, 3] {
+            let frame = NearbyRef {
+                officers: &refs[..n],
+                radius_m: 2000.5,
             };
+            let mut written = Vec::new();
+            frame.write_json(&mut written);
             let msg = ServerMsg::Nearby {
-                officers: officers[..n].iter().map(owned).collect(),
-                radius_m: 2000.0,
+                officers: people[..n]
+                    .iter()
+                    .map(|&(id, name, zip, lat, lon, d)| NearbyOfficer {
+                        officer_id: id.into(),
+                        display_name: name.into(),
+                        lat,
+                        lon,
+                        distance_m: d,
+                        zip: zip.into(),
+                    })
+                    .collect(),
+                radius_m: 2000.5,
             };
             assert_eq!(
-                serde_json::to_string(&borrowed).unwrap(),
+                String::from_utf8(written).unwrap(),
                 serde_json::to_string(&msg).unwrap()
             );
+            assert!(frame.size_hint() >= 64);
         }
     }
 

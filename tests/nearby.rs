@@ -47,13 +47,10 @@ proptest! {
             let mut used = Vec::new();
             for (i, p) in officers.iter().enumerate() {
                 let (z, _) = zips.nearest(*p);
-                let data = OfficerData {
-                    display_name: Arc::from("Officer"),
-                    expires_at: chrono::Utc::now(),
-                    session_id: i as u64,
-                    zip: z,
-                };
-                regions.upsert(z, format!("o{i}").into(), *p, data).await.unwrap();
+                let id = format!("o{i}");
+                let code = &zips.get(z).code;
+                let data = OfficerData::new(&id, Arc::from("Officer"), chrono::Utc::now(), i as u64, z, code);
+                regions.upsert(z, id.into(), *p, data).await.unwrap();
                 used.push(z);
             }
             // Upserts are casts: a call to each region returns after they are applied.

@@ -271,16 +271,20 @@ async fn engine_leg(
 ) -> anyhow::Result<Leg> {
     let (regions, _) =
         Regions::start(zips.clone(), Default::default(), Duration::from_secs(5)).await?;
-    let data = |zip| OfficerData {
-        display_name: "officer".into(),
-        expires_at: chrono::Utc::now() + chrono::Duration::hours(1),
-        session_id: 1,
-        zip,
+    let expires = chrono::Utc::now() + chrono::Duration::hours(1);
+    // The region entry of officer `i` in zip `z` (card written on every move: the server's
+    // sessions keep theirs while the zip stays, so this leg pays more than a session).
+    let data = {
+        let zips = zips.clone();
+        move |i: usize, z| {
+            let id = format!("officer-{i}");
+            OfficerData::new(&id, "officer".into(), expires, 1, z, &zips.get(z).code)
+        }
     };
     for (i, w) in walkers.iter().enumerate() {
         let (z, _) = zips.nearest(w.pos);
         regions
-            .upsert(z, format!("officer-{i}").into(), w.pos, data(z))
+            .upsert(z, format!("officer-{i}").into(), w.pos, data(i, z))
             .await?;
     }
     let query = {
@@ -298,7 +302,7 @@ async fn engine_leg(
     let mv = {
         let (regions, zips) = (regions.clone(), zips.clone());
         move |batch: Vec<(usize, LatLon, LatLon)>| {
-            let (regions, zips) = (regions.clone(), zips.clone());
+            let (regions, zips, data) = (regions.clone(), zips.clone(), data.clone());
             async move {
                 for (i, from, to) in batch {
                     let id: Arc<str> = format!("officer-{i}").into();
@@ -307,7 +311,7 @@ async fn engine_leg(
                     if old != z {
                         regions.remove(old, id.clone(), 1);
                     }
-                    regions.upsert(z, id, to, data(z)).await?;
+                    regions.upsert(z, id, to, data(i, z)).await?;
                 }
                 anyhow::Ok(())
             }

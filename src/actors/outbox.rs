@@ -114,9 +114,17 @@ impl Outbox {
             tracing::error!("cannot serialise a server frame: {e}");
             return false;
         }
-        // serde_json writes UTF-8; checking it costs less than an unsafe block is worth.
+        self.send_json(kind, text)
+    }
+
+    /// Queues a frame of wire type `kind` already written as JSON; as [`Outbox::send`].
+    pub fn send_json(&self, kind: &'static str, text: Vec<u8>) -> bool {
+        if self.is_closing() {
+            return false;
+        }
+        // Written from strs and serde_json: checking costs less than an unsafe block is worth.
         let Ok(text) = String::from_utf8(text) else {
-            tracing::error!("a server frame serialised to invalid UTF-8");
+            tracing::error!("a server frame was written as invalid UTF-8");
             return false;
         };
         let full = {

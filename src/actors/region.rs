@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::session::PushSignal;
 use crate::geo::index::OfficerKey;
 use crate::geo::{LatLon, Nearby, OfficerIndex, ZipId};
+use crate::protocol::OfficerCard;
 
 /// What a region keeps about each available officer.
 #[derive(Debug, Clone)]
@@ -35,6 +36,28 @@ pub struct OfficerData {
     pub session_id: u64,
     /// The region the officer is in (its position's zip).
     pub zip: ZipId,
+    /// Id, name and zip code as the officer's entry in a `nearby` frame writes them.
+    pub card: OfficerCard,
+}
+
+impl OfficerData {
+    /// The data of officer `id` in region `zip` (whose code is `zip_code`).
+    pub fn new(
+        id: &str,
+        display_name: Arc<str>,
+        expires_at: DateTime<Utc>,
+        session_id: u64,
+        zip: ZipId,
+        zip_code: &str,
+    ) -> Self {
+        Self {
+            card: OfficerCard::new(id, &display_name, zip_code),
+            display_name,
+            expires_at,
+            session_id,
+            zip,
+        }
+    }
 }
 
 /// An officer update from its session.

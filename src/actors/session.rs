@@ -32,7 +32,7 @@ use crate::geo::index::merge_nearest;
 use crate::geo::{LatLon, ZipId, haversine_m};
 use crate::http::auth::Ticket;
 use crate::protocol::{
-    CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, Role, ServerMsg, WireError,
+    CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, OfficerCard, Role, ServerMsg, WireError,
 };
 use crate::store::NewConnection;
 
@@ -215,6 +215,8 @@ struct OfficerState {
     /// The last accepted request and the frame sent for it, so a duplicated `respond`
     /// gets the same answer and records nothing new.
     last_accepted: Option<(String, ServerMsg)>,
+    /// The officer's `nearby` card and the zip it was written for.
+    card: Option<(ZipId, OfficerCard)>,
 }
 
 /// Citizen-only state.
@@ -273,28 +275,37 @@ impl SessionState {
         self.ctx.zips.get(zip).code.to_string()
     }
 
-    fn officer_data(&self, expires_at: DateTime<Utc>) -> OfficerData {
-        OfficerData {
+    /// Publishes the officer's position to its region if available.
+    async fn publish(&mut self) -> Result<(), RegionError> {
+        let (zip, pos) = (self.zip, self.pos);
+        let RoleState::Officer(o) = &mut self.role else {
+            return Ok(());
+        };
+        let Some(w) = &o.window else {
+            return Ok(());
+        };
+        let expires_at = w.expires_at;
+        // The card changes only with the zip: escaped once per region, not once per move.
+        let card = match &o.card {
+            Some((z, card)) if *z == zip => card.clone(),
+            _ => {
+                let card =
+                    OfficerCard::new(&self.account, &self.name, &self.ctx.zips.get(zip).code);
+                o.card = Some((zip, card.clone()));
+                card
+            }
+        };
+        let data = OfficerData {
             display_name: self.name.clone(),
             expires_at,
             session_id: self.id,
-            zip: self.zip,
-        }
-    }
-
-    /// Publishes the officer's position to its region if available.
-    async fn publish(&self) -> Result<(), RegionError> {
-        if let RoleState::Officer(o) = &self.role
-            && let Some(w) = &o.window
-        {
-            let data = self.officer_data(w.expires_at);
-            return self
-                .ctx
-                .regions
-                .upsert(self.zip, self.account.clone(), self.pos, data)
-                .await;
-        }
-        Ok(())
+            zip,
+            card,
+        };
+        self.ctx
+            .regions
+            .upsert(zip, self.account.clone(), pos, data)
+            .await
     }
 
     fn withdraw(&self) {
@@ -486,21 +497,20 @@ impl SessionState {
             let officers: SmallVec<[NearbyOfficerRef<'_>; 8]> = merged
                 .iter()
                 .map(|n| NearbyOfficerRef {
-                    officer_id: &n.id,
-                    display_name: &n.data.display_name,
+                    card: &n.data.card,
                     lat: n.pos.lat,
                     lon: n.pos.lon,
                     distance_m: n.distance_m,
-                    zip: &zips.get(n.data.zip).code,
                 })
                 .collect();
             let frame = NearbyRef {
                 officers: &officers,
                 radius_m: c.radius_m,
             };
-            // About 150 bytes per officer: one buffer, no regrowth.
-            self.out
-                .send_as("nearby", &frame, 64 + 160 * officers.len());
+            // One buffer sized for the frame, no regrowth.
+            let mut text = Vec::with_capacity(frame.size_hint());
+            frame.write_json(&mut text);
+            self.out.send_json("nearby", text);
             c.last_radius = c.radius_m;
             c.last_push = Some(Instant::now());
             if let (false, Some(t)) = (reply, changed_at) {
