@@ -316,7 +316,7 @@ impl SessionState {
 
     async fn on_location(&mut self, p: LatLon) {
         let max = self.ctx.settings.regions.max_distance_m;
-        let (zip, d0) = match self.ctx.zips.locate(p, max) {
+        let (zip, d0) = match self.ctx.zips.locate_from(p, self.zip, max) {
             Ok(v) => v,
             Err(e) => {
                 self.refuse("outside_service_area", &e.to_string(), Some("location"));

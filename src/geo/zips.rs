@@ -257,14 +257,31 @@ impl ZipTable {
 
     /// The zip whose centroid is nearest to `p` (exact), with the haversine distance.
     pub fn nearest(&self, p: LatLon) -> (ZipId, f64) {
-        let u = p.unit();
         let start = self
             .tri
-            .nearest_neighbor(self.stereo.project(u))
+            .nearest_neighbor(self.stereo.project(p.unit()))
             .map(|v| v.data().id)
             .unwrap_or(0);
-        // Greedy descent on the spherical Delaunay graph: a site that is not the nearest
-        // always has a Delaunay neighbour nearer to the query, so this ends at the nearest.
+        self.descend(p, start)
+    }
+
+    /// As [`ZipTable::nearest`], starting from `hint` (the zip of a phone's last position):
+    /// a step or two for a phone that moved a little, no point location at all. A hint
+    /// farther than [`HINT_REACH_M`] (or unknown) is ignored.
+    pub fn nearest_from(&self, p: LatLon, hint: ZipId) -> (ZipId, f64) {
+        match self.zips.get(hint as usize) {
+            Some(z) if dot(p.unit(), z.unit) >= (HINT_REACH_M / EARTH_RADIUS_M).cos() => {
+                self.descend(p, hint)
+            }
+            _ => self.nearest(p),
+        }
+    }
+
+    /// Greedy descent on the spherical Delaunay graph from `start`: a site that is not the
+    /// nearest always has a Delaunay neighbour nearer to the query, so this ends at the
+    /// nearest from any start (in as many steps as sites lie between).
+    fn descend(&self, p: LatLon, start: ZipId) -> (ZipId, f64) {
+        let u = p.unit();
         let mut best = start;
         let mut best_dot = dot(u, self.zips[best as usize].unit);
         loop {
@@ -286,7 +303,20 @@ impl ZipTable {
 
     /// The region holding `p`, unless it is farther than `max_distance_m` from every centroid.
     pub fn locate(&self, p: LatLon, max_distance_m: f64) -> Result<(ZipId, f64), LocateError> {
-        let (id, d) = self.nearest(p);
+        Self::within(self.nearest(p), max_distance_m)
+    }
+
+    /// As [`ZipTable::locate`], for a phone last seen in region `hint`.
+    pub fn locate_from(
+        &self,
+        p: LatLon,
+        hint: ZipId,
+        max_distance_m: f64,
+    ) -> Result<(ZipId, f64), LocateError> {
+        Self::within(self.nearest_from(p, hint), max_distance_m)
+    }
+
+    fn within((id, d): (ZipId, f64), max_distance_m: f64) -> Result<(ZipId, f64), LocateError> {
         if d > max_distance_m {
             return Err(LocateError::OutsideServiceArea { distance_m: d });
         }
@@ -391,6 +421,10 @@ impl Cap {
     }
 }
 
+/// How far a hint's centroid may be for [`ZipTable::nearest_from`] to descend from it
+/// rather than locate the point afresh.
+pub const HINT_REACH_M: f64 = 20_000.0;
+
 /// A set of zip ids cleared in O(1): a stamp per zip, and the current walk's stamp.
 #[derive(Default)]
 struct Visited {
@@ -491,6 +525,18 @@ mod tests {
             let (got, gd) = t.nearest(p);
             let (want, wd) = brute_nearest(t, p);
             prop_assert!(got == want || (gd - wd).abs() < 1e-6, "got {got} {gd} want {want} {wd}");
+        }
+
+        /// Descending from any zip, near or far, ends at the nearest centroid; so does a
+        /// hinted lookup.
+        #[test]
+        fn descent_from_any_zip_ends_at_the_nearest(p in near_zip(), start in 0usize..1_000_000) {
+            let t = table();
+            let start = (start % t.len()) as ZipId;
+            let want = t.nearest(p);
+            prop_assert_eq!(t.descend(p, start), want);
+            prop_assert_eq!(t.nearest_from(p, start), want);
+            prop_assert_eq!(t.nearest_from(p, want.0), want);
         }
 
         /// Every zip that owns some point of the search circle is in `regions_touching`.
