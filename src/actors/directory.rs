@@ -210,8 +210,9 @@ impl Regions {
         // Regions that need no watch registered (none asked, or watched already) are only
         // peeked at; the others are read with their version and told to watch below.
         let needs_watch = |z: ZipId| watch.is_some_and(|(_, watched)| !watched.contains(&z));
-        let mut best = Vec::new();
-        let mut touching = Vec::new();
+        // Sized once: about a dozen regions in a city, and never more than k officers.
+        let mut best = Vec::with_capacity(k);
+        let mut touching = Vec::with_capacity(16);
         let mut to_watch = Vec::new();
         let reach = self.zips.walk_touching(at, own, d0, radius_m, |z, r| {
             touching.push(z);

@@ -360,13 +360,18 @@ impl ZipTable {
             seen.begin(self.zips.len());
             seen.insert(own);
             let mut r = visit(own, radius_m).min(radius_m);
-            let mut heap = BinaryHeap::new();
+            // This thread's heap, emptied: no allocation per walk once warm.
+            let mut heap = std::mem::take(&mut seen.heap);
+            heap.clear();
+            let mut cap = Cap::new(r, d0);
+            // A centroid beyond the reach is never pushed: the reach only shrinks, so it
+            // could never be popped before the walk ends (a smaller heap is a cheaper one).
             for n in self.neighbours(own) {
-                if seen.insert(n) {
-                    heap.push(ByNearness(dot(u, self.zips[n as usize].unit), n));
+                let d = dot(u, self.zips[n as usize].unit);
+                if seen.insert(n) && d >= cap.min_dot - 1e-12 {
+                    heap.push(ByNearness(d, n));
                 }
             }
-            let mut cap = Cap::new(r, d0);
             // Best-first in exact distance order: stop at the first centroid beyond `reach`.
             while let Some(ByNearness(d, z)) = heap.pop() {
                 if d < cap.min_dot - 1e-12 {
@@ -375,9 +380,11 @@ impl ZipTable {
                 let cz = self.zips[z as usize].unit;
                 let mut inside = cap.reaches(u, cz, self.zips[own as usize].unit);
                 for m in self.neighbours(z) {
-                    inside = inside && cap.reaches(u, cz, self.zips[m as usize].unit);
-                    if seen.insert(m) {
-                        heap.push(ByNearness(dot(u, self.zips[m as usize].unit), m));
+                    let cm = self.zips[m as usize].unit;
+                    inside = inside && cap.reaches(u, cz, cm);
+                    let d = dot(u, cm);
+                    if seen.insert(m) && d >= cap.min_dot - 1e-12 {
+                        heap.push(ByNearness(d, m));
                     }
                 }
                 if inside {
@@ -388,6 +395,7 @@ impl ZipTable {
                     }
                 }
             }
+            seen.heap = heap;
             r
         })
     }
@@ -425,11 +433,13 @@ impl Cap {
 /// rather than locate the point afresh.
 pub const HINT_REACH_M: f64 = 20_000.0;
 
-/// A set of zip ids cleared in O(1): a stamp per zip, and the current walk's stamp.
+/// A set of zip ids cleared in O(1): a stamp per zip, and the current walk's stamp; and
+/// the walk's frontier, kept for its allocation.
 #[derive(Default)]
 struct Visited {
     stamp: u32,
     marks: Vec<u32>,
+    heap: BinaryHeap<ByNearness>,
 }
 
 impl Visited {
