@@ -511,14 +511,18 @@ pub fn decode(text: &str, role: Role, lim: &DecodeLimits) -> Result<Command, Wir
             None,
         ));
     }
-    // A well-formed frame deserialises straight from the text; any other is read again as
-    // a tree, to say precisely what is wrong with it.
-    let (msg, ty) = match serde_json::from_str::<ClientMsg>(text) {
-        Ok(msg) => {
-            let ty = msg.type_name();
-            (msg, ty)
-        }
-        Err(_) => decode_slow(text)?,
+    // A well-formed frame deserialises straight from the text (a location, most frames,
+    // without serde's buffering of a tagged enum); any other is read again as a tree, to
+    // say precisely what is wrong with it.
+    let (msg, ty) = match decode_location(text) {
+        Some(msg) => (msg, "location"),
+        None => match serde_json::from_str::<ClientMsg>(text) {
+            Ok(msg) => {
+                let ty = msg.type_name();
+                (msg, ty)
+            }
+            Err(_) => decode_slow(text)?,
+        },
     };
     let r = Some(ty);
     let cmd = match msg {
@@ -596,6 +600,35 @@ pub fn decode(text: &str, role: Role, lim: &DecodeLimits) -> Result<Command, Wir
         ));
     }
     Ok(cmd)
+}
+
+/// The fields of a `location` frame, read flat: a [`ClientMsg`] is internally tagged, so
+/// serde buffers each of its frames as a tree of `Content` before reading the variant.
+#[derive(Deserialize)]
+struct LocationFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: std::borrow::Cow<'a, str>,
+    lat: f64,
+    lon: f64,
+    #[serde(default)]
+    accuracy_m: Option<f64>,
+    #[serde(default)]
+    heading: Option<f64>,
+    #[serde(default)]
+    speed_mps: Option<f64>,
+}
+
+/// A well-formed `location` frame, as [`ClientMsg`] would read it; `None` for any other
+/// frame (which then takes the general path).
+fn decode_location(text: &str) -> Option<ClientMsg> {
+    let f: LocationFrame<'_> = serde_json::from_str(text).ok()?;
+    (f.ty == "location").then_some(ClientMsg::Location {
+        lat: f.lat,
+        lon: f.lon,
+        accuracy_m: f.accuracy_m,
+        heading: f.heading,
+        speed_mps: f.speed_mps,
+    })
 }
 
 /// A frame that did not deserialise as a [`ClientMsg`]: which rule it breaks.
@@ -707,6 +740,22 @@ mod tests {
             let (slow, ty) = decode_slow(text).unwrap();
             assert_eq!(fast, slow, "{text}");
             assert_eq!(fast.type_name(), ty);
+            // The flat location reader takes exactly the locations, and reads them alike.
+            let flat = decode_location(text);
+            assert_eq!(flat.is_some(), ty == "location", "{text}");
+            assert!(flat.is_none_or(|m| m == fast), "{text}");
+        }
+        // Frames it must leave to the general path (which refuses them or reads another
+        // type): an escaped type name is still the name; a duplicate field is refused.
+        let escaped = r#"{"type":"loc\u0061tion","lat":1,"lon":2,"heading":null}"#;
+        assert_eq!(decode_location(escaped), serde_json::from_str(escaped).ok());
+        for text in [
+            r#"{"type":"location","lat":1,"lat":2,"lon":3}"#,
+            r#"{"type":"location","type":"ping","lat":1,"lon":2}"#,
+            r#"{"type":"ping","lat":1,"lon":2}"#,
+            r#"{"type":"location","lat":"1","lon":2}"#,
+        ] {
+            assert_eq!(decode_location(text), None, "{text}");
         }
         // A refusal after the fast path still names the frame's type.
         let e = decode(
