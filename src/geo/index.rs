@@ -15,7 +15,7 @@ use smallvec::{SmallVec, smallvec};
 use spade::handles::FixedVertexHandle;
 use spade::{DelaunayTriangulation, HasPosition, Point2, PositionInTriangulation, Triangulation};
 
-use super::{LatLon, Projection, haversine_m};
+use super::{EARTH_RADIUS_M, LatLon, Projection, haversine_m};
 
 /// Officer ids as stored in indexes and sent on the wire.
 pub type OfficerKey = Arc<str>;
@@ -307,7 +307,14 @@ impl<T: Clone> OfficerIndex<T> {
         }
         // A handful of officers: measuring each costs less than the walk's set-up.
         if self.slots.len() <= SCAN_BELOW {
+            // No path across a latitude difference is shorter than the meridian arc: an
+            // officer that far in latitude alone is out, without the trigonometry (the
+            // margin keeps any officer the haversine could put within the radius).
+            let max_dlat = (radius_m * (1.0 + 1e-9) + 1e-6) / EARTH_RADIUS_M;
             for e in self.slab.iter().flatten() {
+                if (e.pos.lat - q.lat).abs().to_radians() > max_dlat {
+                    continue;
+                }
                 let d = haversine_m(q, e.pos);
                 if d <= radius_m {
                     offer(out, k, d, e);
