@@ -15,7 +15,7 @@
 //! back as the "reply", which is the ceiling the server is compared with.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -28,6 +28,7 @@ use heyblue::geo::ZipTable;
 use heyblue::http::auth::Auth;
 use heyblue::protocol::Role;
 use rand::{Rng, SeedableRng};
+use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
@@ -369,7 +370,7 @@ impl Session {
                     echo,
                     hists,
                     asking,
-                    seen: HashMap::new(),
+                    seen: FxHashMap::default(),
                 };
                 while let Some(m) = rx.next().await {
                     match m {
@@ -529,7 +530,7 @@ struct Reader {
     hists: Arc<std::sync::Mutex<Hists>>,
     asking: Arc<std::sync::Mutex<Asking>>,
     /// officer id → position last shown to this citizen.
-    seen: HashMap<String, (u64, u64)>,
+    seen: FxHashMap<Box<str>, (u64, u64)>,
 }
 
 impl Reader {
@@ -619,15 +620,22 @@ impl Reader {
         let Some(list) = &v.officers else {
             return;
         };
-        self.asking.lock().expect("not poisoned").nearest =
-            list.first().map(|o| o.officer_id.to_string());
+        // Each reply names the nearest officer: copied only when it changes (this is the
+        // load generator's hot path, and its CPU is the server's in a same-box run).
+        {
+            let mut a = self.asking.lock().expect("not poisoned");
+            let first = list.first().map(|o| o.officer_id.as_ref());
+            if a.nearest.as_deref() != first {
+                a.nearest = first.map(str::to_owned);
+            }
+        }
         for o in list {
             let id = o.officer_id.as_ref();
             let pos = (o.lat.to_bits(), o.lon.to_bits());
             let moved = match self.seen.get_mut(id) {
                 Some(p) => std::mem::replace(p, pos) != pos,
                 None => {
-                    self.seen.insert(id.to_owned(), pos);
+                    self.seen.insert(id.into(), pos);
                     true
                 }
             };
