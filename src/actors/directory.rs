@@ -15,9 +15,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
-use ractor::{
-    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::region::{
     OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionIndex, RegionMsg, RegionSnapshot,
@@ -44,6 +42,14 @@ struct Slots {
     /// Set when the zip's region is first spawned, kept across its restarts.
     indexes: Vec<OnceLock<SharedIndex>>,
     restarts: Vec<AtomicU64>,
+}
+
+/// Whether a region actor takes messages. A region just spawned is `Starting` until its
+/// task runs (ractor marks it `Running` after `spawn` returns): it is alive, and its
+/// mailbox keeps what is cast meanwhile. Replacing it then made a second region whose
+/// start emptied the shared index under the first one's officers.
+fn alive(r: &ActorRef<RegionMsg>) -> bool {
+    ractor::ACTIVE_STATES.contains(&r.get_status())
 }
 
 /// Handle to the regions: lookups, casts and calls with the timeout inside.
@@ -109,7 +115,7 @@ impl Regions {
     /// and whose restart is still on its way).
     pub async fn ensure(&self, zip: ZipId) -> Result<ActorRef<RegionMsg>, RegionError> {
         if let Some(r) = self.get(zip)
-            && r.get_status() == ActorStatus::Running
+            && alive(&r)
         {
             return Ok(r);
         }
@@ -216,10 +222,10 @@ impl Regions {
         let mut to_watch = Vec::new();
         let reach = self.zips.walk_touching(at, own, d0, radius_m, |z, r| {
             touching.push(z);
-            if needs_watch(z) {
-                to_watch.push((z, self.read_into(z, at, r, k, &mut best)));
-            } else {
-                self.peek_into(z, at, r, k, &mut best);
+            let watch_it = needs_watch(z);
+            let version = self.read_into(z, at, r, k, &mut best, watch_it);
+            if watch_it {
+                to_watch.push((z, version));
             }
             if k > 0 && best.len() >= k {
                 best[k - 1].distance_m.min(r)
@@ -240,29 +246,10 @@ impl Regions {
     }
 
     /// Merges `zip`'s answer into `best` (see
-    /// [`crate::geo::OfficerIndex::nearest_within_into`]):
-    /// without a lock when it holds nobody, and without spawning its region (a region
-    /// never spawned holds nobody).
-    fn peek_into(
-        &self,
-        zip: ZipId,
-        at: LatLon,
-        radius_m: f64,
-        k: usize,
-        best: &mut Vec<Nearby<OfficerData>>,
-    ) {
-        if let Some(shared) = self.slots.indexes[zip as usize].get()
-            && shared.officers() > 0
-        {
-            shared
-                .read()
-                .index
-                .nearest_within_into(at, radius_m, k, best);
-        }
-    }
-
-    /// Merges `zip`'s answer into `best`; returns the index version it was read at. A
-    /// region never spawned holds nobody at version 0 (where its index starts).
+    /// [`crate::geo::OfficerIndex::nearest_within_into`]) without spawning its region;
+    /// returns the index version it was read at (a region never spawned holds nobody, at
+    /// version 0, where its index starts). Unless the version is wanted, an index that
+    /// holds nobody is not locked.
     fn read_into(
         &self,
         zip: ZipId,
@@ -270,15 +257,17 @@ impl Regions {
         radius_m: f64,
         k: usize,
         best: &mut Vec<Nearby<OfficerData>>,
+        want_version: bool,
     ) -> u64 {
-        match self.slots.indexes[zip as usize].get() {
-            Some(shared) => {
-                let g = shared.read();
-                g.index.nearest_within_into(at, radius_m, k, best);
-                g.version
-            }
-            None => 0,
+        let Some(shared) = self.slots.indexes[zip as usize].get() else {
+            return 0;
+        };
+        if !want_version && shared.officers() == 0 {
+            return 0;
         }
+        let g = shared.read();
+        g.index.nearest_within_into(at, radius_m, k, best);
+        g.version
     }
 
     /// One officer's entry in `zip`, if indexed there.
@@ -439,7 +428,7 @@ impl Actor for RegionDirectory {
                     .unwrap_or_else(|e| e.into_inner())
                     .clone();
                 let r = match existing {
-                    Some(r) if r.get_status() == ActorStatus::Running => Some(r),
+                    Some(r) if alive(&r) => Some(r),
                     // Dead, its failure not yet handled: replace it now; the supervision
                     // event will find the slot taken and only count and resync.
                     _ => Self::spawn_region(&myself, st, zip).await,
