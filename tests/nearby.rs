@@ -17,6 +17,26 @@ fn zips() -> Arc<ZipTable> {
     T.get_or_init(|| Arc::new(ZipTable::embedded())).clone()
 }
 
+/// Runs `f` with the embedded zip table and a new set of regions, on two workers.
+fn with_regions<F, Fut, T>(f: F) -> T
+where
+    F: FnOnce(Arc<ZipTable>, Regions) -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let zips = zips();
+        let (regions, _) = Regions::start(zips.clone(), Default::default(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        f(zips, regions).await
+    })
+}
+
 fn point(spread: f64) -> impl Strategy<Value = LatLon> {
     (-spread..spread, -spread..spread).prop_map(|(a, b)| LatLon {
         lat: CENTRE.0 + a,
@@ -34,16 +54,7 @@ proptest! {
         k in 1usize..8,
         radius_m in 100.0f64..4_000.0,
     ) {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let zips = zips();
-            let (regions, _) = Regions::start(zips.clone(), Default::default(), Duration::from_secs(5))
-                .await
-                .unwrap();
+        with_regions(|zips, regions| async move {
             let mut used = Vec::new();
             for (i, p) in officers.iter().enumerate() {
                 let (z, _) = zips.nearest(*p);
@@ -96,16 +107,7 @@ proptest! {
 /// one run in twenty from it).
 #[test]
 fn a_starting_region_is_not_replaced() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let zips = zips();
-        let (regions, _) = Regions::start(zips.clone(), Default::default(), Duration::from_secs(5))
-            .await
-            .unwrap();
+    with_regions(|zips, regions| async move {
         let centre = LatLon {
             lat: CENTRE.0,
             lon: CENTRE.1,
