@@ -102,9 +102,9 @@ impl Outbox {
         self.send_as(msg.kind(), msg, 128)
     }
 
-    /// Queues `msg`, a frame of wire type `kind` in another form than [`ServerMsg`] (a
-    /// borrowed one), written into a buffer of `size_hint` bytes (it grows if needed, and
-    /// is held until the frame is written); as [`Outbox::send`].
+    /// Queues `msg`, a frame of wire type `kind`, serialised into a buffer of `size_hint`
+    /// bytes (it grows if needed, and is held until the frame is written); as
+    /// [`Outbox::send`].
     pub fn send_as(&self, kind: &'static str, msg: &impl Serialize, size_hint: usize) -> bool {
         if self.is_closing() {
             return false;

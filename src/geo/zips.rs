@@ -257,21 +257,23 @@ impl ZipTable {
 
     /// The zip whose centroid is nearest to `p` (exact), with the haversine distance.
     pub fn nearest(&self, p: LatLon) -> (ZipId, f64) {
+        let u = p.unit();
         let start = self
             .tri
-            .nearest_neighbor(self.stereo.project(p.unit()))
+            .nearest_neighbor(self.stereo.project(u))
             .map(|v| v.data().id)
             .unwrap_or(0);
-        self.descend(p, start)
+        self.descend(p, u, start)
     }
 
     /// As [`ZipTable::nearest`], starting from `hint` (the zip of a phone's last position):
     /// a step or two for a phone that moved a little, no point location at all. A hint
     /// farther than [`HINT_REACH_M`] (or unknown) is ignored.
     pub fn nearest_from(&self, p: LatLon, hint: ZipId) -> (ZipId, f64) {
+        let u = p.unit();
         match self.zips.get(hint as usize) {
-            Some(z) if dot(p.unit(), z.unit) >= (HINT_REACH_M / EARTH_RADIUS_M).cos() => {
-                self.descend(p, hint)
+            Some(z) if dot(u, z.unit) >= (HINT_REACH_M / EARTH_RADIUS_M).cos() => {
+                self.descend(p, u, hint)
             }
             _ => self.nearest(p),
         }
@@ -280,8 +282,8 @@ impl ZipTable {
     /// Greedy descent on the spherical Delaunay graph from `start`: a site that is not the
     /// nearest always has a Delaunay neighbour nearer to the query, so this ends at the
     /// nearest from any start (in as many steps as sites lie between).
-    fn descend(&self, p: LatLon, start: ZipId) -> (ZipId, f64) {
-        let u = p.unit();
+    /// `u` is `p`'s unit vector.
+    fn descend(&self, p: LatLon, u: [f64; 3], start: ZipId) -> (ZipId, f64) {
         let mut best = start;
         let mut best_dot = dot(u, self.zips[best as usize].unit);
         loop {
@@ -544,7 +546,7 @@ mod tests {
             let t = table();
             let start = (start % t.len()) as ZipId;
             let want = t.nearest(p);
-            prop_assert_eq!(t.descend(p, start), want);
+            prop_assert_eq!(t.descend(p, p.unit(), start), want);
             prop_assert_eq!(t.nearest_from(p, start), want);
             prop_assert_eq!(t.nearest_from(p, want.0), want);
         }
