@@ -48,7 +48,6 @@ fn data() -> OfficerData {
         Arc::from("Officer"),
         chrono::Utc::now(),
         1,
-        0,
         "00000",
     )
 }

@@ -60,7 +60,7 @@ proptest! {
                 let (z, _) = zips.nearest(*p);
                 let id = format!("o{i}");
                 let code = &zips.get(z).code;
-                let data = OfficerData::new(&id, Arc::from("Officer"), chrono::Utc::now(), i as u64, z, code);
+                let data = OfficerData::new(&id, Arc::from("Officer"), chrono::Utc::now(), i as u64, code);
                 regions.upsert(z, id.into(), *p, data).await.unwrap();
                 used.push(z);
             }
@@ -130,8 +130,7 @@ fn a_starting_region_is_not_replaced() {
         for &z in &more {
             let p = zips.get(z).centroid;
             let put = |id: &str| {
-                let data =
-                    OfficerData::new(id, Arc::from("Officer"), chrono::Utc::now(), 1, z, "x");
+                let data = OfficerData::new(id, Arc::from("Officer"), chrono::Utc::now(), 1, "x");
                 regions.upsert(z, id.into(), p, data)
             };
             let (a, b) = tokio::join!(put("a"), put("b"));

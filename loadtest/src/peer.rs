@@ -278,7 +278,7 @@ async fn engine_leg(
         let zips = zips.clone();
         move |i: usize, z| {
             let id = format!("officer-{i}");
-            OfficerData::new(&id, "officer".into(), expires, 1, z, &zips.get(z).code)
+            OfficerData::new(&id, "officer".into(), expires, 1, &zips.get(z).code)
         }
     };
     for (i, w) in walkers.iter().enumerate() {

@@ -34,20 +34,17 @@ pub struct OfficerData {
     pub expires_at: DateTime<Utc>,
     /// The officer session that published the entry; only it may remove it.
     pub session_id: u64,
-    /// The region the officer is in (its position's zip).
-    pub zip: ZipId,
     /// Id, name and zip code as the officer's entry in a `nearby` frame writes them.
     pub card: OfficerCard,
 }
 
 impl OfficerData {
-    /// The data of officer `id` in region `zip` (whose code is `zip_code`).
+    /// The data of officer `id` in the region whose code is `zip_code`.
     pub fn new(
         id: &str,
         display_name: Arc<str>,
         expires_at: DateTime<Utc>,
         session_id: u64,
-        zip: ZipId,
         zip_code: &str,
     ) -> Self {
         Self {
@@ -55,7 +52,6 @@ impl OfficerData {
             display_name,
             expires_at,
             session_id,
-            zip,
         }
     }
 }

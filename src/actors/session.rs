@@ -299,7 +299,6 @@ impl SessionState {
             display_name: self.name.clone(),
             expires_at,
             session_id: self.id,
-            zip,
             card,
         };
         self.ctx
