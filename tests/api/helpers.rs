@@ -24,15 +24,26 @@ pub struct TestApp {
     pub base: String,
     pub auth: Auth,
     pub http: reqwest::Client,
+    /// Declared last so it drops after the server: the SQLite file's directory goes with the app.
+    _data: DataDir,
 }
 
-/// Test settings: port 0 and short intervals.
-pub fn test_settings() -> Settings {
+/// A test app's own data directory, removed when the app is dropped (a full test run opens
+/// a few hundred apps; their databases used to stay behind in the temp dir).
+struct DataDir(std::path::PathBuf);
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Test settings: port 0, short intervals, SQLite in `dir`.
+fn test_settings(dir: &std::path::Path) -> Settings {
     let mut s = Settings::defaults();
     s.server.bind = "127.0.0.1:0".into();
     s.server.shutdown_grace_ms = 1000;
     s.citizen.push_interval_ms = 200;
-    let dir = std::env::temp_dir().join(format!("heyblue-api-{}", uuid::Uuid::new_v4()));
     s.database.url = format!("sqlite://{}/heyblue.db?mode=rwc", dir.display());
     s
 }
@@ -70,7 +81,8 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut s = test_settings();
+    let data = DataDir(std::env::temp_dir().join(format!("heyblue-api-{}", uuid::Uuid::new_v4())));
+    let mut s = test_settings(&data.0);
     f(&mut s);
     let auth = Auth::new(s.auth.jwt_secret.expose());
     let running = heyblue::server::start(s, zips())
@@ -82,6 +94,7 @@ pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
         base,
         auth,
         http: reqwest::Client::new(),
+        _data: data,
     }
 }
 
