@@ -2,14 +2,14 @@
 //! registry. Only handles live here; state lives in the actors that own it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use ractor::ActorRef;
-use tokio::sync::watch;
 
 use crate::actors::directory::Regions;
+use crate::actors::outbox::{Outbox, close};
 use crate::actors::session::SessionMsg;
 use crate::config::Settings;
 use crate::events::{EventBus, Publisher};
@@ -29,11 +29,16 @@ pub struct SessionEntry {
     pub actor: ActorRef<SessionMsg>,
 }
 
-/// Account → its one live session on this node.
+/// Account → its one live session on this node; and every open socket's outbox.
 #[derive(Default)]
 pub struct Sessions {
     map: DashMap<Arc<str>, SessionEntry>,
     sockets: AtomicUsize,
+    /// Session id → the outbox of its socket, from upgrade to close: shutdown closes them
+    /// all through it (a socket task then needs no shutdown future of its own, which it
+    /// would poll, and lock a shared waiter list for, on every frame).
+    outboxes: DashMap<u64, Outbox>,
+    closing_all: AtomicBool,
     available: Arc<AtomicUsize>,
     pending: Arc<AtomicUsize>,
 }
@@ -130,7 +135,33 @@ impl Sessions {
     pub fn sockets(&self) -> usize {
         self.sockets.load(Ordering::Acquire)
     }
+
+    /// Lists a socket's outbox until [`Sessions::detach`]; closed at once (1001) if
+    /// shutdown has begun.
+    pub fn attach(&self, session_id: u64, out: Outbox) {
+        self.outboxes.insert(session_id, out.clone());
+        // After the insert: either `close_all` iterated past it, or this sees its flag.
+        if self.closing_all.load(Ordering::SeqCst) {
+            out.close(close::GOING_AWAY, SHUTDOWN_REASON);
+        }
+    }
+
+    /// Unlists a socket's outbox.
+    pub fn detach(&self, session_id: u64) {
+        self.outboxes.remove(&session_id);
+    }
+
+    /// Closes every socket with 1001, and every socket attached from now on.
+    pub fn close_all(&self) {
+        self.closing_all.store(true, Ordering::SeqCst);
+        for out in self.outboxes.iter() {
+            out.close(close::GOING_AWAY, SHUTDOWN_REASON);
+        }
+    }
 }
+
+/// The close reason of a socket closed by shutdown.
+const SHUTDOWN_REASON: &str = "server shutting down";
 
 /// Everything a node's sessions and routes share.
 pub struct Context {
@@ -152,7 +183,6 @@ pub struct Context {
     pub publisher: Arc<Publisher>,
     /// Signs and checks voucher codes.
     pub vouchers: VoucherSigner,
-    shutdown: watch::Sender<bool>,
     next_session: AtomicU64,
 }
 
@@ -184,7 +214,6 @@ impl Context {
             publisher,
             events_wake: Arc::new(tokio::sync::Notify::new()),
             vouchers,
-            shutdown: watch::channel(false).0,
             next_session: AtomicU64::new(1),
         }))
     }
@@ -194,18 +223,37 @@ impl Context {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Tells every session to close with 1001.
+    /// Tells every socket to close with 1001.
     pub fn begin_shutdown(&self) {
-        self.shutdown.send_replace(true);
-    }
-
-    /// Resolves when shutdown begins.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+        self.sessions.close_all();
     }
 
     /// Stops the actors.
     pub fn stop(&self) {
         self.regions.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_closes_listed_sockets_and_late_ones() {
+        let s = Sessions::default();
+        let open = Outbox::new(4, 10);
+        s.attach(1, open.clone());
+        let gone = Outbox::new(4, 10);
+        s.attach(2, gone.clone());
+        s.detach(2);
+        s.close_all();
+        assert!(open.is_closing());
+        assert!(!gone.is_closing(), "a socket that left is not touched");
+        let late = Outbox::new(4, 10);
+        s.attach(3, late.clone());
+        assert!(
+            late.is_closing(),
+            "a socket opened during shutdown is closed at once"
+        );
     }
 }

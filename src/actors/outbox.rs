@@ -191,11 +191,16 @@ impl Outbox {
         }
     }
 
-    /// Whether an abort was requested (while the writer is stuck on a frame the client
-    /// does not read). Registers the task like [`Outbox::poll_next`].
-    pub fn poll_aborted(&self, cx: &mut Context<'_>) -> bool {
+    /// Wakes the task of `cx` on the next frame, close or abort (while the writer is stuck
+    /// on a socket the client does not read).
+    pub fn register(&self, cx: &mut Context<'_>) {
         self.0.writer.register(cx.waker());
-        self.queue().abort.is_some()
+    }
+
+    /// The socket has finished with its session: nothing more is queued (an abort still
+    /// closes it), and the session actor ending now is expected.
+    pub fn retire(&self) {
+        self.0.closing.store(true, Ordering::Relaxed);
     }
 
     /// Sends an error frame and counts it. Returns true when this error reaches the

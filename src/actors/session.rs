@@ -259,6 +259,23 @@ pub struct SessionState {
     role: RoleState,
 }
 
+/// However the actor ends — stopped, killed, or panicking (ractor skips `post_stop` for
+/// the last two) — its state is dropped.
+impl Drop for SessionState {
+    fn drop(&mut self) {
+        metrics::gauge!("ws_sessions", "role" => self.role().as_str()).decrement(1.0);
+        // The socket task retires the outbox before it stops the actor: an outbox still
+        // open means the actor ended by itself, and nothing else will serve the socket.
+        if !self.out.is_closing() {
+            tracing::error!(
+                session = self.id,
+                "session actor ended unexpectedly; closing its socket"
+            );
+            self.out.abort(close::INTERNAL, "internal error");
+        }
+    }
+}
+
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
@@ -1096,7 +1113,6 @@ impl Actor for SessionActor {
         st: &mut SessionState,
     ) -> Result<(), ActorProcessingErr> {
         st.leave_everything();
-        metrics::gauge!("ws_sessions", "role" => st.role().as_str()).decrement(1.0);
         Ok(())
     }
 }

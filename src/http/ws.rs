@@ -78,10 +78,11 @@ pub async fn upgrade(
         .on_upgrade(move |socket| run(state, ticket, socket))
 }
 
-/// Releases the socket slot however the session ends.
-struct SocketSlot(AppState);
+/// Releases the socket slot and unlists the outbox however the session ends.
+struct SocketSlot(AppState, u64);
 impl Drop for SocketSlot {
     fn drop(&mut self) {
+        self.0.ctx.sessions.detach(self.1);
         self.0.ctx.sessions.close_socket();
     }
 }
@@ -90,7 +91,8 @@ impl Drop for SocketSlot {
 enum Event {
     /// A frame from the client (`None` when the stream ended).
     Frame(Option<Result<Message, axum::Error>>),
-    /// The writer handed a close frame to the socket: finish within the grace period.
+    /// The socket is closing (a close or abort was requested): finish within the grace
+    /// period.
     Closing,
     /// The writer is finished: close frame flushed, or the socket failed.
     WriterDone,
@@ -127,19 +129,15 @@ impl Writer {
             if self.done {
                 return Poll::Pending;
             }
+            if !self.told_closing && self.out.is_closing() {
+                self.told_closing = true;
+                return Poll::Ready(Event::Closing);
+            }
             if self.flushing {
                 match Pin::new(&mut *socket).poll_flush(cx) {
                     Poll::Ready(Ok(())) => self.flushing = false,
                     Poll::Ready(Err(_)) => return self.finish(),
-                    Poll::Pending => {
-                        // A client that does not read: an abort (4008, shutdown) must
-                        // still end the socket within the grace period.
-                        if self.out.poll_aborted(cx) && !self.told_closing {
-                            self.told_closing = true;
-                            return Poll::Ready(Event::Closing);
-                        }
-                        return Poll::Pending;
-                    }
+                    Poll::Pending => return self.stuck(cx),
                 }
                 if self.closing {
                     return self.finish();
@@ -148,7 +146,7 @@ impl Writer {
             match Pin::new(&mut *socket).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
                 Poll::Ready(Err(_)) => return self.finish(),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return self.stuck(cx),
             }
             let msg = match ready!(self.out.poll_next(cx)) {
                 Next::Frame(text) => Message::Text(text),
@@ -164,11 +162,21 @@ impl Writer {
                 return self.finish();
             }
             self.flushing = true;
-            if self.closing && !self.told_closing {
+        }
+    }
+
+    /// The socket takes nothing more for now (a client that does not read). A close
+    /// (4008, shutdown, ...) must still end it within the grace period, so the outbox
+    /// wakes this task too.
+    fn stuck(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if !self.told_closing {
+            self.out.register(cx);
+            if self.out.is_closing() {
                 self.told_closing = true;
                 return Poll::Ready(Event::Closing);
             }
         }
+        Poll::Pending
     }
 
     /// Writes until the writer is done (the close frame flushed or the socket failed).
@@ -201,14 +209,16 @@ impl Writer {
 }
 
 async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
-    let _slot = SocketSlot(state.clone());
     let ctx = state.ctx.clone();
+    let session_id = ctx.next_session_id();
+    let _slot = SocketSlot(state.clone(), session_id);
     let lim = &ctx.settings.limits;
     let out = Outbox::new(lim.outbound_queue, lim.max_consecutive_errors);
+    // Listed for shutdown, which closes the socket through its outbox (1001).
+    ctx.sessions.attach(session_id, out.clone());
     let mut writer = Writer::new(out.clone());
     let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
 
-    let session_id = ctx.next_session_id();
     let last_zip = Arc::new(AtomicU32::new(t.zip));
     let args = SessionArgs {
         ctx: ctx.clone(),
@@ -234,9 +244,6 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     let burst = NonZeroU32::new(lim.messages_burst.max(1)).expect("max(1) is non-zero");
     let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
     let dl = DecodeLimits::from_settings(&ctx.settings);
-    let mut shutdown = ctx.shutdown_signal();
-    let mut shutdown_seen = false;
-    let mut actor_gone = false;
     // Refusals cast since the last command: at the error limit the session will close
     // with 1008 once it has answered them, so later frames are not forwarded (this also
     // bounds what a flooding client can queue in the session's mailbox).
@@ -246,24 +253,13 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     // close this way.
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
 
+    // Everything that ends a socket reaches it through its outbox — the session actor's
+    // closes, shutdown (`Sessions::close_all`), and the actor's own end if it panics or is
+    // killed (`SessionState`'s drop aborts with 1011) — so a frame costs one poll of the
+    // outbox and the socket, nothing else.
     loop {
         let frame = tokio::select! {
             biased;
-            // The actor ended on its own (a bug made it panic, or it was killed): the
-            // socket cannot be served any more.
-            _ = &mut join, if !actor_gone => {
-                tracing::error!(session_id, "session actor ended unexpectedly; closing its socket");
-                actor_gone = true;
-                out.abort(close::INTERNAL, "internal error");
-                arm(&mut deadline, grace);
-                continue;
-            }
-            _ = shutting_down(&mut shutdown), if !shutdown_seen => {
-                shutdown_seen = true;
-                out.close(close::GOING_AWAY, "server shutting down");
-                arm(&mut deadline, grace);
-                continue;
-            }
             _ = async { deadline.as_mut().expect("guarded").await }, if deadline.is_some() => break,
             e = std::future::poll_fn(|cx| writer.poll_event(cx, &mut socket)) => match e {
                 Event::WriterDone => break,
@@ -279,7 +275,7 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
             // At the error limit (or any other close) the actor closes the socket after
             // the replies it still owes; until then further frames are read, not answered.
-            _ if actor_gone || out.is_closing() || refused_in_row >= max_refused => {
+            _ if out.is_closing() || refused_in_row >= max_refused => {
                 metrics::counter!("ws_frames_ignored_total").increment(1);
                 continue;
             }
@@ -310,6 +306,8 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
     }
 
     // The socket is done: stop the actor (post_stop withdraws the officer and unwatches).
+    // Retired first, so that the actor's end is not taken for a failure.
+    out.retire();
     actor.stop(None);
     if !join.is_finished()
         && Box::pin(tokio::time::timeout(Duration::from_secs(5), &mut join))
@@ -342,10 +340,4 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
 /// Starts the grace period of a closing socket (once: a later close does not extend it).
 fn arm(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>, grace: Duration) {
     deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
-}
-
-/// Resolves once shutdown has begun (at once if it already has).
-async fn shutting_down(rx: &mut tokio::sync::watch::Receiver<bool>) {
-    // An error means the context is gone, which is a shutdown too.
-    let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
