@@ -8,6 +8,7 @@
 //! - [`context`]: the handles shared by a node's routes and sessions; no state of its own.
 //! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
 //! - [`server`]: start-up and the one shutdown sequence.
+//! - [`telemetry`]: handles of the metrics counted per frame, kept instead of looked up.
 //! - [`events`]: the event bus and the outbox publisher; publishes only what committed.
 //! - [`import`]: parsing and validating bulk imports (CSV / JSON); pure, no I/O.
 //! - [`store`]: the durable store (sea-orm, SQLite or PostgreSQL); the only module that sees SQL.
@@ -23,3 +24,4 @@ pub mod import;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;

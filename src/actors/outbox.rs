@@ -142,7 +142,7 @@ impl Outbox {
             return false;
         }
         self.0.writer.wake();
-        metrics::counter!("ws_messages_out_total", "type" => kind).increment(1);
+        crate::telemetry::count("ws_messages_out_total", "type", kind);
         true
     }
 

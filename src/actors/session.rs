@@ -501,7 +501,7 @@ impl SessionState {
             regions.unwatch(z, session);
         }
         c.watched = touching;
-        metrics::histogram!("nearby_query_seconds").record(started.elapsed().as_secs_f64());
+        crate::telemetry::nearby_query_seconds().record(started.elapsed().as_secs_f64());
 
         let changed = c.radius_m != c.last_radius
             || merged.len() != c.last.len()
@@ -1029,7 +1029,7 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SessionMsg::Command(cmd) => {
-                metrics::counter!("ws_messages_in_total", "type" => cmd.type_name()).increment(1);
+                crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
                 match cmd {
                     Command::Ping => {
                         st.out.accepted();
