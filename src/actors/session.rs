@@ -29,10 +29,10 @@ use super::region::{OfficerData, Watch};
 use crate::context::{Context, Counted, SessionEntry};
 use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
-use crate::geo::{LatLon, ZipId, haversine_m};
+use crate::geo::{LatLon, Nearby, ZipId, haversine_m};
 use crate::http::auth::Ticket;
 use crate::protocol::{
-    CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, OfficerCard, Role, ServerMsg, WireError,
+    CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, Role, ServerMsg, WireError,
 };
 use crate::store::NewConnection;
 
@@ -215,8 +215,8 @@ struct OfficerState {
     /// The last accepted request and the frame sent for it, so a duplicated `respond`
     /// gets the same answer and records nothing new.
     last_accepted: Option<(String, ServerMsg)>,
-    /// The officer's `nearby` card and the zip it was written for.
-    card: Option<(ZipId, OfficerCard)>,
+    /// What the officer's region entry carries, and the zip it was made for.
+    data: Option<(ZipId, OfficerData)>,
 }
 
 /// Citizen-only state.
@@ -233,7 +233,7 @@ struct CitizenState {
     push_armed: bool,
     /// The officers of the last answer: id, position, distance. A push is due when ids or
     /// positions change; requests may ask any of them.
-    last: Vec<(OfficerKey, LatLon, f64)>,
+    last: Vec<Nearby<OfficerData>>,
     last_radius: f64,
     close_by: HashSet<OfficerKey>,
     /// The one request this citizen may have open: (request id, officer session).
@@ -302,21 +302,17 @@ impl SessionState {
             return Ok(());
         };
         let expires_at = w.expires_at;
-        // The card changes only with the zip: escaped once per region, not once per move.
-        let card = match &o.card {
-            Some((z, card)) if *z == zip => card.clone(),
+        // The entry changes only with the zip and the window: made (and its card escaped)
+        // once per region and window, not once per move.
+        let data = match &o.data {
+            Some((z, d)) if *z == zip && d.expires_at == expires_at => d.clone(),
             _ => {
-                let card =
-                    OfficerCard::new(&self.account, &self.name, &self.ctx.zips.get(zip).code);
-                o.card = Some((zip, card.clone()));
-                card
+                let code = &self.ctx.zips.get(zip).code;
+                let d =
+                    OfficerData::new(&self.account, self.name.clone(), expires_at, self.id, code);
+                o.data = Some((zip, d.clone()));
+                d
             }
-        };
-        let data = OfficerData {
-            display_name: self.name.clone(),
-            expires_at,
-            session_id: self.id,
-            card,
         };
         self.ctx
             .regions
@@ -508,7 +504,7 @@ impl SessionState {
             || merged
                 .iter()
                 .zip(&c.last)
-                .any(|(n, (id, pos, _))| n.id != *id || n.pos != *pos);
+                .any(|(n, l)| n.id != l.id || n.pos != l.pos);
         if reply || changed {
             let officers: SmallVec<[NearbyOfficerRef<'_>; 8]> = merged
                 .iter()
@@ -535,11 +531,6 @@ impl SessionState {
                     .record(t.elapsed().as_secs_f64());
             }
         }
-        // Unsent only when ids and positions are those last sent: only distances differ.
-        c.last = merged
-            .iter()
-            .map(|n| (n.id.clone(), n.pos, n.distance_m))
-            .collect();
 
         // officer_nearby: once per entry into the proximity distance. When the `limit`
         // nearest are all that close, more may be: ask the same regions for them.
@@ -571,6 +562,9 @@ impl SessionState {
             });
         }
         c.close_by = close.into_iter().map(|(id, _)| id).collect();
+        // Kept whether sent or not (unsent only when ids and positions are those last
+        // sent: only distances differ). Moved, not cloned: no reference counts.
+        c.last = merged;
     }
 
     /// Citizen: a watched region changed; push now or at the end of the interval.
@@ -630,7 +624,12 @@ impl SessionState {
                 Some("request_connection"),
             );
         }
-        let Some(&(_, _, distance_m)) = c.last.iter().find(|(id, _, _)| **id == *officer_id) else {
+        let Some(distance_m) = c
+            .last
+            .iter()
+            .find(|n| *n.id == *officer_id)
+            .map(|n| n.distance_m)
+        else {
             return self.refuse(
                 "officer_unavailable",
                 "that officer is not among your nearby available officers",
