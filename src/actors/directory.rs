@@ -10,7 +10,7 @@
 //!   so one broadcast beats keeping per-zip membership for every session.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::region::{
-    OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionIndex, RegionMsg, RegionSnapshot,
-    SharedIndex, Watch,
+    Occupancy, OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionIndex, RegionMsg,
+    RegionSnapshot, SharedIndex, Watch,
 };
 use super::session::SessionMsg;
 use crate::context::Sessions;
@@ -41,6 +41,8 @@ struct Slots {
     refs: Vec<RwLock<Option<ActorRef<RegionMsg>>>>,
     /// Set when the zip's region is first spawned, kept across its restarts.
     indexes: Vec<OnceLock<SharedIndex>>,
+    /// Officers per zip, as each region's index publishes them.
+    occupancy: Occupancy,
     restarts: Vec<AtomicU64>,
 }
 
@@ -71,6 +73,7 @@ impl Regions {
         let slots = Arc::new(Slots {
             refs: (0..zips.len()).map(|_| RwLock::new(None)).collect(),
             indexes: (0..zips.len()).map(|_| OnceLock::new()).collect(),
+            occupancy: (0..zips.len()).map(|_| AtomicU32::new(0)).collect(),
             restarts: (0..zips.len()).map(|_| AtomicU64::new(0)).collect(),
         });
         let (directory, join) = Actor::spawn(
@@ -259,12 +262,12 @@ impl Regions {
         best: &mut Vec<Nearby<OfficerData>>,
         want_version: bool,
     ) -> u64 {
+        if !want_version && self.slots.occupancy[zip as usize].load(Ordering::SeqCst) == 0 {
+            return 0;
+        }
         let Some(shared) = self.slots.indexes[zip as usize].get() else {
             return 0;
         };
-        if !want_version && shared.officers() == 0 {
-            return 0;
-        }
         let g = shared.read();
         g.index.nearest_within_into(at, radius_m, k, best);
         g.version
@@ -357,7 +360,13 @@ impl RegionDirectory {
     ) -> Option<ActorRef<RegionMsg>> {
         let z = st.zips.get(zip);
         let shared = st.slots.indexes[zip as usize]
-            .get_or_init(|| Arc::new(RegionIndex::new(z.centroid)))
+            .get_or_init(|| {
+                Arc::new(RegionIndex::new(
+                    z.centroid,
+                    st.slots.occupancy.clone(),
+                    zip,
+                ))
+            })
             .clone();
         let args = RegionArgs {
             shared,

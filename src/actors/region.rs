@@ -13,7 +13,7 @@
 //! * the actor never awaits another actor: it only answers calls and casts signals.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use chrono::{DateTime, Utc};
@@ -164,24 +164,33 @@ pub struct Indexed {
     pub version: u64,
 }
 
+/// Officers indexed in each zip, one dense array for the node: a citizen's walk tests
+/// a dozen regions for officers, and most hold none — adjacent counters share cache
+/// lines, where a count kept in each region's index was a cache miss per region.
+pub type Occupancy = Arc<[AtomicU32]>;
+
 /// A region's index as readers see it: one per zip for the life of the node (a restarted
 /// region clears it), so readers reach it without a lock on the slot.
 pub struct RegionIndex {
     indexed: RwLock<Indexed>,
-    /// Officers indexed, stored (`SeqCst`) after every change and before watchers are
-    /// tested: a watcher that reads 0 here needs no lock (see `Regions::nearby`).
-    officers: AtomicUsize,
+    /// `occupancy[zip]`: officers indexed, stored (`SeqCst`) after every change and before
+    /// watchers are tested: a watcher that reads 0 there needs no lock (see
+    /// `Regions::nearby`).
+    occupancy: Occupancy,
+    zip: ZipId,
 }
 
 impl RegionIndex {
-    /// An empty index for the region whose centroid is `centroid`.
-    pub fn new(centroid: LatLon) -> Self {
+    /// An empty index for region `zip`, whose centroid is `centroid`, counting its
+    /// officers in `occupancy`.
+    pub fn new(centroid: LatLon, occupancy: Occupancy, zip: ZipId) -> Self {
         Self {
             indexed: RwLock::new(Indexed {
                 index: OfficerIndex::new(centroid),
                 version: 0,
             }),
-            officers: AtomicUsize::new(0),
+            occupancy,
+            zip,
         }
     }
 
@@ -195,13 +204,9 @@ impl RegionIndex {
         self.indexed.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Officers indexed (see the field).
-    pub fn officers(&self) -> usize {
-        self.officers.load(Ordering::SeqCst)
-    }
-
     fn publish_count(&self, n: usize) {
-        self.officers.store(n, Ordering::SeqCst);
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        self.occupancy[self.zip as usize].store(n, Ordering::SeqCst);
     }
 }
 

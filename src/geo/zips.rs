@@ -33,7 +33,6 @@ pub struct Zip {
     pub state: Box<str>,
     /// USPS default city.
     pub city: Box<str>,
-    unit: [f64; 3],
 }
 
 struct CentroidVertex {
@@ -66,6 +65,9 @@ pub enum LocateError {
 /// regions a search circle can touch.
 pub struct ZipTable {
     zips: Vec<Zip>,
+    /// Each centroid's unit vector, apart from the rest of the zip: walks and descents
+    /// read little else, and packed they share cache lines (a `Zip` is 64 bytes more).
+    units: Vec<[f64; 3]>,
     by_code: HashMap<Box<str>, ZipId>,
     tri: CentroidTriangulation,
     /// Delaunay adjacency, flat: the neighbours of zip `i` are
@@ -153,7 +155,6 @@ impl ZipTable {
                 centroid,
                 state: f[3].into(),
                 city: f[4].into(),
-                unit: centroid.unit(),
             });
         }
         Self::from_zips(zips)
@@ -165,9 +166,10 @@ impl ZipTable {
         }
         // Centre of the projection: the normalised mean of all centroids. Its antipode lies
         // far from every centroid for any US-shaped set.
+        let units: Vec<[f64; 3]> = zips.iter().map(|z| z.centroid.unit()).collect();
         let mut m = [0.0; 3];
-        for z in &zips {
-            for (mi, ui) in m.iter_mut().zip(z.unit) {
+        for u in &units {
+            for (mi, ui) in m.iter_mut().zip(u) {
                 *mi += ui;
             }
         }
@@ -177,11 +179,11 @@ impl ZipTable {
             lon: m[1].atan2(m[0]).to_degrees(),
         };
         let stereo = Stereographic::new(centre);
-        let vertices: Vec<CentroidVertex> = zips
+        let vertices: Vec<CentroidVertex> = units
             .iter()
             .enumerate()
-            .map(|(i, z)| CentroidVertex {
-                pos: stereo.project(z.unit),
+            .map(|(i, u)| CentroidVertex {
+                pos: stereo.project(*u),
                 id: i as ZipId,
             })
             .collect();
@@ -209,6 +211,7 @@ impl ZipTable {
             .collect();
         Ok(Self {
             zips,
+            units,
             by_code,
             tri,
             adjacent_from,
@@ -271,8 +274,8 @@ impl ZipTable {
     /// farther than [`HINT_REACH_M`] (or unknown) is ignored.
     pub fn nearest_from(&self, p: LatLon, hint: ZipId) -> (ZipId, f64) {
         let u = p.unit();
-        match self.zips.get(hint as usize) {
-            Some(z) if dot(u, z.unit) >= (HINT_REACH_M / EARTH_RADIUS_M).cos() => {
+        match self.units.get(hint as usize) {
+            Some(&h) if dot(u, h) >= (HINT_REACH_M / EARTH_RADIUS_M).cos() => {
                 self.descend(p, u, hint)
             }
             _ => self.nearest(p),
@@ -285,11 +288,11 @@ impl ZipTable {
     /// `u` is `p`'s unit vector.
     fn descend(&self, p: LatLon, u: [f64; 3], start: ZipId) -> (ZipId, f64) {
         let mut best = start;
-        let mut best_dot = dot(u, self.zips[best as usize].unit);
+        let mut best_dot = dot(u, self.units[best as usize]);
         loop {
             let mut improved = false;
             for n in self.neighbours(best) {
-                let d = dot(u, self.zips[n as usize].unit);
+                let d = dot(u, self.units[n as usize]);
                 if d > best_dot || (d == best_dot && n < best) {
                     best = n;
                     best_dot = d;
@@ -369,7 +372,7 @@ impl ZipTable {
             // A centroid beyond the reach is never pushed: the reach only shrinks, so it
             // could never be popped before the walk ends (a smaller heap is a cheaper one).
             for n in self.neighbours(own) {
-                let d = dot(u, self.zips[n as usize].unit);
+                let d = dot(u, self.units[n as usize]);
                 if seen.insert(n) && d >= cap.min_dot - 1e-12 {
                     heap.push(ByNearness(d, n));
                 }
@@ -379,10 +382,10 @@ impl ZipTable {
                 if d < cap.min_dot - 1e-12 {
                     break;
                 }
-                let cz = self.zips[z as usize].unit;
-                let mut inside = cap.reaches(u, cz, self.zips[own as usize].unit);
+                let cz = self.units[z as usize];
+                let mut inside = cap.reaches(u, cz, self.units[own as usize]);
                 for m in self.neighbours(z) {
-                    let cm = self.zips[m as usize].unit;
+                    let cm = self.units[m as usize];
                     inside = inside && cap.reaches(u, cz, cm);
                     let d = dot(u, cm);
                     if seen.insert(m) && d >= cap.min_dot - 1e-12 {
