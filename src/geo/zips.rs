@@ -7,7 +7,6 @@
 //! true cell adjacencies. Every walk below ranks by the exact spherical metric (dot products
 //! of unit vectors), so answers equal a brute-force haversine scan.
 
-use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
 use std::io::Read;
 
@@ -110,18 +109,27 @@ impl Stereographic {
     }
 }
 
-/// A heap entry ordered by *largest* dot product first (= nearest first).
-#[derive(PartialEq)]
-struct ByNearness(f64, ZipId);
-impl Eq for ByNearness {}
-impl PartialOrd for ByNearness {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
+/// A heap entry ordered by *largest* dot product first (= nearest first), ties by
+/// smaller id: the dot product as an integer of the same order as `f64::total_cmp`, so
+/// that the heap compares integers (a walk pops ~30 entries from a heap of ~100).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct ByNearness(u64, std::cmp::Reverse<ZipId>);
+
+impl ByNearness {
+    fn new(dot: f64, z: ZipId) -> Self {
+        let b = dot.to_bits();
+        // Negative floats reversed, positive ones above them: total_cmp's order.
+        let key = if b >> 63 == 1 { !b } else { b | 1 << 63 };
+        Self(key, std::cmp::Reverse(z))
     }
-}
-impl Ord for ByNearness {
-    fn cmp(&self, o: &Self) -> Ordering {
-        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+
+    fn dot(&self) -> f64 {
+        let k = self.0;
+        f64::from_bits(if k >> 63 == 1 { k & !(1 << 63) } else { !k })
+    }
+
+    fn zip(&self) -> ZipId {
+        self.1.0
     }
 }
 
@@ -374,11 +382,12 @@ impl ZipTable {
             for n in self.neighbours(own) {
                 let d = dot(u, self.units[n as usize]);
                 if seen.insert(n) && d >= cap.min_dot - 1e-12 {
-                    heap.push(ByNearness(d, n));
+                    heap.push(ByNearness::new(d, n));
                 }
             }
             // Best-first in exact distance order: stop at the first centroid beyond `reach`.
-            while let Some(ByNearness(d, z)) = heap.pop() {
+            while let Some(e) = heap.pop() {
+                let (d, z) = (e.dot(), e.zip());
                 if d < cap.min_dot - 1e-12 {
                     break;
                 }
@@ -389,7 +398,7 @@ impl ZipTable {
                     inside = inside && cap.reaches(u, cz, cm);
                     let d = dot(u, cm);
                     if seen.insert(m) && d >= cap.min_dot - 1e-12 {
-                        heap.push(ByNearness(d, m));
+                        heap.push(ByNearness::new(d, m));
                     }
                 }
                 if inside {
@@ -490,6 +499,18 @@ mod tests {
             .map(|(id, z)| (id, haversine_m(p, z.centroid)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn heap_keys_order_as_total_cmp_and_give_the_dot_back(
+            a in proptest::num::f64::ANY, b in proptest::num::f64::ANY, i in 0u32..4, j in 0u32..4,
+        ) {
+            let (ka, kb) = (ByNearness::new(a, i), ByNearness::new(b, j));
+            prop_assert_eq!(ka.cmp(&kb), a.total_cmp(&b).then(j.cmp(&i)));
+            prop_assert_eq!(ka.dot().to_bits(), a.to_bits());
+            prop_assert_eq!(ka.zip(), i);
+        }
     }
 
     #[test]
