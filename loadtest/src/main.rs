@@ -19,6 +19,7 @@ use anyhow::{Context, bail};
 mod accepts;
 mod client;
 mod echo;
+mod frame;
 mod metro;
 mod peer;
 mod scenario;

@@ -14,7 +14,6 @@
 //! `--against echo` runs the same sockets against a bare echo endpoint: every frame comes
 //! back as the "reply", which is the ceiling the server is compared with.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -34,6 +33,7 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Who, Ws};
+use crate::frame::Frame;
 use crate::metro::{self, Metro, Walker};
 use crate::stats;
 
@@ -375,7 +375,7 @@ impl Session {
                 while let Some(m) = rx.next().await {
                     match m {
                         Ok(Message::Text(t)) => {
-                            let Ok(v) = serde_json::from_str::<Frame>(&t) else {
+                            let Some(v) = Frame::parse(&t) else {
                                 // Counted as a protocol error: the server broke the contract.
                                 Shared::count(&r.shared.errors, "unparsable_frame".into());
                                 continue;
@@ -495,31 +495,6 @@ impl Session {
         all.connect.add(&h.connect)?;
         Ok(())
     }
-}
-
-/// The fields of a server frame the scenario reads, borrowed from the text where it can
-/// (parsing every `nearby` into a `serde_json::Value` tree cost the load generator a fifth
-/// of its CPU in closed-loop runs, which the server's figure then paid for).
-#[derive(serde::Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow, default)]
-    ty: Cow<'a, str>,
-    #[serde(borrow, default)]
-    officers: Option<Vec<FrameOfficer<'a>>>,
-    #[serde(borrow, default)]
-    request_id: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    code: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    status: Option<Cow<'a, str>>,
-}
-
-#[derive(serde::Deserialize)]
-struct FrameOfficer<'a> {
-    #[serde(borrow)]
-    officer_id: Cow<'a, str>,
-    lat: f64,
-    lon: f64,
 }
 
 /// What a session's reader keeps.
