@@ -563,8 +563,10 @@ impl SessionState {
         }
         c.close_by = close.into_iter().map(|(id, _)| id).collect();
         // Kept whether sent or not (unsent only when ids and positions are those last
-        // sent: only distances differ). Moved, not cloned: no reference counts.
-        c.last = merged;
+        // sent: only distances differ). Moved, not cloned: no reference counts; but an
+        // empty answer keeps no buffer (it was made for `limit` officers: ~0.25 KB for
+        // each idle citizen with nobody around).
+        c.last = if merged.is_empty() { Vec::new() } else { merged };
     }
 
     /// Citizen: a watched region changed; push now or at the end of the interval.
