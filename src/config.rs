@@ -90,7 +90,8 @@ pub struct ServerSettings {
     pub node_id: String,
     /// Base URL for `ws_url`; empty derives it from the Host header.
     pub public_url: String,
-    /// Time allowed for close frames to flush at shutdown.
+    /// Time a closing socket has to flush its close frame (shutdown, errors, slow client)
+    /// before it is dropped; shutdown also waits this long for sockets.
     pub shutdown_grace_ms: u64,
 }
 
