@@ -566,7 +566,11 @@ impl SessionState {
         // sent: only distances differ). Moved, not cloned: no reference counts; but an
         // empty answer keeps no buffer (it was made for `limit` officers: ~0.25 KB for
         // each idle citizen with nobody around).
-        c.last = if merged.is_empty() { Vec::new() } else { merged };
+        c.last = if merged.is_empty() {
+            Vec::new()
+        } else {
+            merged
+        };
     }
 
     /// Citizen: a watched region changed; push now or at the end of the interval.
