@@ -129,8 +129,7 @@ impl Writer {
             if self.done {
                 return Poll::Pending;
             }
-            if !self.told_closing && self.out.is_closing() {
-                self.told_closing = true;
+            if self.closing_news() {
                 return Poll::Ready(Event::Closing);
             }
             if self.flushing {
@@ -171,12 +170,18 @@ impl Writer {
     fn stuck(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         if !self.told_closing {
             self.out.register(cx);
-            if self.out.is_closing() {
-                self.told_closing = true;
+            if self.closing_news() {
                 return Poll::Ready(Event::Closing);
             }
         }
         Poll::Pending
+    }
+
+    /// Whether the outbox began closing since the run loop was last told: once only.
+    fn closing_news(&mut self) -> bool {
+        let news = !self.told_closing && self.out.is_closing();
+        self.told_closing |= news;
+        news
     }
 
     /// Writes until the writer is done (the close frame flushed or the socket failed).
