@@ -197,6 +197,12 @@ impl Outbox {
         self.0.writer.register(cx.waker());
     }
 
+    /// The socket task is about to queue frames itself and polls the outbox right after:
+    /// they need no wake-up (which would only poll the running task once more).
+    pub fn unregister(&self) {
+        self.0.writer.take();
+    }
+
     /// The socket has finished with its session: nothing more is queued (an abort still
     /// closes it), and the session actor ending now is expected.
     pub fn retire(&self) {

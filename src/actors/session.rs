@@ -12,15 +12,18 @@
 //! * handlers never fail: errors go to the client as `error` frames and to the log.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures_util::FutureExt;
 use futures_util::future::join_all;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smallvec::SmallVec;
+use tokio::sync::{Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
 use super::directory::RegionError;
@@ -198,6 +201,8 @@ pub struct SessionArgs {
     pub out: Outbox,
     /// The session's current zip, for the socket bridge's clean-up if the actor dies.
     pub last_zip: Arc<AtomicU32>,
+    /// Where the actor leaves its state for the socket task ([`SessionHandle::new`]).
+    pub shared: Arc<OnceLock<Shared>>,
 }
 
 struct Window {
@@ -257,13 +262,39 @@ pub struct SessionState {
     out: Outbox,
     last_zip: Arc<AtomicU32>,
     role: RoleState,
+    /// Socket commands the actor has handled: the socket task compares it with the number
+    /// it cast, and handles a `location` itself only when none is waiting.
+    handled: u64,
+}
+
+/// A session's state, shared by its actor and its socket task, which takes it for a
+/// `location` when the actor has nothing of the socket's to do ([`SessionHandle`]).
+pub type Shared = Arc<Mutex<SessionState>>;
+
+/// The actor's state: the shared session state and what is needed when the actor ends.
+pub struct SessionCell {
+    shared: Shared,
+    out: Outbox,
+    role: Role,
+    id: u64,
+}
+
+impl SessionCell {
+    /// The session state, once nobody else (the socket task) holds it. The wait is boxed:
+    /// inline it would stay part of every idle actor's processing loop.
+    async fn state(&self) -> MutexGuard<'_, SessionState> {
+        match self.shared.try_lock() {
+            Ok(g) => g,
+            Err(_) => Box::pin(self.shared.lock()).await,
+        }
+    }
 }
 
 /// However the actor ends — stopped, killed, or panicking (ractor skips `post_stop` for
 /// the last two) — its state is dropped.
-impl Drop for SessionState {
+impl Drop for SessionCell {
     fn drop(&mut self) {
-        metrics::gauge!("ws_sessions", "role" => self.role().as_str()).decrement(1.0);
+        metrics::gauge!("ws_sessions", "role" => self.role.as_str()).decrement(1.0);
         // The socket task retires the outbox before it stops the actor: an outbox still
         // open means the actor ended by itself, and nothing else will serve the socket.
         if !self.out.is_closing() {
@@ -273,6 +304,66 @@ impl Drop for SessionState {
             );
             self.out.abort(close::INTERNAL, "internal error");
         }
+    }
+}
+
+/// The socket task's side of its session. Frames reach the session in their order: each
+/// is cast to the actor, except a `location` that finds the actor with no frame of the
+/// socket's left to handle and the state free; that one is handled here, under the
+/// state's lock, exactly as the actor would (one task wake-up and mailbox hop less on the
+/// hot path). The actor still owns the session's life, timers and every other message.
+pub struct SessionHandle {
+    actor: ActorRef<SessionMsg>,
+    shared: Shared,
+    out: Outbox,
+    /// Frames cast to the actor.
+    cast: u64,
+}
+
+/// The session can take no more frames: its actor is gone, or a frame handled by the
+/// socket task panicked.
+#[derive(Debug)]
+pub struct SessionGone;
+
+impl SessionHandle {
+    /// The handle of a started session: `slot` is what its `pre_start` filled.
+    pub fn new(actor: ActorRef<SessionMsg>, slot: &OnceLock<Shared>, out: Outbox) -> Self {
+        Self {
+            actor,
+            shared: slot
+                .get()
+                .expect("pre_start leaves the state before the actor starts")
+                .clone(),
+            out,
+            cast: 0,
+        }
+    }
+
+    /// Hands a frame (a command or a refusal) to the session, in order.
+    pub async fn send(&mut self, msg: SessionMsg) -> Result<(), SessionGone> {
+        if let SessionMsg::Command(Command::Location(p)) = msg
+            && let Some(mut st) = self.idle()
+        {
+            crate::telemetry::count("ws_messages_in_total", "type", "location");
+            self.out.unregister();
+            // Caught as ractor catches a handler's panic: the socket closes with 1011.
+            let handled = AssertUnwindSafe(Box::pin(st.on_location(p)))
+                .catch_unwind()
+                .await;
+            return handled.map_err(|_| {
+                tracing::error!("a location handled by the socket task panicked");
+                self.out.abort(close::INTERNAL, "internal error");
+                SessionGone
+            });
+        }
+        self.cast += 1;
+        self.actor.cast(msg).map_err(|_| SessionGone)
+    }
+
+    /// The state, if free and every frame cast has been handled.
+    fn idle(&self) -> Option<MutexGuard<'_, SessionState>> {
+        let st = self.shared.try_lock().ok()?;
+        (st.handled == self.cast).then_some(st)
     }
 }
 
@@ -947,14 +1038,14 @@ pub struct SessionActor;
 
 impl Actor for SessionActor {
     type Msg = SessionMsg;
-    type State = SessionState;
+    type State = SessionCell;
     type Arguments = SessionArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<Self::Msg>,
         a: SessionArgs,
-    ) -> Result<SessionState, ActorProcessingErr> {
+    ) -> Result<SessionCell, ActorProcessingErr> {
         let t = a.ticket;
         let role = match t.role {
             Role::Officer => RoleState::Officer(Box::default()),
@@ -989,7 +1080,7 @@ impl Actor for SessionActor {
             });
         }
         metrics::gauge!("ws_sessions", "role" => t.role.as_str()).increment(1.0);
-        Ok(SessionState {
+        let shared = Arc::new(Mutex::new(SessionState {
             ctx: a.ctx,
             id: a.session_id,
             account: t.account,
@@ -997,17 +1088,26 @@ impl Actor for SessionActor {
             pos: t.pos,
             zip: t.zip,
             d0: t.d0,
-            out: a.out,
+            out: a.out.clone(),
             last_zip: a.last_zip,
             role,
+            handled: 0,
+        }));
+        let _ = a.shared.set(shared.clone());
+        Ok(SessionCell {
+            shared,
+            out: a.out,
+            role: t.role,
+            id: a.session_id,
         })
     }
 
     async fn post_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        st: &mut SessionState,
+        cell: &mut SessionCell,
     ) -> Result<(), ActorProcessingErr> {
+        let mut st = cell.state().await;
         st.out.send(&ServerMsg::Welcome {
             session_id: st.id.to_string(),
             role: st.role(),
@@ -1030,17 +1130,23 @@ impl Actor for SessionActor {
         &self,
         myself: ActorRef<Self::Msg>,
         msg: SessionMsg,
-        st: &mut SessionState,
+        cell: &mut SessionCell,
     ) -> Result<(), ActorProcessingErr> {
+        let mut guard = cell.state().await;
+        let st = &mut *guard;
+        if matches!(msg, SessionMsg::Command(_) | SessionMsg::Refused(_)) {
+            // Counted before it is handled: the socket task cannot take the state meanwhile.
+            st.handled += 1;
+        }
         match msg {
             SessionMsg::Command(cmd) => {
                 crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
                 match cmd {
+                    Command::Location(p) => Box::pin(st.on_location(p)).await,
                     Command::Ping => {
                         st.out.accepted();
                         st.out.send(&ServerMsg::Pong);
                     }
-                    Command::Location(p) => Box::pin(st.on_location(p)).await,
                     Command::Available(w) => {
                         st.out.accepted();
                         Box::pin(st.on_available(&myself, w)).await;
@@ -1115,9 +1221,9 @@ impl Actor for SessionActor {
     async fn post_stop(
         &self,
         _myself: ActorRef<Self::Msg>,
-        st: &mut SessionState,
+        cell: &mut SessionCell,
     ) -> Result<(), ActorProcessingErr> {
-        st.leave_everything();
+        cell.state().await.leave_everything();
         Ok(())
     }
 }

@@ -23,7 +23,7 @@ use super::auth::Ticket;
 use super::error::ApiError;
 use super::error::ErrorBody;
 use crate::actors::outbox::{Next, Outbox, close};
-use crate::actors::session::{SessionActor, SessionArgs, SessionMsg};
+use crate::actors::session::{SessionActor, SessionArgs, SessionHandle, SessionMsg};
 use crate::protocol::{DecodeLimits, Role, WireError, decode};
 
 /// `GET /v1/ws?ticket=...`
@@ -231,7 +231,9 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
         ticket: t.clone(),
         out: out.clone(),
         last_zip: last_zip.clone(),
+        shared: Arc::default(),
     };
+    let slot = args.shared.clone();
     // Boxed: the spawn future is large and short-lived; inline it would stay part of this
     // task's state (and memory) for the whole life of the socket.
     let (actor, mut join) = match Box::pin(Actor::spawn(None, SessionActor, args)).await {
@@ -244,6 +246,8 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
         }
     };
     tracing::debug!(session_id, account = %t.account, role = t.role.as_str(), "session open");
+    let mut session = SessionHandle::new(actor.clone(), &slot, out.clone());
+    drop(slot);
 
     let per_s = NonZeroU32::new(lim.messages_per_s.max(1)).expect("max(1) is non-zero");
     let burst = NonZeroU32::new(lim.messages_burst.max(1)).expect("max(1) is non-zero");
@@ -305,7 +309,7 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
         } else {
             refused_in_row = 0;
         }
-        if actor.cast(msg).is_err() {
+        if session.send(msg).await.is_err() {
             break;
         }
     }
