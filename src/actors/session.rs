@@ -19,11 +19,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::FutureExt;
-use futures_util::future::join_all;
+use futures_util::future::{BoxFuture, join_all};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use smallvec::SmallVec;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 
 use super::directory::RegionError;
@@ -279,17 +279,6 @@ pub struct SessionCell {
     id: u64,
 }
 
-impl SessionCell {
-    /// The session state, once nobody else (the socket task) holds it. The wait is boxed:
-    /// inline it would stay part of every idle actor's processing loop.
-    async fn state(&self) -> MutexGuard<'_, SessionState> {
-        match self.shared.try_lock() {
-            Ok(g) => g,
-            Err(_) => Box::pin(self.shared.lock()).await,
-        }
-    }
-}
-
 /// However the actor ends — stopped, killed, or panicking (ractor skips `post_stop` for
 /// the last two) — its state is dropped.
 impl Drop for SessionCell {
@@ -317,13 +306,22 @@ pub struct SessionHandle {
     shared: Shared,
     out: Outbox,
     /// Frames cast to the actor.
-    cast: u64,
+    casts: u64,
 }
 
 /// The session can take no more frames: its actor is gone, or a frame handled by the
 /// socket task panicked.
 #[derive(Debug)]
 pub struct SessionGone;
+
+/// What became of a frame handed to the session.
+pub enum Handed<'a> {
+    /// Queued for the actor.
+    Cast,
+    /// A `location` for the socket task to handle now, by awaiting this. Boxed: inline,
+    /// the handling would stay part of every socket task's state (and memory).
+    Here(BoxFuture<'a, Result<(), SessionGone>>),
+}
 
 impl SessionHandle {
     /// The handle of a started session: `slot` is what its `pre_start` filled.
@@ -335,36 +333,51 @@ impl SessionHandle {
                 .expect("pre_start leaves the state before the actor starts")
                 .clone(),
             out,
-            cast: 0,
+            casts: 0,
         }
     }
 
     /// Hands a frame (a command or a refusal) to the session, in order.
-    pub async fn send(&mut self, msg: SessionMsg) -> Result<(), SessionGone> {
-        if let SessionMsg::Command(Command::Location(p)) = msg
-            && let Some(mut st) = self.idle()
-        {
-            crate::telemetry::count("ws_messages_in_total", "type", "location");
-            self.out.unregister();
+    pub fn send(&mut self, msg: SessionMsg) -> Result<Handed<'_>, SessionGone> {
+        let p = match msg {
+            SessionMsg::Command(Command::Location(p)) => p,
+            msg => return cast(&self.actor, &mut self.casts, msg),
+        };
+        // The state, if free and every frame cast has been handled.
+        let Some(mut st) = self
+            .shared
+            .try_lock()
+            .ok()
+            .filter(|st| st.handled == self.casts)
+        else {
+            let msg = SessionMsg::Command(Command::Location(p));
+            return cast(&self.actor, &mut self.casts, msg);
+        };
+        crate::telemetry::count("ws_messages_in_total", "type", "location");
+        self.out.unregister();
+        let out = &self.out;
+        Ok(Handed::Here(Box::pin(async move {
             // Caught as ractor catches a handler's panic: the socket closes with 1011.
-            let handled = AssertUnwindSafe(Box::pin(st.on_location(p)))
-                .catch_unwind()
-                .await;
-            return handled.map_err(|_| {
+            let handled = AssertUnwindSafe(st.on_location(p)).catch_unwind().await;
+            handled.map_err(|_| {
                 tracing::error!("a location handled by the socket task panicked");
-                self.out.abort(close::INTERNAL, "internal error");
+                out.abort(close::INTERNAL, "internal error");
                 SessionGone
-            });
-        }
-        self.cast += 1;
-        self.actor.cast(msg).map_err(|_| SessionGone)
+            })
+        })))
     }
+}
 
-    /// The state, if free and every frame cast has been handled.
-    fn idle(&self) -> Option<MutexGuard<'_, SessionState>> {
-        let st = self.shared.try_lock().ok()?;
-        (st.handled == self.cast).then_some(st)
-    }
+/// Casts a frame to the session actor, counting it (fields apart, so that a borrow of the
+/// state may be held meanwhile).
+fn cast(
+    actor: &ActorRef<SessionMsg>,
+    casts: &mut u64,
+    msg: SessionMsg,
+) -> Result<Handed<'static>, SessionGone> {
+    *casts += 1;
+    actor.cast(msg).map_err(|_| SessionGone)?;
+    Ok(Handed::Cast)
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -1017,6 +1030,91 @@ impl SessionState {
         }
     }
 
+    /// Handles a message of the actor (a socket's frame, or news from elsewhere).
+    async fn handle(&mut self, myself: ActorRef<SessionMsg>, msg: SessionMsg) {
+        if matches!(msg, SessionMsg::Command(_) | SessionMsg::Refused(_)) {
+            // Counted under the lock: the socket task cannot take the state meanwhile.
+            self.handled += 1;
+        }
+        match msg {
+            SessionMsg::Command(cmd) => {
+                crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
+                match cmd {
+                    Command::Location(p) => self.on_location(p).await,
+                    Command::Ping => {
+                        self.out.accepted();
+                        self.out.send(&ServerMsg::Pong);
+                    }
+                    Command::Available(w) => {
+                        self.out.accepted();
+                        self.on_available(&myself, w).await;
+                    }
+                    Command::Unavailable => {
+                        self.out.accepted();
+                        self.end_window();
+                        self.out.send(&ServerMsg::Availability {
+                            available: false,
+                            expires_at: None,
+                        });
+                    }
+                    Command::Watch { radius_m, limit } => {
+                        self.out.accepted();
+                        if let RoleState::Citizen(c) = &mut self.role {
+                            c.radius_m = radius_m.unwrap_or(c.radius_m);
+                            c.limit = limit.unwrap_or(c.limit);
+                        }
+                        self.schedule_push(&myself).await;
+                    }
+                    Command::RequestConnection { officer_id, mode } => {
+                        self.request_connection(&myself, officer_id, mode).await
+                    }
+                    Command::Respond { request_id, accept } => {
+                        self.respond(request_id, accept).await
+                    }
+                }
+            }
+            SessionMsg::Refused(e) => self.refuse(e.code, &e.message, e.reference.as_deref()),
+            SessionMsg::Changed => self.schedule_push(&myself).await,
+            SessionMsg::Offer(req, reply) => {
+                let r = self.take_offer(&myself, req);
+                // The citizen may have given up waiting; it then cancels on its side.
+                let _ = reply.send(r);
+            }
+            SessionMsg::RequestTimeout(id) => self.end_pending(&id, "expired", true),
+            SessionMsg::CancelRequest(id) => self.end_pending(&id, "cancelled", true),
+            SessionMsg::Decided(id, outcome) => self.decided(id, outcome),
+            SessionMsg::PushTick => self.on_push_tick(&myself).await,
+            SessionMsg::WindowTick {
+                generation,
+                expired,
+            } => self.on_window_tick(generation, expired),
+            SessionMsg::Resync(zip) => match &mut self.role {
+                RoleState::Officer(_) if zip == self.zip => {
+                    if let Err(e) = self.publish().await {
+                        tracing::warn!(session = self.id, "resync failed: {e}");
+                    }
+                }
+                RoleState::Citizen(c) => {
+                    // The restarted region has forgotten this watcher: register it anew.
+                    c.watched.retain(|&z| z != zip);
+                    self.refresh(false).await
+                }
+                _ => {}
+            },
+            SessionMsg::Close {
+                code,
+                error,
+                reason,
+            } => {
+                self.leave_everything();
+                if let Some(e) = error {
+                    self.out.send(&ServerMsg::error(e, reason.clone(), None));
+                }
+                self.out.close(code, &reason);
+            }
+        }
+    }
+
     fn leave_everything(&mut self) {
         self.drop_pending();
         match &self.role {
@@ -1107,7 +1205,7 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         cell: &mut SessionCell,
     ) -> Result<(), ActorProcessingErr> {
-        let mut st = cell.state().await;
+        let mut st = cell.shared.lock().await;
         st.out.send(&ServerMsg::Welcome {
             session_id: st.id.to_string(),
             role: st.role(),
@@ -1120,102 +1218,21 @@ impl Actor for SessionActor {
         Ok(())
     }
 
-    // Every await in `handle` is boxed. ractor keeps each actor's processing loop, which
-    // embeds this future, for the actor's whole life, sized for the largest future awaited
-    // here: inline, the store calls of `respond` / `request_connection` and the region reads
-    // of `refresh` cost every idle session ~7 KB (massif). Boxed, they are allocated only
-    // while a message is handled (RSS per idle session at 10k: officer 19.6 → 12.9 KB,
-    // citizen 21.5 → 14.6 KB).
-    async fn handle(
+    // `handle` is one boxed future. ractor keeps each actor's processing loop, which
+    // embeds what `handle` returns, for the actor's whole life: inline, it would be sized
+    // for the largest future awaited while handling (the store calls of `respond` /
+    // `request_connection`, the region reads of `refresh`), ~7 KB for every idle session
+    // (massif, session 3). Boxed, that is allocated only while a message is handled.
+    fn handle(
         &self,
         myself: ActorRef<Self::Msg>,
         msg: SessionMsg,
         cell: &mut SessionCell,
-    ) -> Result<(), ActorProcessingErr> {
-        let mut guard = cell.state().await;
-        let st = &mut *guard;
-        if matches!(msg, SessionMsg::Command(_) | SessionMsg::Refused(_)) {
-            // Counted before it is handled: the socket task cannot take the state meanwhile.
-            st.handled += 1;
-        }
-        match msg {
-            SessionMsg::Command(cmd) => {
-                crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
-                match cmd {
-                    Command::Location(p) => Box::pin(st.on_location(p)).await,
-                    Command::Ping => {
-                        st.out.accepted();
-                        st.out.send(&ServerMsg::Pong);
-                    }
-                    Command::Available(w) => {
-                        st.out.accepted();
-                        Box::pin(st.on_available(&myself, w)).await;
-                    }
-                    Command::Unavailable => {
-                        st.out.accepted();
-                        st.end_window();
-                        st.out.send(&ServerMsg::Availability {
-                            available: false,
-                            expires_at: None,
-                        });
-                    }
-                    Command::Watch { radius_m, limit } => {
-                        st.out.accepted();
-                        if let RoleState::Citizen(c) = &mut st.role {
-                            c.radius_m = radius_m.unwrap_or(c.radius_m);
-                            c.limit = limit.unwrap_or(c.limit);
-                        }
-                        Box::pin(st.schedule_push(&myself)).await;
-                    }
-                    Command::RequestConnection { officer_id, mode } => {
-                        Box::pin(st.request_connection(&myself, officer_id, mode)).await
-                    }
-                    Command::Respond { request_id, accept } => {
-                        Box::pin(st.respond(request_id, accept)).await
-                    }
-                }
-            }
-            SessionMsg::Refused(e) => st.refuse(e.code, &e.message, e.reference.as_deref()),
-            SessionMsg::Changed => Box::pin(st.schedule_push(&myself)).await,
-            SessionMsg::Offer(req, reply) => {
-                let r = st.take_offer(&myself, req);
-                // The citizen may have given up waiting; it then cancels on its side.
-                let _ = reply.send(r);
-            }
-            SessionMsg::RequestTimeout(id) => st.end_pending(&id, "expired", true),
-            SessionMsg::CancelRequest(id) => st.end_pending(&id, "cancelled", true),
-            SessionMsg::Decided(id, outcome) => st.decided(id, outcome),
-            SessionMsg::PushTick => Box::pin(st.on_push_tick(&myself)).await,
-            SessionMsg::WindowTick {
-                generation,
-                expired,
-            } => st.on_window_tick(generation, expired),
-            SessionMsg::Resync(zip) => match &mut st.role {
-                RoleState::Officer(_) if zip == st.zip => {
-                    if let Err(e) = Box::pin(st.publish()).await {
-                        tracing::warn!(session = st.id, "resync failed: {e}");
-                    }
-                }
-                RoleState::Citizen(c) => {
-                    // The restarted region has forgotten this watcher: register it anew.
-                    c.watched.retain(|&z| z != zip);
-                    Box::pin(st.refresh(false)).await
-                }
-                _ => {}
-            },
-            SessionMsg::Close {
-                code,
-                error,
-                reason,
-            } => {
-                st.leave_everything();
-                if let Some(e) = error {
-                    st.out.send(&ServerMsg::error(e, reason.clone(), None));
-                }
-                st.out.close(code, &reason);
-            }
-        }
-        Ok(())
+    ) -> impl Future<Output = Result<(), ActorProcessingErr>> + Send {
+        Box::pin(async move {
+            cell.shared.lock().await.handle(myself, msg).await;
+            Ok(())
+        })
     }
 
     async fn post_stop(
@@ -1223,7 +1240,7 @@ impl Actor for SessionActor {
         _myself: ActorRef<Self::Msg>,
         cell: &mut SessionCell,
     ) -> Result<(), ActorProcessingErr> {
-        cell.state().await.leave_everything();
+        cell.shared.lock().await.leave_everything();
         Ok(())
     }
 }

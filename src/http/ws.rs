@@ -23,7 +23,7 @@ use super::auth::Ticket;
 use super::error::ApiError;
 use super::error::ErrorBody;
 use crate::actors::outbox::{Next, Outbox, close};
-use crate::actors::session::{SessionActor, SessionArgs, SessionHandle, SessionMsg};
+use crate::actors::session::{Handed, SessionActor, SessionArgs, SessionHandle, SessionMsg};
 use crate::protocol::{DecodeLimits, Role, WireError, decode};
 
 /// `GET /v1/ws?ticket=...`
@@ -309,7 +309,12 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
         } else {
             refused_in_row = 0;
         }
-        if session.send(msg).await.is_err() {
+        let handed = match session.send(msg) {
+            Ok(Handed::Cast) => Ok(()),
+            Ok(Handed::Here(location)) => location.await,
+            Err(gone) => Err(gone),
+        };
+        if handed.is_err() {
             break;
         }
     }
