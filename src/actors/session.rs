@@ -229,7 +229,9 @@ struct CitizenState {
     radius_m: f64,
     limit: usize,
     watched: Vec<ZipId>,
-    signal: Arc<PushSignal>,
+    /// This session and its push signal, as the regions it watches hold them (kept, so
+    /// that an answer costs no reference count on the signal the regions share).
+    watch: Watch,
     last_push: Option<Instant>,
     /// When a watched region first signalled a change not yet answered (push latency).
     changed_at: Option<Instant>,
@@ -565,13 +567,9 @@ impl SessionState {
         let RoleState::Citizen(c) = &mut self.role else {
             return;
         };
-        c.signal.consume();
+        c.watch.signal.consume();
         let changed_at = c.changed_at.take();
         let started = Instant::now();
-        let watch = Watch {
-            session_id: session,
-            signal: c.signal.clone(),
-        };
         let zips = &self.ctx.zips;
         let answer = regions
             .nearby(
@@ -580,7 +578,7 @@ impl SessionState {
                 d0,
                 c.radius_m,
                 c.limit,
-                Some((&watch, &c.watched)),
+                Some((&c.watch, &c.watched)),
             )
             .await;
         let (merged, touching) = match answer {
@@ -608,7 +606,8 @@ impl SessionState {
             || merged
                 .iter()
                 .zip(&c.last)
-                .any(|(n, l)| n.id != l.id || n.pos != l.pos);
+                // The same officer is usually the same shared id: no string compared.
+                .any(|(n, l)| !(Arc::ptr_eq(&n.id, &l.id) || n.id == l.id) || n.pos != l.pos);
         if reply || changed {
             let officers: SmallVec<[NearbyOfficerRef<'_>; 8]> = merged
                 .iter()
@@ -1153,7 +1152,10 @@ impl Actor for SessionActor {
                     radius_m: cfg.default_radius_m,
                     limit: cfg.default_limit,
                     watched: Vec::new(),
-                    signal: Arc::new(PushSignal::new(myself.clone())),
+                    watch: Watch {
+                        session_id: a.session_id,
+                        signal: Arc::new(PushSignal::new(myself.clone())),
+                    },
                     last_push: None,
                     changed_at: None,
                     push_armed: false,
