@@ -161,12 +161,7 @@ async fn flooding_is_rate_limited_then_closed() {
 
 #[tokio::test]
 async fn a_client_that_does_not_read_is_closed_with_4008() {
-    let app = spawn_app_with(|s| {
-        s.limits.outbound_queue = 8;
-        s.limits.messages_per_s = 100_000;
-        s.limits.messages_burst = 100_000;
-    })
-    .await;
+    let app = spawn_app_unlimited(8).await;
     let url = app.ticket(Role::Citizen, "c1", HERE.0, HERE.1).await;
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let (mut tx, mut rx) = ws.split();

@@ -80,6 +80,17 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// An app with no rate limit to speak of and an outbound queue of `outbound_queue` frames,
+/// for tests that send frames in bursts.
+pub async fn spawn_app_unlimited(outbound_queue: usize) -> TestApp {
+    spawn_app_with(|s| {
+        s.limits.outbound_queue = outbound_queue;
+        s.limits.messages_per_s = 100_000;
+        s.limits.messages_burst = 100_000;
+    })
+    .await
+}
+
 pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
     let data = DataDir(std::env::temp_dir().join(format!("heyblue-api-{}", uuid::Uuid::new_v4())));
     let mut s = test_settings(&data.0);
