@@ -264,8 +264,8 @@ pub struct SessionState {
     out: Outbox,
     last_zip: Arc<AtomicU32>,
     role: RoleState,
-    /// Socket commands the actor has handled: the socket task compares it with the number
-    /// it cast, and handles a `location` itself only when none is waiting.
+    /// Socket commands the actor has handled, and its start: the socket task compares it
+    /// with the number it cast, and handles a `location` itself only when none is waiting.
     handled: u64,
 }
 
@@ -307,7 +307,9 @@ pub struct SessionHandle {
     actor: ActorRef<SessionMsg>,
     shared: Shared,
     out: Outbox,
-    /// Frames cast to the actor.
+    /// Frames cast to the actor, and the actor's start (`post_start`, which sends
+    /// `welcome` and a citizen's first `nearby`) counted as one: nothing is answered here
+    /// before it.
     casts: u64,
 }
 
@@ -335,7 +337,7 @@ impl SessionHandle {
                 .expect("pre_start leaves the state before the actor starts")
                 .clone(),
             out,
-            casts: 0,
+            casts: 1,
         }
     }
 
@@ -1217,6 +1219,8 @@ impl Actor for SessionActor {
         if matches!(st.role, RoleState::Citizen(_)) {
             st.refresh(true).await;
         }
+        // Handled: the socket task may take frames from now on (`SessionHandle::casts`).
+        st.handled += 1;
         Ok(())
     }
 

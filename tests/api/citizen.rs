@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use heyblue::geo::{LatLon, haversine_m};
+use heyblue::protocol::Role;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -401,6 +402,39 @@ async fn frames_are_answered_in_order_whichever_task_takes_them() {
     for i in 0..rounds {
         assert_eq!(c.recv().await["type"], "pong", "round {i}");
         assert_eq!(c.recv().await["type"], "nearby", "round {i}");
+    }
+    app.running.shutdown().await;
+}
+
+/// A location sent before the session has started (before `welcome` arrives) is answered
+/// after `welcome` and the first `nearby`, whichever task of the server takes it. Many
+/// sessions open at once on two worker threads, so that some session actors start late.
+/// (The race is narrow: with 20 ms slept at the top of `post_start`, a socket task that did
+/// not wait for the actor's start answered `nearby` before `welcome` here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_location_sent_at_once_is_answered_after_welcome() {
+    let app = spawn_app().await;
+    let sessions = (0..64).map(|i| {
+        let app = &app;
+        async move {
+            let mut c = app
+                .open(Role::Citizen, &format!("c{i}"), HERE.0, HERE.1)
+                .await;
+            c.send(json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
+                .await;
+            let mut types = Vec::new();
+            for _ in 0..3 {
+                types.push(c.recv().await["type"].as_str().unwrap_or("").to_owned());
+            }
+            types
+        }
+    });
+    for (i, types) in futures_util::future::join_all(sessions)
+        .await
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(types, &["welcome", "nearby", "nearby"], "session {i}");
     }
     app.running.shutdown().await;
 }

@@ -238,16 +238,21 @@ impl TestApp {
         body["ws_url"].as_str().unwrap().to_owned()
     }
 
-    /// Opens a session and reads its `welcome`.
-    pub async fn connect(&self, role: Role, sub: &str, lat: f64, lon: f64) -> Client {
+    /// Opens a session, reading nothing.
+    pub async fn open(&self, role: Role, sub: &str, lat: f64, lon: f64) -> Client {
         let url = self.ticket(role, sub, lat, lon).await;
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("upgrade");
-        let mut c = Client {
+        Client {
             ws,
             welcome: Value::Null,
-        };
+        }
+    }
+
+    /// Opens a session and reads its `welcome`.
+    pub async fn connect(&self, role: Role, sub: &str, lat: f64, lon: f64) -> Client {
+        let mut c = self.open(role, sub, lat, lon).await;
         let w = c.recv().await;
         assert_eq!(w["type"], "welcome", "{w}");
         c.welcome = w;
