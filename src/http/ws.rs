@@ -264,8 +264,8 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
 
     // Everything that ends a socket reaches it through its outbox — the session actor's
     // closes, shutdown (`Sessions::close_all`), and the actor's own end if it panics or is
-    // killed (`SessionState`'s drop aborts with 1011) — so a frame costs one poll of the
-    // outbox and the socket, nothing else.
+    // killed (`SessionCell`'s drop aborts with 1011; a location handled here that panics
+    // does the same) — so a frame costs one poll of the outbox and the socket, nothing else.
     loop {
         let frame = tokio::select! {
             biased;
