@@ -357,7 +357,6 @@ impl SessionHandle {
             let msg = SessionMsg::Command(Command::Location(p));
             return cast(&self.actor, &mut self.casts, msg);
         };
-        crate::telemetry::count("ws_messages_in_total", "type", "location");
         self.out.unregister();
         let out = &self.out;
         Ok(Handed::Here(Box::pin(async move {
@@ -1038,42 +1037,37 @@ impl SessionState {
             self.handled += 1;
         }
         match msg {
-            SessionMsg::Command(cmd) => {
-                crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
-                match cmd {
-                    Command::Location(p) => self.on_location(p).await,
-                    Command::Ping => {
-                        self.out.accepted();
-                        self.out.send(&ServerMsg::Pong);
-                    }
-                    Command::Available(w) => {
-                        self.out.accepted();
-                        self.on_available(&myself, w).await;
-                    }
-                    Command::Unavailable => {
-                        self.out.accepted();
-                        self.end_window();
-                        self.out.send(&ServerMsg::Availability {
-                            available: false,
-                            expires_at: None,
-                        });
-                    }
-                    Command::Watch { radius_m, limit } => {
-                        self.out.accepted();
-                        if let RoleState::Citizen(c) = &mut self.role {
-                            c.radius_m = radius_m.unwrap_or(c.radius_m);
-                            c.limit = limit.unwrap_or(c.limit);
-                        }
-                        self.schedule_push(&myself).await;
-                    }
-                    Command::RequestConnection { officer_id, mode } => {
-                        self.request_connection(&myself, officer_id, mode).await
-                    }
-                    Command::Respond { request_id, accept } => {
-                        self.respond(request_id, accept).await
-                    }
+            SessionMsg::Command(cmd) => match cmd {
+                Command::Location(p) => self.on_location(p).await,
+                Command::Ping => {
+                    self.out.accepted();
+                    self.out.send(&ServerMsg::Pong);
                 }
-            }
+                Command::Available(w) => {
+                    self.out.accepted();
+                    self.on_available(&myself, w).await;
+                }
+                Command::Unavailable => {
+                    self.out.accepted();
+                    self.end_window();
+                    self.out.send(&ServerMsg::Availability {
+                        available: false,
+                        expires_at: None,
+                    });
+                }
+                Command::Watch { radius_m, limit } => {
+                    self.out.accepted();
+                    if let RoleState::Citizen(c) = &mut self.role {
+                        c.radius_m = radius_m.unwrap_or(c.radius_m);
+                        c.limit = limit.unwrap_or(c.limit);
+                    }
+                    self.schedule_push(&myself).await;
+                }
+                Command::RequestConnection { officer_id, mode } => {
+                    self.request_connection(&myself, officer_id, mode).await
+                }
+                Command::Respond { request_id, accept } => self.respond(request_id, accept).await,
+            },
             SessionMsg::Refused(e) => self.refuse(e.code, &e.message, e.reference.as_deref()),
             SessionMsg::Changed => self.schedule_push(&myself).await,
             SessionMsg::Offer(req, reply) => {

@@ -298,7 +298,11 @@ async fn run(state: AppState, t: Ticket, mut socket: WebSocket) {
                 None,
             )),
             Some(Ok(Message::Text(text))) => match decode(text.as_str(), t.role, &dl) {
-                Ok(cmd) => SessionMsg::Command(cmd),
+                Ok(cmd) => {
+                    // Counted here, whichever task then handles it.
+                    crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
+                    SessionMsg::Command(cmd)
+                }
                 // Refused by the actor, so that replies and the consecutive-error count
                 // follow the order of the frames.
                 Err(e) => SessionMsg::Refused(e),
