@@ -13,6 +13,12 @@
 //!
 //! `--against echo` runs the same sockets against a bare echo endpoint: every frame comes
 //! back as the "reply", which is the ceiling the server is compared with.
+//!
+//! The harness keeps its own work out of what it measures: sessions record into a few
+//! shared histograms (none is made or merged per session, which at 5,000 sessions put
+//! ~1 s stalls at both ends of a run), and at the end every session waits for the replies
+//! it is owed and for the others to do the same before any socket closes, so no reply is
+//! timed across 5,000 closes.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -29,7 +35,7 @@ use heyblue::protocol::Role;
 use rand::{Rng, SeedableRng};
 use rustc_hash::FxHashMap;
 use serde_json::{Value, json};
-use tokio::sync::{Mutex, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Who, Ws};
@@ -84,6 +90,8 @@ struct Shared {
     replies: AtomicU64,
     pushes: AtomicU64,
     established: AtomicU64,
+    /// Citizens' locations still unanswered when their session closed, after the drain.
+    unanswered: AtomicU64,
     connected: AtomicI64,
     open_failures: AtomicU64,
     errors: std::sync::Mutex<BTreeMap<String, u64>>,
@@ -91,6 +99,7 @@ struct Shared {
     /// officer id → the last few (lat bits, lon bits, sent at) it sent.
     officer_sends: DashMap<String, VecDeque<(u64, u64, Instant)>>,
     connected_over_time: std::sync::Mutex<Vec<(f64, i64)>>,
+    hists: Recorder,
 }
 
 impl Shared {
@@ -107,7 +116,7 @@ struct Asking {
     asked_at: Option<Instant>,
 }
 
-/// Per-session histograms, merged at the end.
+/// Latency histograms.
 struct Hists {
     reply: Histogram<u64>,
     push: Histogram<u64>,
@@ -124,6 +133,47 @@ impl Hists {
     }
 }
 
+/// The run's histograms, in shards that sessions pick by index: two workers seldom want
+/// the same one, and there are a few of them however many sessions run (a histogram of
+/// 1 µs–60 s at 3 figures is ~220 KB).
+struct Recorder {
+    shards: Box<[std::sync::Mutex<Hists>]>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self {
+            shards: (0..16)
+                .map(|_| std::sync::Mutex::new(Hists::new()))
+                .collect(),
+        }
+    }
+}
+
+impl Recorder {
+    fn shard(&self, i: usize) -> std::sync::MutexGuard<'_, Hists> {
+        self.shards[i % self.shards.len()]
+            .lock()
+            .expect("not poisoned")
+    }
+
+    /// Every shard added up.
+    fn merged(&self) -> anyhow::Result<Hists> {
+        let mut all = Hists::new();
+        for i in 0..self.shards.len() {
+            let h = self.shard(i);
+            all.reply.add(&h.reply)?;
+            all.push.add(&h.push)?;
+            all.connect.add(&h.connect)?;
+        }
+        Ok(all)
+    }
+}
+
+/// How long a session waits at the end for the replies it is owed, and then for the other
+/// sessions, before it closes.
+const DRAIN: Duration = Duration::from_secs(3);
+
 fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).max(1)
 }
@@ -134,11 +184,11 @@ pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
     let m = metro::metro(&zips, &cfg.metro)
         .with_context(|| format!("unknown metro {:?}; one of {:?}", cfg.metro, metro::names()))?;
     let shared = Arc::new(Shared::default());
-    let hists = Arc::new(Mutex::new(Hists::new()));
     let http = reqwest::Client::new();
     let total = cfg.officers + cfg.citizens;
     let open_gate = Arc::new(Semaphore::new(64));
     let opened_all = Arc::new(tokio::sync::Barrier::new(total + 1));
+    let drained_all = Arc::new(tokio::sync::Barrier::new(total));
     let stop_at = Arc::new(std::sync::OnceLock::<Instant>::new());
     let pace = Duration::from_secs_f64(1.0 / cfg.open_rate.max(1.0));
     let started_opening = Instant::now();
@@ -168,23 +218,23 @@ pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
             connects,
             cfg: cfg.clone(),
             shared: shared.clone(),
-            hists: hists.clone(),
         };
-        let (http, auth, opened_all, stop_at) = (
+        let (http, auth, opened_all, drained_all, stop_at) = (
             http.clone(),
             auth.clone(),
             opened_all.clone(),
+            drained_all.clone(),
             stop_at.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let ws = s.open(&http, &auth).await;
             drop(permit);
             opened_all.wait().await;
+            let stop = *stop_at.get().expect("set once all opened");
             match ws {
                 Ok(ws) => {
-                    let stop = *stop_at.get().expect("set once all opened");
                     let shared = s.shared.clone();
-                    if let Err(e) = s.drive(ws, stop).await {
+                    if let Err(e) = s.drive(ws, stop, &drained_all).await {
                         Shared::count(&shared.errors, format!("client: {e}"));
                     }
                 }
@@ -192,6 +242,7 @@ pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
                     if s.shared.open_failures.fetch_add(1, Ordering::Relaxed) < 3 {
                         eprintln!("opening session {}: {e:#}", s.i);
                     }
+                    drained(&drained_all, stop).await;
                 }
             }
         }));
@@ -243,7 +294,13 @@ pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
         let _ = t.await;
     }
     let secs = t0.elapsed().as_secs_f64();
-    report(&cfg, &shared, &*hists.lock().await, secs, opening_s)
+    report(&cfg, &shared, &shared.hists.merged()?, secs, opening_s)
+}
+
+/// Waits for every session to have drained (or for the drain's end, should one never come).
+async fn drained(all: &tokio::sync::Barrier, stop: Instant) {
+    let until = tokio::time::Instant::from_std(stop + DRAIN + Duration::from_secs(1));
+    let _ = tokio::time::timeout_at(until, all.wait()).await;
 }
 
 fn report(
@@ -285,6 +342,10 @@ fn report(
         rate(&shared.pushes),
         rate(&shared.established)
     );
+    let unanswered = shared.unanswered.load(Ordering::Relaxed);
+    if unanswered > 0 {
+        println!("locations never answered: {unanswered}");
+    }
     if !errors.is_empty() {
         println!("error frames by code: {errors:?}");
     }
@@ -305,6 +366,7 @@ fn report(
         "pushes_per_s": rate(&shared.pushes),
         "connections_per_s": rate(&shared.established),
         "protocol_errors": protocol_errors,
+        "unanswered_locations": unanswered,
         "errors_by_code": errors, "closes_by_code": closes,
         "location_to_nearby": stats::json(&h.reply),
         "move_to_push": stats::json(&h.push),
@@ -322,7 +384,6 @@ struct Session {
     connects: bool,
     cfg: Config,
     shared: Arc<Shared>,
-    hists: Arc<Mutex<Hists>>,
 }
 
 impl Session {
@@ -342,33 +403,39 @@ impl Session {
         }
     }
 
-    /// Sends at the rate and reads until `stop`, then closes.
-    async fn drive(mut self, ws: Ws, stop: Instant) -> anyhow::Result<()> {
+    /// Sends at the rate and reads until `stop`; then waits for the replies it is owed and
+    /// for every other session to have done so (`drained_all`), and closes.
+    async fn drive(
+        mut self,
+        ws: Ws,
+        stop: Instant,
+        drained_all: &tokio::sync::Barrier,
+    ) -> anyhow::Result<()> {
         let echo = matches!(self.cfg.target, Target::Echo(_));
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
         let (mut tx, mut rx) = ws.split();
         let (to_writer, mut from_reader) = mpsc::channel::<Value>(16);
         if self.role == Role::Officer && !echo {
-            tx.send(Message::text(
-                json!({"type":"available","window_s":900}).to_string(),
-            ))
-            .await?;
+            let available = json!({"type":"available","window_s":900}).to_string();
+            if let Err(e) = tx.send(Message::text(available)).await {
+                drained(drained_all, stop).await;
+                return Err(e.into());
+            }
         }
         // Citizens: send times of locations not yet answered.
         let outstanding = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
         let answered = Arc::new(tokio::sync::Notify::new());
-        let hists = Arc::new(std::sync::Mutex::new(Hists::new()));
         let asking = Arc::new(std::sync::Mutex::new(Asking::default()));
         let reader = {
             let (shared, outstanding, answered) =
                 (self.shared.clone(), outstanding.clone(), answered.clone());
-            let (role, hists, asking) = (self.role, hists.clone(), asking.clone());
+            let (role, shard, asking) = (self.role, self.i, asking.clone());
             tokio::spawn(async move {
                 let mut r = Reader {
                     shared,
                     role,
                     echo,
-                    hists,
+                    shard,
                     asking,
                     seen: FxHashMap::default(),
                 };
@@ -411,73 +478,86 @@ impl Session {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_move = Instant::now();
         let mut next_request = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < stop {
-            if closed_loop {
-                let waiting = !outstanding.lock().expect("not poisoned").is_empty();
-                if waiting {
-                    tokio::select! {
-                        _ = answered.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                            outstanding.lock().expect("not poisoned").clear();
+        let sent: anyhow::Result<()> = async {
+            while Instant::now() < stop {
+                if closed_loop {
+                    let waiting = !outstanding.lock().expect("not poisoned").is_empty();
+                    if waiting {
+                        tokio::select! {
+                            _ = answered.notified() => {}
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                                outstanding.lock().expect("not poisoned").clear();
+                            }
                         }
-                    }
-                    continue;
-                }
-            } else {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    Some(out) = from_reader.recv() => {
-                        tx.send(Message::text(out.to_string())).await?;
                         continue;
                     }
-                }
-            }
-            while let Ok(out) = from_reader.try_recv() {
-                tx.send(Message::text(out.to_string())).await?;
-            }
-            let dt = last_move.elapsed().as_secs_f64();
-            last_move = Instant::now();
-            self.walker.step(&self.metro, dt, &mut rng);
-            let p = self.walker.pos;
-            let now = Instant::now();
-            if self.role == Role::Officer {
-                let mut ring = self
-                    .shared
-                    .officer_sends
-                    .entry(self.sub.clone())
-                    .or_default();
-                if ring.len() == 8 {
-                    ring.pop_front();
-                }
-                ring.push_back((p.lat.to_bits(), p.lon.to_bits(), now));
-            } else {
-                outstanding.lock().expect("not poisoned").push_back(now);
-            }
-            // Formatted directly: this is the hot path of a closed-loop run.
-            tx.send(Message::text(format!(
-                r#"{{"type":"location","lat":{},"lon":{}}}"#,
-                p.lat, p.lon
-            )))
-            .await?;
-            self.shared.sent.fetch_add(1, Ordering::Relaxed);
-            if self.connects && !echo && now >= next_request {
-                next_request = now + Duration::from_secs(5);
-                let officer = {
-                    let mut a = asking.lock().expect("not poisoned");
-                    match (a.nearest.clone(), a.asked_at) {
-                        (Some(o), None) => {
-                            a.asked_at = Some(now);
-                            Some(o)
+                } else {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        Some(out) = from_reader.recv() => {
+                            tx.send(Message::text(out.to_string())).await?;
+                            continue;
                         }
-                        _ => None,
                     }
-                };
-                if let Some(o) = officer {
-                    let m = json!({"type":"request_connection","officer_id":o,"mode":"virtual"});
-                    tx.send(Message::text(m.to_string())).await?;
+                }
+                while let Ok(out) = from_reader.try_recv() {
+                    tx.send(Message::text(out.to_string())).await?;
+                }
+                let dt = last_move.elapsed().as_secs_f64();
+                last_move = Instant::now();
+                self.walker.step(&self.metro, dt, &mut rng);
+                let p = self.walker.pos;
+                let now = Instant::now();
+                if self.role == Role::Officer {
+                    let mut ring = self
+                        .shared
+                        .officer_sends
+                        .entry(self.sub.clone())
+                        .or_default();
+                    if ring.len() == 8 {
+                        ring.pop_front();
+                    }
+                    ring.push_back((p.lat.to_bits(), p.lon.to_bits(), now));
+                } else {
+                    outstanding.lock().expect("not poisoned").push_back(now);
+                }
+                // Formatted directly: this is the hot path of a closed-loop run.
+                tx.send(Message::text(format!(
+                    r#"{{"type":"location","lat":{},"lon":{}}}"#,
+                    p.lat, p.lon
+                )))
+                .await?;
+                self.shared.sent.fetch_add(1, Ordering::Relaxed);
+                if self.connects && !echo && now >= next_request {
+                    next_request = now + Duration::from_secs(5);
+                    let officer = {
+                        let mut a = asking.lock().expect("not poisoned");
+                        match (a.nearest.clone(), a.asked_at) {
+                            (Some(o), None) => {
+                                a.asked_at = Some(now);
+                                Some(o)
+                            }
+                            _ => None,
+                        }
+                    };
+                    if let Some(o) = officer {
+                        let m =
+                            json!({"type":"request_connection","officer_id":o,"mode":"virtual"});
+                        tx.send(Message::text(m.to_string())).await?;
+                    }
                 }
             }
+            Ok(())
         }
+        .await;
+        // Replies still owed are waited for (and timed) before anyone closes.
+        let until = stop + DRAIN;
+        while !outstanding.lock().expect("not poisoned").is_empty() && Instant::now() < until {
+            let _ = tokio::time::timeout_at(until.into(), answered.notified()).await;
+        }
+        let left = outstanding.lock().expect("not poisoned").len() as u64;
+        self.shared.unanswered.fetch_add(left, Ordering::Relaxed);
+        drained(drained_all, stop).await;
         let _ = tx.send(Message::Close(None)).await;
         // The reader ends when the server's close arrives.
         let mut reader = reader;
@@ -488,12 +568,7 @@ impl Session {
             reader.abort();
             self.shared.connected.fetch_sub(1, Ordering::Relaxed);
         }
-        let h = std::mem::replace(&mut *hists.lock().expect("not poisoned"), Hists::new());
-        let mut all = self.hists.lock().await;
-        all.reply.add(&h.reply)?;
-        all.push.add(&h.push)?;
-        all.connect.add(&h.connect)?;
-        Ok(())
+        sent
     }
 }
 
@@ -502,7 +577,8 @@ struct Reader {
     shared: Arc<Shared>,
     role: Role,
     echo: bool,
-    hists: Arc<std::sync::Mutex<Hists>>,
+    /// Which of the run's histogram shards this session records into.
+    shard: usize,
     asking: Arc<std::sync::Mutex<Asking>>,
     /// officer id → position last shown to this citizen.
     seen: FxHashMap<Box<str>, (u64, u64)>,
@@ -542,9 +618,9 @@ impl Reader {
                     let asked = self.asking.lock().expect("not poisoned").asked_at.take();
                     if let Some(t) = asked {
                         let _ = self
+                            .shared
                             .hists
-                            .lock()
-                            .expect("not poisoned")
+                            .shard(self.shard)
                             .connect
                             .record(micros(t.elapsed()));
                     }
@@ -580,9 +656,9 @@ impl Reader {
         let Some(t) = sent else { return false };
         self.shared.replies.fetch_add(1, Ordering::Relaxed);
         let _ = self
+            .shared
             .hists
-            .lock()
-            .expect("not poisoned")
+            .shard(self.shard)
             .reply
             .record(micros(t.elapsed()));
         answered.notify_one();
@@ -620,9 +696,9 @@ impl Reader {
                 && let Some((_, _, at)) = ring.iter().find(|(a, b, _)| (*a, *b) == pos)
             {
                 let _ = self
+                    .shared
                     .hists
-                    .lock()
-                    .expect("not poisoned")
+                    .shard(self.shard)
                     .push
                     .record(micros(at.elapsed()));
             }

@@ -68,6 +68,8 @@ async fn a_short_run_completes_without_protocol_errors() {
     .unwrap();
     assert_eq!(v["protocol_errors"], 0, "{v}");
     assert_eq!(v["open_failures"], 0, "{v}");
+    // Every citizen's location was answered before its socket closed.
+    assert_eq!(v["unanswered_locations"], 0, "{v}");
     assert!(v["updates_sent_per_s"].as_f64().unwrap() > 50.0, "{v}");
     assert!(v["nearby_replies_per_s"].as_f64().unwrap() > 50.0, "{v}");
     assert!(
@@ -97,4 +99,5 @@ async fn a_short_run_completes_without_protocol_errors() {
     .await
     .unwrap();
     assert!(v["nearby_replies_per_s"].as_f64().unwrap() > 100.0, "{v}");
+    assert_eq!(v["unanswered_locations"], 0, "{v}");
 }
