@@ -213,8 +213,9 @@ impl Regions {
         k: usize,
         watch: Option<(&Watch, &[ZipId])>,
     ) -> Result<(Vec<Nearby<OfficerData>>, Vec<ZipId>, f64), RegionError> {
+        let centre = at.unit();
         if let Some((w, _)) = watch {
-            w.signal.set_circle(at, radius_m);
+            w.signal.set_circle(centre, radius_m);
         }
         // Regions that need no watch registered (none asked, or watched already) are only
         // peeked at; the others are read with their version and told to watch below.
@@ -237,7 +238,7 @@ impl Regions {
             }
         });
         if let Some((w, _)) = watch {
-            w.signal.set_circle(at, reach);
+            w.signal.set_circle(centre, reach);
             for (z, version) in to_watch {
                 let region = self.ensure(z).await?;
                 region

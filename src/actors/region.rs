@@ -19,6 +19,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
+use smallvec::SmallVec;
 
 use super::session::PushSignal;
 use crate::geo::index::OfficerKey;
@@ -254,9 +255,11 @@ impl RegionState {
     }
 
     fn notify(&mut self, changed: &[LatLon]) {
+        // Once per change, not once per watcher: the test per watcher is a dot product.
+        let units: SmallVec<[[f64; 3]; 2]> = changed.iter().map(|p| p.unit()).collect();
         // A watcher whose session is gone is dropped here.
         self.watchers
-            .retain(|_, w| !w.covers_any(changed) || w.raise());
+            .retain(|_, w| !w.covers_any(&units) || w.raise());
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use super::region::{OfficerData, Watch};
 use crate::context::{Context, Counted, SessionEntry};
 use crate::geo::index::OfficerKey;
 use crate::geo::index::merge_nearest;
-use crate::geo::{LatLon, Nearby, ZipId, haversine_m};
+use crate::geo::{LatLon, Nearby, SharedCircle, ZipId};
 use crate::http::auth::Ticket;
 use crate::protocol::{
     CitizenRef, Command, Mode, NearbyOfficerRef, NearbyRef, Role, ServerMsg, WireError,
@@ -59,9 +59,7 @@ const MAX_CLOSE: usize = 64;
 pub struct PushSignal {
     dirty: AtomicBool,
     session: ActorRef<SessionMsg>,
-    lat: AtomicU64,
-    lon: AtomicU64,
-    radius_m: AtomicU64,
+    circle: SharedCircle,
 }
 
 impl PushSignal {
@@ -70,9 +68,7 @@ impl PushSignal {
         Self {
             dirty: AtomicBool::new(false),
             session,
-            lat: AtomicU64::new(0),
-            lon: AtomicU64::new(0),
-            radius_m: AtomicU64::new((-1.0f64).to_bits()),
+            circle: SharedCircle::default(),
         }
     }
 
@@ -88,21 +84,15 @@ impl PushSignal {
         self.dirty.store(false, Ordering::Release);
     }
 
-    /// Sets the circle regions test changes against (see the type's invariant).
-    pub fn set_circle(&self, center: LatLon, radius_m: f64) {
-        self.lat.store(center.lat.to_bits(), Ordering::SeqCst);
-        self.lon.store(center.lon.to_bits(), Ordering::SeqCst);
-        self.radius_m.store(radius_m.to_bits(), Ordering::SeqCst);
+    /// Sets the circle regions test changes against (see the type's invariant): around
+    /// the point with unit vector `centre`.
+    pub fn set_circle(&self, centre: [f64; 3], radius_m: f64) {
+        self.circle.set(centre, radius_m);
     }
 
-    /// Whether any of `points` lies in the circle.
-    pub fn covers_any(&self, points: &[LatLon]) -> bool {
-        let center = LatLon {
-            lat: f64::from_bits(self.lat.load(Ordering::SeqCst)),
-            lon: f64::from_bits(self.lon.load(Ordering::SeqCst)),
-        };
-        let r = f64::from_bits(self.radius_m.load(Ordering::SeqCst));
-        points.iter().any(|p| haversine_m(center, *p) <= r)
+    /// Whether any of `points` (unit vectors) lies in the circle.
+    pub fn covers_any(&self, points: &[[f64; 3]]) -> bool {
+        self.circle.covers_any(points)
     }
 }
 

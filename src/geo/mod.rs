@@ -51,6 +51,56 @@ pub fn haversine_m(a: LatLon, b: LatLon) -> f64 {
     2.0 * EARTH_RADIUS_M * h.sqrt().min(1.0).asin()
 }
 
+/// A search circle one thread sets and others test points against, lock-free: the centre
+/// as a unit vector and the cosine of the angular radius, so that a test is one dot product
+/// per point (no trigonometry), and never misses a point the haversine puts inside.
+/// A test racing a `set` may see part of the new circle (see `PushSignal` for why that is
+/// harmless where it is used).
+#[derive(Debug)]
+pub struct SharedCircle {
+    centre: [std::sync::atomic::AtomicU64; 3],
+    min_dot: std::sync::atomic::AtomicU64,
+}
+
+impl Default for SharedCircle {
+    /// The empty circle: it covers nothing.
+    fn default() -> Self {
+        Self {
+            centre: Default::default(),
+            min_dot: f64::INFINITY.to_bits().into(),
+        }
+    }
+}
+
+impl SharedCircle {
+    /// Padding of the cosine: ~2 cm at a 2 km radius, a thousand times the rounding of the
+    /// haversine and the dot product, so a point the haversine puts inside always passes.
+    const MARGIN: f64 = 1e-12;
+
+    /// The circle of `radius_m` around the point with unit vector `centre` (empty if the
+    /// radius is negative).
+    pub fn set(&self, centre: [f64; 3], radius_m: f64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let min_dot = if radius_m < 0.0 {
+            f64::INFINITY
+        } else {
+            (radius_m / EARTH_RADIUS_M).min(std::f64::consts::PI).cos() - Self::MARGIN
+        };
+        for (a, c) in self.centre.iter().zip(centre) {
+            a.store(c.to_bits(), SeqCst);
+        }
+        self.min_dot.store(min_dot.to_bits(), SeqCst);
+    }
+
+    /// Whether any of the points (unit vectors) lies in the circle.
+    pub fn covers_any(&self, points: &[[f64; 3]]) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let c = [0, 1, 2].map(|i| f64::from_bits(self.centre[i].load(SeqCst)));
+        let min_dot = f64::from_bits(self.min_dot.load(SeqCst));
+        points.iter().any(|&p| dot(c, p) >= min_dot)
+    }
+}
+
 pub(crate) fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
@@ -138,6 +188,28 @@ mod tests {
     }
 
     proptest! {
+        /// A shared circle covers every point the haversine puts inside it, and no point a
+        /// few centimetres beyond it.
+        #[test]
+        fn shared_circle_agrees_with_the_haversine(
+            lat in -60.0f64..72.0, lon in -179.0f64..179.0,
+            r in 0.0f64..20_000.0, f in 0.0f64..2.0, bearing in 0.0f64..std::f64::consts::TAU,
+        ) {
+            let c = LatLon { lat, lon };
+            let p = zips::tests::destination(c, r * f, bearing);
+            let circle = SharedCircle::default();
+            prop_assert!(!circle.covers_any(&[p.unit()]));
+            circle.set(c.unit(), r);
+            let d = haversine_m(c, p);
+            if d <= r {
+                prop_assert!(circle.covers_any(&[p.unit()]), "d {d} r {r}");
+            } else if d > r + 0.05 {
+                prop_assert!(!circle.covers_any(&[p.unit()]), "d {d} r {r}");
+            }
+            circle.set(c.unit(), -1.0);
+            prop_assert!(!circle.covers_any(&[c.unit()]));
+        }
+
         /// The distortion bounds hold for nearby point pairs at any US latitude.
         #[test]
         fn distortion_bounds_hold(
