@@ -224,7 +224,7 @@ impl Regions {
         let mut best = Vec::with_capacity(k);
         let mut touching = Vec::with_capacity(16);
         let mut to_watch = Vec::new();
-        let reach = self.zips.walk_touching(at, own, d0, radius_m, |z, r| {
+        let reach = self.zips.walk_touching(centre, own, d0, radius_m, |z, r| {
             touching.push(z);
             let watch_it = needs_watch(z);
             let version = self.read_into(z, at, r, k, &mut best, watch_it);

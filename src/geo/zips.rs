@@ -353,7 +353,7 @@ impl ZipTable {
     /// reached from `own` along a path of cells that pass.
     pub fn regions_touching(&self, q: LatLon, own: ZipId, d0: f64, radius_m: f64) -> Vec<ZipId> {
         let mut out = Vec::new();
-        self.walk_touching(q, own, d0, radius_m, |z, r| {
+        self.walk_touching(q.unit(), own, d0, radius_m, |z, r| {
             out.push(z);
             r
         });
@@ -365,16 +365,16 @@ impl ZipTable {
     /// and returns the radius from then on (never larger). Every region touching the last
     /// circle is visited — the walk pops centroids in one distance order whatever the radius,
     /// and both tests only pass more often for a larger one — plus some the circle left.
-    /// Returns the last radius.
+    /// Returns the last radius. `u` is the centre's unit vector (`LatLon::unit`), which a
+    /// caller may need too.
     pub fn walk_touching(
         &self,
-        q: LatLon,
+        u: [f64; 3],
         own: ZipId,
         d0: f64,
         radius_m: f64,
         mut visit: impl FnMut(ZipId, f64) -> f64,
     ) -> f64 {
-        let u = q.unit();
         VISITED.with_borrow_mut(|seen| {
             seen.begin(self.zips.len());
             seen.insert(own);
@@ -618,7 +618,7 @@ pub(crate) mod tests {
             let (own, d0) = t.nearest(q);
             let mut got = HashSet::new();
             let mut cuts = cuts.into_iter();
-            let last = t.walk_touching(q, own, d0, r, |z, r| {
+            let last = t.walk_touching(q.unit(), own, d0, r, |z, r| {
                 got.insert(z);
                 cuts.next().map_or(r, |f| r * f)
             });
