@@ -34,6 +34,7 @@ impl std::fmt::Debug for Secret {
 
 /// All settings.
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Listener and node identity.
     pub server: ServerSettings,
@@ -63,6 +64,7 @@ pub struct Settings {
 
 /// `[rewards]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RewardSettings {
     /// HMAC key that signs voucher codes.
     pub voucher_key: Secret,
@@ -72,6 +74,7 @@ pub struct RewardSettings {
 
 /// `[events]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct EventSettings {
     /// Events kept per subscriber.
     pub capacity: usize,
@@ -83,6 +86,7 @@ pub struct EventSettings {
 
 /// `[server]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Listen address.
     pub bind: String,
@@ -97,6 +101,7 @@ pub struct ServerSettings {
 
 /// `[auth]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     /// HS256 secret.
     pub jwt_secret: Secret,
@@ -108,6 +113,7 @@ pub struct AuthSettings {
 
 /// `[database]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// sqlite:// or postgres:// URL.
     pub url: String,
@@ -115,6 +121,7 @@ pub struct DatabaseSettings {
 
 /// `[limits]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LimitSettings {
     /// Largest accepted text frame.
     pub max_frame_bytes: usize,
@@ -128,6 +135,8 @@ pub struct LimitSettings {
     pub max_consecutive_errors: u32,
     /// Outbound queue per socket.
     pub outbound_queue: usize,
+    /// Messages from elsewhere (region signals, connection messages) queued per session.
+    pub session_mailbox: usize,
     /// tungstenite read buffer.
     pub ws_read_buffer_bytes: usize,
     /// Sessions per node.
@@ -140,6 +149,7 @@ pub struct LimitSettings {
 
 /// `[regions]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RegionSettings {
     /// Service area radius around centroids.
     pub max_distance_m: f64,
@@ -149,6 +159,7 @@ pub struct RegionSettings {
 
 /// `[officer]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OfficerSettings {
     /// Longest availability window.
     pub max_window_s: u64,
@@ -156,6 +167,7 @@ pub struct OfficerSettings {
 
 /// `[citizen]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CitizenSettings {
     /// Search radius before any `watch`.
     pub default_radius_m: f64,
@@ -175,6 +187,7 @@ pub struct CitizenSettings {
 
 /// `[connections]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ConnectionSettings {
     /// Largest distance for in-person requests.
     pub in_person_m: f64,
@@ -184,6 +197,7 @@ pub struct ConnectionSettings {
 
 /// `[points]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PointsSettings {
     /// Points per side per connection.
     pub per_connection: i64,
@@ -193,15 +207,85 @@ pub struct PointsSettings {
 
 /// `[metrics]`
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Extra unauthenticated listener for /metrics; empty for none.
     pub bind: String,
 }
 
+/// Settings that cannot be used: a key that does not exist (in a file or a `HEYBLUE__`
+/// variable), a value of the wrong type, or values that contradict each other.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or did not fit the settings (names the key and source).
+    #[error("{0}")]
+    Source(Box<figment::Error>),
+    /// Values that parse but cannot work together.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
 impl Settings {
-    /// Defaults, then `overlay` if given, then the environment.
-    pub fn load(overlay: Option<&Path>) -> Result<Self, Box<figment::Error>> {
-        Self::figment(overlay).extract().map_err(Box::new)
+    /// Defaults, then `overlay` if given, then the environment; then [`Settings::validate`].
+    pub fn load(overlay: Option<&Path>) -> Result<Self, ConfigError> {
+        let s: Self = Self::figment(overlay)
+            .extract()
+            .map_err(|e| ConfigError::Source(Box::new(e)))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    /// Every check that spans more than one key, in one place.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut bad = Vec::new();
+        let c = &self.citizen;
+        if !(c.min_radius_m > 0.0 && c.min_radius_m <= c.max_radius_m) {
+            bad.push("citizen.min_radius_m must be > 0 and <= citizen.max_radius_m".to_owned());
+        }
+        if !(c.min_radius_m..=c.max_radius_m).contains(&c.default_radius_m) {
+            bad.push(
+                "citizen.default_radius_m must lie in citizen.min_radius_m..=max_radius_m"
+                    .to_owned(),
+            );
+        }
+        if c.default_limit == 0 || c.default_limit > c.max_limit {
+            bad.push("citizen.default_limit must be 1..=citizen.max_limit".to_owned());
+        }
+        if c.push_interval_ms == 0 {
+            bad.push("citizen.push_interval_ms must be > 0".to_owned());
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes > l.max_message_bytes {
+            bad.push("limits.max_frame_bytes must be <= limits.max_message_bytes".to_owned());
+        }
+        for (name, v) in [
+            ("limits.outbound_queue", l.outbound_queue),
+            ("limits.max_sessions", l.max_sessions),
+            ("limits.session_mailbox", l.session_mailbox),
+            (
+                "auth.max_outstanding_tickets",
+                self.auth.max_outstanding_tickets,
+            ),
+            ("events.capacity", self.events.capacity),
+        ] {
+            if v == 0 {
+                bad.push(format!("{name} must be > 0"));
+            }
+        }
+        if l.messages_per_s == 0 || l.messages_burst == 0 {
+            bad.push("limits.messages_per_s and limits.messages_burst must be > 0".to_owned());
+        }
+        if self.officer.max_window_s == 0 {
+            bad.push("officer.max_window_s must be > 0".to_owned());
+        }
+        if self.connections.request_timeout_s == 0 {
+            bad.push("connections.request_timeout_s must be > 0".to_owned());
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(bad.join("; ")))
+        }
     }
 
     /// The layered sources, for callers that add their own (tests).
@@ -231,6 +315,36 @@ mod tests {
         assert_eq!(s.server.bind, "127.0.0.1:8080");
         assert_eq!(s.limits.max_frame_bytes, 4096);
         assert!(!format!("{s:?}").contains("heyblue-dev-secret"));
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type is fixed by figment
+    fn unknown_keys_are_refused_by_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("typo.toml", "[citizen]\nproximty_m = 75.0\n")?;
+            let e = Settings::load(Some(Path::new("typo.toml"))).unwrap_err();
+            assert!(e.to_string().contains("proximty_m"), "{e}");
+            jail.create_file("section.toml", "[citzen]\nproximity_m = 75.0\n")?;
+            let e = Settings::load(Some(Path::new("section.toml"))).unwrap_err();
+            assert!(e.to_string().contains("citzen"), "{e}");
+            jail.set_env("HEYBLUE__CITIZEN__PUSH_INTERVL_MS", "250");
+            let e = Settings::load(None).unwrap_err();
+            assert!(e.to_string().contains("push_intervl_ms"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type is fixed by figment
+    fn contradicting_values_are_refused_together() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HEYBLUE__CITIZEN__MIN_RADIUS_M", "20000");
+            jail.set_env("HEYBLUE__LIMITS__OUTBOUND_QUEUE", "0");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("citizen.min_radius_m"), "{e}");
+            assert!(e.contains("limits.outbound_queue"), "{e}");
+            Ok(())
+        });
     }
 
     #[test]

@@ -78,7 +78,14 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut settings = Settings::load(cli.config.as_deref()).context("loading configuration")?;
+    let mut settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            // A configuration that cannot be used is a usage error: exit 2, naming the key.
+            eprintln!("heyblue: configuration: {e}");
+            std::process::exit(2);
+        }
+    };
     match cli.cmd {
         Cmd::Token {
             role,

@@ -40,6 +40,31 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn an_unknown_setting_stops_serve_with_exit_2_naming_it() {
+    let dir = tempdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .current_dir(&dir)
+        .env("HEYBLUE__CITIZEN__PUSH_INTERVL_MS", "250")
+        .output()
+        .expect("run heyblue");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("push_intervl_ms"), "{err}");
+
+    std::fs::write(dir.join("over.toml"), "[limits]\nmax_sesions = 5\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .args(["serve", "--config", "over.toml"])
+        .current_dir(&dir)
+        .output()
+        .expect("run heyblue");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_sesions"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Starts `heyblue serve` in `dir` (its default SQLite under `dir/data/` unless `db`) on a
 /// free port and waits for /healthz.
 async fn serve(dir: &std::path::Path, db: Option<&str>) -> (std::process::Child, String) {
