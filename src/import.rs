@@ -272,9 +272,12 @@ fn json_records(text: &str) -> Result<Vec<Record>, StructureError> {
 struct Fields<'a>(&'a HashMap<String, Option<String>>);
 
 impl Fields<'_> {
+    /// An optional field: absent, null, empty or only spaces all mean "none" (a corner
+    /// café has no website, an officer may have no badge yet).
     fn opt(&self, k: &str, max_chars: usize) -> Result<Option<String>, String> {
         match self.0.get(k).cloned().flatten() {
             None => Ok(None),
+            Some(v) if v.trim().is_empty() => Ok(None),
             Some(v) if v.chars().count() > max_chars => {
                 Err(format!("{k} is longer than {max_chars} characters"))
             }
@@ -542,5 +545,35 @@ mod tests {
         .unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rejected.len(), 1);
+    }
+
+    #[test]
+    fn empty_optional_columns_mean_none() {
+        let (rows, rejected) = parse(
+            Kind::Retailers,
+            b"retailer_id,name,website\ncafe,Corner Cafe,\nshop,Shop,  \n",
+            Some(true),
+        )
+        .unwrap();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let Rows::Retailers(r) = rows else { panic!() };
+        assert!(r.iter().all(|(_, p)| p.website.is_none()));
+        let (rows, rejected) = parse(
+            Kind::Charities,
+            br#"[{"charity_id":"c1","name":"Food Bank","website":""}]"#,
+            Some(false),
+        )
+        .unwrap();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(rows.len(), 1);
+        let (rows, rejected) = parse(
+            Kind::Officers,
+            b"officer_id,display_name,badge,precinct,email\nof-1,Ana,,,\n",
+            Some(true),
+        )
+        .unwrap();
+        assert!(rejected.is_empty(), "{rejected:?}");
+        let Rows::Officers(o) = rows else { panic!() };
+        assert!(o[0].1.badge.is_none() && o[0].1.precinct.is_none() && o[0].1.email.is_none());
     }
 }
