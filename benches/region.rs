@@ -179,28 +179,6 @@ fn through_actors(c: &mut Criterion) {
             })
         })
         .collect();
-    // One call per touched region through its mailbox, joined.
-    let mut g = c.benchmark_group("actor_nearby_k5_r2km");
-    for (n, regions) in sizes.iter().zip(&all) {
-        let mut rng = Rng(5);
-        g.bench_with_input(BenchmarkId::from_parameter(n), n, |b, _| {
-            b.to_async(&rt).iter(|| {
-                let q = rng.point();
-                let regions = regions.clone();
-                let zips = zips.clone();
-                async move {
-                    let (own, d0) = zips.nearest(q);
-                    let calls = zips
-                        .regions_touching(q, own, d0, 2_000.0)
-                        .into_iter()
-                        .map(|z| regions.query(z, q, 2_000.0, 5));
-                    let parts = futures_util::future::join_all(calls).await;
-                    black_box(merge_nearest(parts.into_iter().map(|p| p.unwrap()), 5))
-                }
-            })
-        });
-    }
-    g.finish();
     // What a citizen's location runs: `Regions::nearby`, reading the indexes nearest
     // region first while the circle shrinks to the 5th officer.
     let mut g = c.benchmark_group("regions_nearby_k5_r2km");

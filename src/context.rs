@@ -6,11 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use ractor::ActorRef;
 
 use crate::actors::directory::Regions;
 use crate::actors::outbox::{Outbox, close};
-use crate::actors::session::SessionMsg;
+use crate::actors::session::SessionHandle;
 use crate::config::Settings;
 use crate::events::{EventBus, Publisher};
 use crate::geo::ZipTable;
@@ -25,8 +24,8 @@ pub struct SessionEntry {
     pub session_id: u64,
     /// Role.
     pub role: Role,
-    /// The session actor.
-    pub actor: ActorRef<SessionMsg>,
+    /// The session's mailbox.
+    pub handle: SessionHandle,
 }
 
 /// Account → its one live session on this node; and every open socket's outbox.
@@ -44,7 +43,7 @@ pub struct Sessions {
 }
 
 /// Counts one thing while it lives: +1 when made, −1 when dropped (also when the session
-/// actor that owns it dies), so live counters cannot drift.
+/// that owns it ends by a panic), so live counters cannot drift.
 #[derive(Debug)]
 pub struct Counted(Arc<AtomicUsize>);
 

@@ -17,10 +17,11 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
+use super::mailbox::SendError;
 use super::region::{
-    Occupancy, OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionIndex, RegionMsg,
-    RegionSnapshot, SharedIndex, Watch,
+    OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot, SharedIndex,
 };
+use super::region_index::{Occupancy, RegionIndex, Watch};
 use super::session::SessionMsg;
 use crate::context::Sessions;
 use crate::geo::index::OfficerKey;
@@ -176,23 +177,6 @@ impl Regions {
         }
     }
 
-    /// Nearest officers in one region, through its mailbox.
-    pub async fn query(
-        &self,
-        zip: ZipId,
-        at: LatLon,
-        radius_m: f64,
-        k: usize,
-    ) -> Result<Vec<Nearby<OfficerData>>, RegionError> {
-        self.call(zip, move |reply| RegionMsg::Query {
-            at,
-            radius_m,
-            k,
-            reply,
-        })
-        .await
-    }
-
     /// The `k` nearest officers within `radius_m` of `at` over every region, exactly. The
     /// regions the circle touches are read nearest first, and once `k` officers are found
     /// the circle shrinks to the `k`-th (`ZipTable::walk_touching`): in a city only the
@@ -201,7 +185,7 @@ impl Regions {
     /// With `watch` (the watcher and the regions it watches already), the watcher's circle
     /// is the whole radius while the regions are read and the shrunk one after — a change
     /// outside that cannot change the answer (an officer of the answer that leaves is inside
-    /// it, and signals its departure; see [`PushSignal`](super::session::PushSignal)) — and
+    /// it, and signals its departure; see [`super::region_index`]) — and
     /// regions read that it did not watch yet are told to, with the version read.
     /// Returns the answer, the regions read (the set to watch) and the last radius.
     pub async fn nearby(
@@ -249,11 +233,8 @@ impl Regions {
         Ok((best, touching, reach))
     }
 
-    /// Merges `zip`'s answer into `best` (see
-    /// [`crate::geo::OfficerIndex::nearest_within_into`]) without spawning its region;
-    /// returns the index version it was read at (a region never spawned holds nobody, at
-    /// version 0, where its index starts). Unless the version is wanted, an index that
-    /// holds nobody is not locked.
+    /// Merges `zip`'s answer into `best` without spawning its region (one never spawned
+    /// holds nobody, at version 0, where its index starts); returns the version read.
     fn read_into(
         &self,
         zip: ZipId,
@@ -263,28 +244,10 @@ impl Regions {
         best: &mut Vec<Nearby<OfficerData>>,
         want_version: bool,
     ) -> u64 {
-        if !want_version && self.slots.occupancy[zip as usize].load(Ordering::SeqCst) == 0 {
-            return 0;
+        match self.slots.indexes[zip as usize].get() {
+            Some(index) => index.read_into(at, radius_m, k, best, want_version),
+            None => 0,
         }
-        let Some(shared) = self.slots.indexes[zip as usize].get() else {
-            return 0;
-        };
-        let g = shared.read();
-        g.index.nearest_within_into(at, radius_m, k, best);
-        g.version
-    }
-
-    /// One officer's entry in `zip`, if indexed there.
-    pub async fn officer(
-        &self,
-        zip: ZipId,
-        id: OfficerKey,
-    ) -> Result<Option<(LatLon, OfficerData)>, RegionError> {
-        if self.get(zip).is_none() {
-            return Ok(None);
-        }
-        self.call(zip, move |reply| RegionMsg::Officer(id.clone(), reply))
-            .await
     }
 
     /// The region's snapshot (spawning it if never used).
@@ -371,7 +334,6 @@ impl RegionDirectory {
             .clone();
         let args = RegionArgs {
             shared,
-            zip,
             code: Arc::from(&*z.code),
             centroid: z.centroid,
             restarts: st.slots.restarts[zip as usize].load(Ordering::Relaxed),
@@ -394,9 +356,19 @@ impl RegionDirectory {
     fn resync(st: &DirectoryState, zip: ZipId) {
         let mut told = 0usize;
         for s in st.sessions.all() {
-            // A session that stopped meanwhile has nothing to resend.
-            if s.actor.cast(SessionMsg::Resync(zip)).is_ok() {
-                told += 1;
+            match s.handle.send(SessionMsg::Resync(zip)) {
+                Ok(()) => told += 1,
+                // A session that ended meanwhile has nothing to resend.
+                Err(SendError::Closed(_)) => {}
+                Err(SendError::Full(_)) => {
+                    // Its task is stuck; what it derived returns with its next change.
+                    metrics::counter!("session_mailbox_full_total", "msg" => "resync").increment(1);
+                    tracing::warn!(
+                        zip,
+                        session = s.session_id,
+                        "resync not queued: mailbox full"
+                    );
+                }
             }
         }
         tracing::info!(

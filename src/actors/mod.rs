@@ -1,6 +1,12 @@
-//! The actors: one per zip region (under the region directory) and one per session.
+//! The actors: one per zip region (supervised by the region directory), and one task per
+//! session (officer or citizen) that owns its socket.
 
+pub mod citizen;
 pub mod directory;
+pub mod mailbox;
+pub mod officer;
 pub mod outbox;
 pub mod region;
+pub mod region_index;
 pub mod session;
+pub mod socket;

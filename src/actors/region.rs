@@ -4,26 +4,23 @@
 //! Invariants:
 //! * the index only holds officers whose sessions told it so (`Upsert`) and not since
 //!   `Remove`d; it is never the truth — after a crash it is rebuilt from the sessions;
-//! * a watcher is told of a change (through its [`PushSignal`]) only when the changed
+//! * a watcher is told of a change (through its `PushSignal`) only when the changed
 //!   officer's old or new position lies inside the watcher's circle, and at most once until
 //!   the watcher consumes the signal;
-//! * the actor is the index's only writer; readers take the shared lock and register
-//!   their watch afterwards with the version they read (`Watch`), which is signalled at once
-//!   if the index changed in between;
+//! * the actor is the index's only writer, through its [`RegionCore`]; readers read the
+//!   index in place and register their watch afterwards with the version they read (the
+//!   handshake and its ordering argument are in [`super::region_index`]);
 //! * the actor never awaits another actor: it only answers calls and casts signals.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
-use smallvec::SmallVec;
 
-use super::session::PushSignal;
+use super::region_index::{RegionCore, RegionIndex, Watch};
+use crate::geo::LatLon;
 use crate::geo::index::OfficerKey;
-use crate::geo::{LatLon, Nearby, OfficerIndex, ZipId};
 use crate::protocol::OfficerCard;
 
 /// What a region keeps about each available officer, shared: every answer naming the
@@ -82,16 +79,6 @@ pub struct OfficerUpdate {
     pub data: OfficerData,
 }
 
-/// A citizen watching a region: the session and its signal, which carries the search
-/// circle (shared by all the regions the citizen watches; see [`PushSignal`]).
-#[derive(Debug, Clone)]
-pub struct Watch {
-    /// The citizen session.
-    pub session_id: u64,
-    /// How to tell the session its result may have changed, and its circle.
-    pub signal: Arc<PushSignal>,
-}
-
 /// Messages of a region.
 pub enum RegionMsg {
     /// Insert or move an available officer.
@@ -100,24 +87,10 @@ pub enum RegionMsg {
     /// unless the entry was published by this session id (a replaced session must not
     /// remove its successor's entry).
     Remove(OfficerKey, u64),
-    /// The `k` nearest officers within `radius_m` of `at` (citizens read the shared index
-    /// directly; this is the same answer through the mailbox).
-    Query {
-        /// Centre.
-        at: LatLon,
-        /// Radius.
-        radius_m: f64,
-        /// Count.
-        k: usize,
-        /// Answer.
-        reply: RpcReplyPort<Vec<Nearby<OfficerData>>>,
-    },
     /// Registers a watcher that read the index at the given version.
     Watch(Watch, u64),
     /// A citizen no longer watches this region.
     Unwatch(u64),
-    /// One officer's entry, if indexed here.
-    Officer(OfficerKey, RpcReplyPort<Option<(LatLon, OfficerData)>>),
     /// The region's own state, for the admin API and tests.
     Snapshot(RpcReplyPort<RegionSnapshot>),
     /// Fault injection: panics inside the handler (tests prove supervision with it).
@@ -156,70 +129,13 @@ pub struct OfficerView {
     pub status: &'static str,
 }
 
-/// A region's index, shared with readers: the actor alone writes it (bumping `version`
-/// on every change); citizens read it under the lock without a message.
-pub struct Indexed {
-    /// The officers of the region.
-    pub index: OfficerIndex<OfficerData>,
-    /// Changes so far.
-    pub version: u64,
-}
-
-/// Officers indexed in each zip, one dense array for the node: a citizen's walk tests
-/// a dozen regions for officers, and most hold none — adjacent counters share cache
-/// lines, where a count kept in each region's index was a cache miss per region.
-pub type Occupancy = Arc<[AtomicU32]>;
-
-/// A region's index as readers see it: one per zip for the life of the node (a restarted
-/// region clears it), so readers reach it without a lock on the slot.
-pub struct RegionIndex {
-    indexed: RwLock<Indexed>,
-    /// `occupancy[zip]`: officers indexed, stored (`SeqCst`) after every change and before
-    /// watchers are tested: a watcher that reads 0 there needs no lock (see
-    /// `Regions::nearby`).
-    occupancy: Occupancy,
-    zip: ZipId,
-}
-
-impl RegionIndex {
-    /// An empty index for region `zip`, whose centroid is `centroid`, counting its
-    /// officers in `occupancy`.
-    pub fn new(centroid: LatLon, occupancy: Occupancy, zip: ZipId) -> Self {
-        Self {
-            indexed: RwLock::new(Indexed {
-                index: OfficerIndex::new(centroid),
-                version: 0,
-            }),
-            occupancy,
-            zip,
-        }
-    }
-
-    /// Takes the read lock (a panic while a writer held it leaves nothing half-written
-    /// that a reader could see: a failed region clears its index when it restarts).
-    pub fn read(&self) -> RwLockReadGuard<'_, Indexed> {
-        self.indexed.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Indexed> {
-        self.indexed.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn publish_count(&self, n: usize) {
-        let n = u32::try_from(n).unwrap_or(u32::MAX);
-        self.occupancy[self.zip as usize].store(n, Ordering::SeqCst);
-    }
-}
-
-/// The shared form of a region's index.
-pub type SharedIndex = Arc<RegionIndex>;
+/// A region's index as readers share it.
+pub type SharedIndex = Arc<RegionIndex<OfficerData>>;
 
 /// Arguments of a region.
 pub struct RegionArgs {
     /// Its index, created by the directory so readers can find it.
     pub shared: SharedIndex,
-    /// Which zip.
-    pub zip: ZipId,
     /// Its code.
     pub code: Arc<str>,
     /// Its centroid.
@@ -231,36 +147,8 @@ pub struct RegionArgs {
 /// State of a region.
 pub struct RegionState {
     code: Arc<str>,
-    shared: SharedIndex,
-    watchers: HashMap<u64, Arc<PushSignal>>,
+    core: RegionCore<OfficerData>,
     restarts: u64,
-}
-
-impl RegionState {
-    fn read(&self) -> RwLockReadGuard<'_, Indexed> {
-        self.shared.read()
-    }
-
-    /// Applies a change to the index: bumps the version and publishes the count.
-    fn change<R>(&self, f: impl FnOnce(&mut OfficerIndex<OfficerData>) -> (R, bool)) -> R {
-        let mut w = self.shared.write();
-        let (r, changed) = f(&mut w.index);
-        if changed {
-            w.version += 1;
-        }
-        let n = w.index.len();
-        drop(w);
-        self.shared.publish_count(n);
-        r
-    }
-
-    fn notify(&mut self, changed: &[LatLon]) {
-        // Once per change, not once per watcher: the test per watcher is a dot product.
-        let units: SmallVec<[[f64; 3]; 2]> = changed.iter().map(|p| p.unit()).collect();
-        // A watcher whose session is gone is dropped here.
-        self.watchers
-            .retain(|_, w| !w.covers_any(&units) || w.raise());
-    }
 }
 
 /// The region actor.
@@ -277,18 +165,11 @@ impl Actor for RegionActor {
         args: RegionArgs,
     ) -> Result<RegionState, ActorProcessingErr> {
         metrics::gauge!("region_actors_alive").increment(1.0);
-        let st = RegionState {
+        Ok(RegionState {
             code: args.code,
-            shared: args.shared,
-            watchers: HashMap::new(),
+            core: RegionCore::new(args.shared, args.centroid),
             restarts: args.restarts,
-        };
-        // A restarted region starts empty; its officers' sessions publish again.
-        st.change(|index| {
-            *index = OfficerIndex::new(args.centroid);
-            ((), true)
-        });
-        Ok(st)
+        })
     }
 
     async fn handle(
@@ -299,56 +180,19 @@ impl Actor for RegionActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             RegionMsg::Upsert(u) => {
-                let r = st.change(|index| {
-                    let r = index.upsert(u.id.clone(), u.pos, u.data);
-                    let changed = r.is_ok();
-                    (r, changed)
-                });
-                match r {
-                    Ok(Some(old)) => st.notify(&[old, u.pos]),
-                    Ok(None) => st.notify(&[u.pos]),
-                    Err(e) => {
-                        tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}")
-                    }
+                if let Err(e) = st.core.upsert(u.id.clone(), u.pos, u.data) {
+                    tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}");
                 }
             }
             RegionMsg::Remove(id, session) => {
-                let removed = st.change(|index| {
-                    let owned = index.get(&id).is_some_and(|(_, d)| d.session_id == session);
-                    let old = if owned { index.remove(&id) } else { None };
-                    let changed = old.is_some();
-                    (old, changed)
-                });
-                if let Some(old) = removed {
-                    st.notify(&[old]);
-                }
+                st.core.remove(&id, |d| d.session_id == session);
             }
-            RegionMsg::Query {
-                at,
-                radius_m,
-                k,
-                reply,
-            } => {
-                // The asker may have timed out and gone; nothing to do then.
-                let _ = reply.send(st.read().index.nearest_within(at, radius_m, k));
-            }
-            RegionMsg::Watch(w, seen) => {
-                // The watcher read the index at version `seen`: a change since then that it
-                // did not see is signalled now.
-                if st.read().version != seen {
-                    w.signal.raise();
-                }
-                st.watchers.insert(w.session_id, w.signal);
-            }
-            RegionMsg::Unwatch(session) => {
-                st.watchers.remove(&session);
-            }
-            RegionMsg::Officer(id, reply) => {
-                let found = st.read().index.get(&id).map(|(p, d)| (p, d.clone()));
-                let _ = reply.send(found);
-            }
+            RegionMsg::Watch(w, seen) => st.core.watch(w, seen),
+            RegionMsg::Unwatch(session) => st.core.unwatch(session),
             RegionMsg::Snapshot(reply) => {
                 let officers = st
+                    .core
+                    .index()
                     .read()
                     .index
                     .iter()
@@ -363,11 +207,13 @@ impl Actor for RegionActor {
                         status: "available",
                     })
                     .collect();
+                let watching = st.core.watchers();
+                // The asker may have timed out and gone; nothing to do then.
                 let _ = reply.send(RegionSnapshot {
                     zip: st.code.to_string(),
                     officers,
-                    citizens_watching: st.watchers.len(),
-                    citizens: st.watchers.len(),
+                    citizens_watching: watching,
+                    citizens: watching,
                     restarts: st.restarts,
                 });
             }

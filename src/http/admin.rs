@@ -14,6 +14,7 @@ use super::auth::Caller;
 use super::error::ErrorBody;
 use super::error::{ApiError, Body};
 use super::rewards::idempotency_key;
+use crate::actors::mailbox::SendError;
 use crate::actors::outbox::close;
 use crate::actors::session::SessionMsg;
 use crate::import::Kind;
@@ -195,13 +196,21 @@ pub async fn end_session(
         .get(&account)
         .ok_or_else(|| ApiError::not_found("no_session", "that account has no live session"))?;
     entry
-        .actor
-        .cast(SessionMsg::Close {
+        .handle
+        .send(SessionMsg::Close {
             code: close::KICKED,
             error: Some("session_ended"),
             reason: "ended by an administrator".into(),
         })
-        .map_err(|e| ApiError::unavailable(&e))?;
+        .map_err(|e| match e {
+            SendError::Closed(_) => {
+                ApiError::not_found("no_session", "that account has no live session")
+            }
+            SendError::Full(_) => {
+                metrics::counter!("session_mailbox_full_total", "msg" => "kick").increment(1);
+                ApiError::unavailable(&"the session is not taking messages; try again")
+            }
+        })?;
     tracing::info!(account = %account, by = %admin.sub, "session ended by an admin");
     metrics::counter!("sessions_ended_by_admin_total").increment(1);
     Ok(Json(

@@ -222,6 +222,12 @@ impl TestApp {
         resp.text().await.expect("metrics body")
     }
 
+    /// The sum of a metric's samples in `/metrics` (compare before and after: the
+    /// recorder is shared by every app of the test process).
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_sum(&self.metrics().await, name)
+    }
+
     /// Asks the orchestrator for a ticket; returns the ws_url.
     pub async fn ticket(&self, role: Role, sub: &str, lat: f64, lon: f64) -> String {
         let path = match role {

@@ -1,0 +1,146 @@
+//! The socket side of a session: one WebSocket read and written by the session's own
+//! task. [`Writer`] moves the session's bounded outbound queue ([`Outbox`]) into the socket
+//! between reads, so a socket costs one task and one wake-up per event, not a reader, a
+//! writer and a hand-over between them.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::{Sink, StreamExt};
+
+use super::outbox::{Next, Outbox};
+
+/// What the socket task's pump turns up.
+pub enum Event {
+    /// A frame from the client (`None` when the stream ended).
+    Frame(Option<Result<Message, axum::Error>>),
+    /// The socket is closing (a close or abort was requested): finish within the grace
+    /// period.
+    Closing,
+    /// The writer is finished: close frame flushed, or the socket failed.
+    WriterDone,
+}
+
+/// The write half of a socket, driven by the same task that reads it: one task and one
+/// wake-up per socket event instead of a reader, a writer and a hand-over between them.
+pub struct Writer {
+    out: Outbox,
+    /// A frame was handed to the socket and is not flushed yet.
+    flushing: bool,
+    /// The close frame was handed to the socket.
+    closing: bool,
+    /// Whether the run loop was told [`Event::Closing`].
+    told_closing: bool,
+    /// The writer is finished: the close frame flushed, or the socket failed.
+    pub done: bool,
+}
+
+impl Writer {
+    /// The writer of `out`'s frames.
+    pub fn new(out: Outbox) -> Self {
+        Self {
+            out,
+            flushing: false,
+            closing: false,
+            told_closing: false,
+            done: false,
+        }
+    }
+
+    /// Moves queued frames into the socket until the queue is empty or the socket is
+    /// full. Ready with an event for the run loop; Pending otherwise.
+    fn poll_write(&mut self, cx: &mut Context<'_>, socket: &mut WebSocket) -> Poll<Event> {
+        loop {
+            if self.done {
+                return Poll::Pending;
+            }
+            if self.closing_news() {
+                return Poll::Ready(Event::Closing);
+            }
+            if self.flushing {
+                match Pin::new(&mut *socket).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushing = false,
+                    Poll::Ready(Err(_)) => return self.finish(),
+                    Poll::Pending => return self.stuck(cx),
+                }
+                if self.closing {
+                    return self.finish();
+                }
+            }
+            match Pin::new(&mut *socket).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return self.finish(),
+                Poll::Pending => return self.stuck(cx),
+            }
+            let msg = match ready!(self.out.poll_next(cx)) {
+                Next::Frame(text) => Message::Text(text),
+                Next::Close(code, reason) => {
+                    self.closing = true;
+                    Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    }))
+                }
+            };
+            if Pin::new(&mut *socket).start_send(msg).is_err() {
+                return self.finish();
+            }
+            self.flushing = true;
+        }
+    }
+
+    /// The socket takes nothing more for now (a client that does not read). A close
+    /// (4008, shutdown, ...) must still end it within the grace period, so the outbox
+    /// wakes this task too.
+    fn stuck(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if !self.told_closing {
+            self.out.register(cx);
+            if self.closing_news() {
+                return Poll::Ready(Event::Closing);
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Whether the outbox began closing since the run loop was last told: once only.
+    fn closing_news(&mut self) -> bool {
+        let news = !self.told_closing && self.out.is_closing();
+        self.told_closing |= news;
+        news
+    }
+
+    /// Writes until the writer is done (the close frame flushed or the socket failed).
+    pub async fn finish_on(&mut self, socket: &mut WebSocket) {
+        std::future::poll_fn(|cx| {
+            loop {
+                match self.poll_write(cx, socket) {
+                    Poll::Ready(Event::WriterDone) => return Poll::Ready(()),
+                    Poll::Ready(_) => continue,
+                    Poll::Pending if self.done => return Poll::Ready(()),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    fn finish(&mut self) -> Poll<Event> {
+        self.done = true;
+        Poll::Ready(Event::WriterDone)
+    }
+
+    /// Writes what can be written, then reads the next frame.
+    pub fn poll_event(&mut self, cx: &mut Context<'_>, socket: &mut WebSocket) -> Poll<Event> {
+        if let Poll::Ready(e) = self.poll_write(cx, socket) {
+            return Poll::Ready(e);
+        }
+        socket.poll_next_unpin(cx).map(Event::Frame)
+    }
+}
+
+/// Starts the grace period of a closing socket (once: a later close does not extend it).
+pub fn arm(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>, grace: Duration) {
+    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+}
