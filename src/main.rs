@@ -158,6 +158,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let zips = Arc::new(ZipTable::embedded());
     tracing::info!(zips = zips.len(), "zip table loaded");
     let running = heyblue::server::start(settings, zips).await?;
+    // One line on stdout with the bound address (`--bind 127.0.0.1:0` picks a free port;
+    // scripts and tests read it here instead of guessing a free port beforehand).
+    println!("listening on http://{}", running.addr);
     shutdown_signal().await;
     tracing::info!("shutdown signal: closing sessions");
     running.shutdown().await;

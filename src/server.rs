@@ -34,8 +34,20 @@ pub struct Running {
 
 /// Binds `settings.server.bind` and starts serving.
 pub async fn start(settings: Settings, zips: Arc<ZipTable>) -> anyhow::Result<Running> {
+    let listener = TcpListener::bind(&settings.server.bind)
+        .await
+        .with_context(|| format!("binding {}", settings.server.bind))?;
+    start_on(listener, settings, zips).await
+}
+
+/// Starts serving on a listener the caller bound (tests bind port 0 and hand it over, so
+/// no port is ever released and taken again).
+pub async fn start_on(
+    listener: TcpListener,
+    settings: Settings,
+    zips: Arc<ZipTable>,
+) -> anyhow::Result<Running> {
     http::metrics_handle();
-    let listener = TcpListener::bind(&settings.server.bind).await?;
     let addr = listener.local_addr()?;
     let metrics_bind = settings.metrics.bind.clone();
     let store = Store::connect(&settings.database.url)

@@ -1,7 +1,10 @@
 //! Bearer tokens (HS256 JWTs) and the single-use WebSocket tickets of the orchestrator.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock: tests advance it instead of sleeping for a ticket to expire.
+use tokio::time::Instant;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

@@ -1,8 +1,6 @@
 //! Connection requests over sockets: request → offer → accept | decline | timeout | cancel,
 //! recorded once with points for both sides.
 
-use std::time::Duration;
-
 use heyblue::actors::session::SessionMsg;
 use serde_json::json;
 
@@ -141,8 +139,8 @@ async fn a_citizen_who_leaves_cancels_its_request() {
     // Responding now finds nothing pending.
     o.send(json!({"type":"respond","request_id":id,"accept":true}))
         .await;
+    // Refused before anything reached the store.
     assert_eq!(o.recv().await["code"], "unknown_request");
-    tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(app.recorded(&id).await, 0);
     app.running.shutdown().await;
 }
@@ -266,7 +264,12 @@ mod interleavings {
                     let _ = cs[i].ws.close(None).await;
                     cs[i] = app.citizen(subs[i], HERE.0, HERE.1).await.0;
                 }
-                Step::Timeout => tokio::time::sleep(Duration::from_millis(1100)).await,
+                Step::Timeout => {
+                    // The officer's request timeout passes on tokio's clock, not the wall's.
+                    tokio::time::pause();
+                    tokio::time::advance(Duration::from_millis(1001)).await;
+                    tokio::time::resume();
+                }
             }
             for v in drain(&mut o, &mut ids).await {
                 if v["type"] == "connection_requested" {
@@ -295,7 +298,12 @@ mod interleavings {
         #![proptest_config(ProptestConfig::with_cases(8))]
         #[test]
         fn at_most_one_connection_per_request(steps in prop::collection::vec(step(), 1..14)) {
-            tokio::runtime::Runtime::new().unwrap().block_on(run(steps));
+            // One thread: the test pauses and advances tokio's clock for timeouts.
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(run(steps));
         }
     }
 }

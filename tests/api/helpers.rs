@@ -80,6 +80,13 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(|_| {}).await
 }
 
+/// An app for tests that pause tokio's clock once their sockets are open: the event
+/// publisher's periodic store poll is moved out of the way (an hour), so the only timers
+/// that make paused time jump are the ones a test is about.
+pub async fn spawn_app_for_paused_time() -> TestApp {
+    spawn_app_with(|s| s.events.publish_interval_ms = 3_600_000).await
+}
+
 /// An app with no rate limit to speak of and an outbound queue of `outbound_queue` frames,
 /// for tests that send frames in bursts.
 pub async fn spawn_app_unlimited(outbound_queue: usize) -> TestApp {
@@ -96,7 +103,11 @@ pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
     let mut s = test_settings(&data.0);
     f(&mut s);
     let auth = Auth::new(s.auth.jwt_secret.expose());
-    let running = heyblue::server::start(s, zips())
+    // Bound here and handed over: the port is never released between choosing and binding.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind port 0");
+    let running = heyblue::server::start_on(listener, s, zips())
         .await
         .expect("server starts");
     let base = format!("http://{}", running.addr);
@@ -106,6 +117,27 @@ pub async fn spawn_app_with(f: impl FnOnce(&mut Settings)) -> TestApp {
         auth,
         http: reqwest::Client::new(),
         _data: data,
+    }
+}
+
+/// Waits until `check` answers `Some`, polling every 10 ms, and returns the answer; fails
+/// naming `what` after 10 s of real time (a bound for a broken server, never a timing the
+/// test relies on). The one way tests wait for something that must become true.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within 10 s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

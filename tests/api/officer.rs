@@ -47,16 +47,21 @@ async fn welcome_then_available_makes_officer_visible() {
 
 #[tokio::test]
 async fn window_warns_then_expires_and_closes() {
-    let app = spawn_app().await;
+    let app = spawn_app_for_paused_time().await;
     let mut o = app.connect(Role::Officer, "o1", HERE.0, HERE.1).await;
+    // From here on tokio's clock only moves when the server has nothing else to do: the
+    // window's two timers decide when time jumps, and the test measures them exactly.
+    tokio::time::pause();
     o.send(json!({"type":"available","window_s":2})).await;
     o.recv_type("availability").await;
-    let t0 = std::time::Instant::now();
+    let t0 = tokio::time::Instant::now();
     let w = o.recv().await;
     assert_eq!(w["type"], "window_expiring", "{w}");
+    // Tokio's timers fire on whole milliseconds, rounding up: at most 1 ms late.
+    let warned = t0.elapsed();
     assert!(
-        t0.elapsed() >= Duration::from_millis(800),
-        "half-time warning for a short window"
+        (Duration::from_secs(1)..=Duration::from_millis(1001)).contains(&warned),
+        "half-time warning at {warned:?}"
     );
     let (frames, code) = o.closed().await;
     assert_eq!(
@@ -65,6 +70,12 @@ async fn window_warns_then_expires_and_closes() {
         "{frames:?}"
     );
     assert_eq!(code, Some(1000));
+    let ended = t0.elapsed();
+    assert!(
+        (Duration::from_secs(2)..=Duration::from_millis(2001)).contains(&ended),
+        "the end of the window at {ended:?}"
+    );
+    tokio::time::resume();
     let (_c, n) = app.citizen("c1", HERE.0, HERE.1).await;
     assert_eq!(
         n["officers"].as_array().unwrap().len(),

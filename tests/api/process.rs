@@ -2,18 +2,10 @@
 //! and exits 0.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heyblue::protocol::Role;
 use serde_json::Value;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 #[tokio::test]
 async fn sigterm_closes_sessions_with_1001_and_exits_0() {
@@ -28,14 +20,11 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0() {
     assert!(status.success());
     let (_, code) = c.closed().await;
     assert_eq!(code, Some(1001));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "server did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = crate::helpers::eventually("the server exits", || {
+        let exited = child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
     assert_eq!(exit.code(), Some(0));
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -65,37 +54,45 @@ fn an_unknown_setting_stops_serve_with_exit_2_naming_it() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Starts `heyblue serve` in `dir` (its default SQLite under `dir/data/` unless `db`) on a
-/// free port and waits for /healthz.
+/// Starts `heyblue serve` in `dir` (its default SQLite under `dir/data/` unless `db`) on
+/// port 0, reads the address it bound from its first line on stdout, and waits for
+/// /healthz.
 async fn serve(dir: &std::path::Path, db: Option<&str>) -> (std::process::Child, String) {
-    let port = free_port();
+    use std::io::BufRead;
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_heyblue"));
-    cmd.args(["serve", "--bind", &format!("127.0.0.1:{port}")]);
+    cmd.args(["serve", "--bind", "127.0.0.1:0"]);
     if let Some(db) = db {
         cmd.args(["--database-url", db]);
     }
     let mut child = cmd
         .current_dir(dir)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("start heyblue");
-    let base = format!("http://127.0.0.1:{port}");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("read the bound address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no address on stdout: {line:?}"))
+        .to_owned();
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status() == 200
-        {
-            break;
-        }
-        if let Some(exit) = child.try_wait().unwrap() {
-            panic!("server exited: {exit}");
-        }
-        assert!(Instant::now() < deadline, "server did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let health = format!("{base}/healthz");
+    crate::helpers::eventually("the server answers /healthz", || async {
+        let ok = http.get(&health).send().await.ok()?.status() == 200;
+        ok.then_some(())
+    })
+    .await;
     (child, base)
 }
 
