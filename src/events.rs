@@ -3,8 +3,8 @@
 //! committed, unpublished rows, folds them into the profile statistics projection and marks
 //! them published in one transaction, then hands them to the in-process [`EventBus`]. So
 //! an event is never published for a change that did not commit, a crash between commit
-//! and publication only delays it, and the projection counts each event once. (A cluster backend, Redis Streams, can take the
-//! bus's place behind the same handle.)
+//! and publication only delays it, and the projection counts each event once. Events are
+//! typed ([`DomainEvent`]) from the store's write to every consumer.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,15 +14,118 @@ use tokio::sync::broadcast;
 
 use crate::store::Store;
 
+/// What happened, as the store records it in its outbox (in the transaction of the change)
+/// and as every consumer reads it. Stored as the variant's name (`kind`) and its fields as
+/// a JSON object (`payload`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "payload", rename_all = "snake_case")]
+pub enum DomainEvent {
+    /// An officer accepted a citizen's request; recorded once per request.
+    ConnectionEstablished {
+        /// The connection.
+        connection_id: String,
+        /// The request it answered.
+        request_id: String,
+        /// The officer.
+        officer_id: String,
+        /// The citizen.
+        citizen_id: String,
+        /// `in_person` or `virtual`.
+        mode: String,
+        /// The officer's zip when it accepted.
+        zip: String,
+        /// Points each side earned (0 within the pair's cooldown).
+        points_awarded: i64,
+    },
+    /// Points credited to an account.
+    PointsAwarded {
+        /// The account.
+        account_id: String,
+        /// Points (positive).
+        delta: i64,
+        /// What earned them (a connection id).
+        #[serde(rename = "ref")]
+        reference: String,
+        /// The ledger entry's kind (`connection`).
+        kind: String,
+    },
+    /// A citizen redeemed points for a voucher.
+    VoucherIssued {
+        /// The voucher code.
+        voucher_code: String,
+        /// The offer.
+        offer_id: String,
+        /// Its retailer.
+        retailer_id: String,
+        /// The citizen.
+        account_id: String,
+        /// Points debited.
+        points_spent: i64,
+    },
+    /// An officer donated points to a charity.
+    DonationMade {
+        /// The donation.
+        donation_id: String,
+        /// The charity.
+        charity_id: String,
+        /// The officer.
+        account_id: String,
+        /// Points debited.
+        points: i64,
+    },
+}
+
+/// An outbox row that is not a [`DomainEvent`] (unknown kind, or fields missing or
+/// mistyped): skipped by consumers and counted, never folded as zeros.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed event {kind}: {cause}")]
+pub struct MalformedEvent {
+    /// The row's kind.
+    pub kind: String,
+    /// What did not fit.
+    pub cause: String,
+}
+
+impl DomainEvent {
+    /// The event's kind, as stored and as metrics label it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ConnectionEstablished { .. } => "connection_established",
+            Self::PointsAwarded { .. } => "points_awarded",
+            Self::VoucherIssued { .. } => "voucher_issued",
+            Self::DonationMade { .. } => "donation_made",
+        }
+    }
+
+    /// The outbox columns: kind and payload JSON.
+    pub fn to_row(&self) -> (&'static str, String) {
+        let payload = match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut m)) => m.remove("payload").unwrap_or_default(),
+            _ => serde_json::Value::Null,
+        };
+        (self.kind(), payload.to_string())
+    }
+
+    /// The event of an outbox row.
+    pub fn from_row(kind: &str, payload: &str) -> Result<Self, MalformedEvent> {
+        let malformed = |cause: String| MalformedEvent {
+            kind: kind.to_owned(),
+            cause,
+        };
+        let payload: serde_json::Value =
+            serde_json::from_str(payload).map_err(|e| malformed(e.to_string()))?;
+        serde_json::from_value(serde_json::json!({"kind": kind, "payload": payload}))
+            .map_err(|e| malformed(e.to_string()))
+    }
+}
+
 /// One published event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
-    /// Outbox id: increasing in commit order on one store.
+    /// Outbox id: unique, increasing in commit order on one store.
     pub id: i64,
-    /// `connection_established`, `points_awarded`, `voucher_issued`, `donation_made`.
-    pub kind: String,
-    /// The event's fields as JSON.
-    pub payload: serde_json::Value,
+    /// What happened.
+    pub event: DomainEvent,
 }
 
 /// The in-process bus: a bounded broadcast; a subscriber that falls behind by more than
@@ -46,10 +149,16 @@ impl EventBus {
     }
 
     fn publish(&self, e: Event) {
-        metrics::counter!("events_published_total", "kind" => e.kind.clone()).increment(1);
+        metrics::counter!("events_published_total", "kind" => e.event.kind()).increment(1);
         // No subscriber is fine: the outbox row stays as the record.
         let _ = self.tx.send(Arc::new(e));
     }
+}
+
+/// Logs and counts an outbox row no consumer can read.
+pub fn skip_malformed(id: i64, e: &MalformedEvent) {
+    metrics::counter!("events_malformed_total").increment(1);
+    tracing::error!(event = id, "skipping an outbox row: {e}");
 }
 
 /// Moves committed outbox rows onto the bus.
@@ -78,10 +187,8 @@ impl Publisher {
                 return Ok(total);
             }
             total += rows.len();
-            for (id, kind, payload) in rows {
-                let payload =
-                    serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload));
-                self.bus.publish(Event { id, kind, payload });
+            for e in rows {
+                self.bus.publish(e);
             }
         }
     }
@@ -99,5 +206,71 @@ impl Publisher {
                 _ = wake.notified() => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_round_trip_through_their_outbox_row() {
+        let events = [
+            DomainEvent::ConnectionEstablished {
+                connection_id: "c".into(),
+                request_id: "r".into(),
+                officer_id: "o".into(),
+                citizen_id: "z".into(),
+                mode: "virtual".into(),
+                zip: "10001".into(),
+                points_awarded: 10,
+            },
+            DomainEvent::PointsAwarded {
+                account_id: "o".into(),
+                delta: 10,
+                reference: "c".into(),
+                kind: "connection".into(),
+            },
+            DomainEvent::VoucherIssued {
+                voucher_code: "v".into(),
+                offer_id: "f".into(),
+                retailer_id: "t".into(),
+                account_id: "z".into(),
+                points_spent: 30,
+            },
+            DomainEvent::DonationMade {
+                donation_id: "d".into(),
+                charity_id: "h".into(),
+                account_id: "o".into(),
+                points: 5,
+            },
+        ];
+        for e in events {
+            let (kind, payload) = e.to_row();
+            assert!(
+                !payload.contains("\"kind\":\"points_awarded\""),
+                "{payload}"
+            );
+            assert_eq!(DomainEvent::from_row(kind, &payload).unwrap(), e);
+        }
+        // The stored form is the fields alone (what earlier rows hold too).
+        let (_, payload) = DomainEvent::PointsAwarded {
+            account_id: "o".into(),
+            delta: 10,
+            reference: "c".into(),
+            kind: "connection".into(),
+        }
+        .to_row();
+        assert_eq!(
+            payload,
+            r#"{"account_id":"o","delta":10,"kind":"connection","ref":"c"}"#
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_and_missing_fields_are_malformed_not_zero() {
+        assert!(DomainEvent::from_row("dance", "{}").is_err());
+        assert!(DomainEvent::from_row("points_awarded", r#"{"account_id":"o"}"#).is_err());
+        assert!(DomainEvent::from_row("donation_made", "not json").is_err());
     }
 }

@@ -50,7 +50,7 @@ impl Kind {
         }
     }
 
-    /// The columns of PROTOCOL.md, in order; the first is the id.
+    /// The columns of docs/protocol.md, in order; the first is the id.
     pub fn columns(self) -> &'static [&'static str] {
         match self {
             Kind::Officers => &["officer_id", "display_name", "badge", "precinct", "email"],

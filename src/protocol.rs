@@ -1,4 +1,4 @@
-//! The wire: JSON frames of PROTOCOL.md as serde enums, shared by the server, the tests and
+//! The wire: JSON frames of docs/protocol.md as serde enums, shared by the server, the tests and
 //! the load generator. [`decode`] parses and validates a text frame once; actors only ever
 //! see the typed [`Command`] it returns.
 

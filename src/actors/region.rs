@@ -24,9 +24,10 @@ use crate::geo::index::OfficerKey;
 use crate::protocol::OfficerCard;
 
 /// What a region keeps about each available officer, shared: every answer naming the
-/// officer holds it, and a clone is one reference count. (Three counts — id, name, card —
-/// were most of what taking an officer into an answer cost: each is a cache line that
-/// the cores hand between them as they answer citizens around the same officers.)
+/// officer holds it, and a clone is one reference count. One, not one per field: each
+/// count is a cache line the cores hand between them as they answer citizens around the
+/// same officers, and separate counts for id, name and card dominated taking an officer
+/// into an answer.
 #[derive(Debug, Clone)]
 pub struct OfficerData(Arc<OfficerInfo>);
 

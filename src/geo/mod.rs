@@ -12,7 +12,7 @@ pub mod zips;
 pub use index::{Nearby, OfficerIndex};
 pub use zips::{Zip, ZipId, ZipTable};
 
-/// Mean Earth radius used for every distance on the wire (PROTOCOL.md).
+/// Mean Earth radius used for every distance on the wire (docs/protocol.md).
 pub const EARTH_RADIUS_M: f64 = 6_371_008.8;
 
 /// A WGS84 position in decimal degrees.

@@ -79,7 +79,7 @@ pub fn metrics_handle() -> &'static PrometheusHandle {
 #[openapi(
     info(
         title = "Hey Blue! server",
-        description = "HTTP endpoints of the client contract (PROTOCOL.md). WebSocket frames are described there."
+        description = "HTTP endpoints of the client contract (docs/protocol.md). WebSocket frames are described there."
     ),
     modifiers(&BearerAuth),
     components(schemas(ErrorBody))

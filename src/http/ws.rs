@@ -22,7 +22,7 @@ use super::error::ErrorBody;
         ("ticket" = String, Query, description = "Ticket from the orchestrator"),
     ),
     responses(
-        (status = 101, description = "WebSocket upgrade; the frames are in PROTOCOL.md"),
+        (status = 101, description = "WebSocket upgrade; the frames are in docs/protocol.md"),
         (status = 401, description = "Unknown, used, expired or other-node ticket", body = ErrorBody),
         (status = 503, description = "Node full", body = ErrorBody),
     )

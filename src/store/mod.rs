@@ -23,10 +23,10 @@ use sea_orm::{
     DbBackend, DbErr, EntityTrait, PaginatorTrait, QueryFilter, Set, SqlErr, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
-use serde_json::json;
 
 use self::entities::{connection, ledger};
 use self::migration::Migrator;
+use crate::events::DomainEvent;
 
 /// Store failures. Callers answer 503 for `Unavailable`; the cause is logged, not returned.
 #[derive(Debug, thiserror::Error)]
@@ -240,25 +240,32 @@ impl Store {
                 .await?;
             }
         }
-        let payload = json!({
-            "connection_id": id, "request_id": c.request_id, "officer_id": c.officer_id,
-            "citizen_id": c.citizen_id, "mode": c.mode, "zip": c.zip, "points_awarded": points,
-        });
-        let mut events = vec![("connection_established", payload)];
+        let mut events = vec![DomainEvent::ConnectionEstablished {
+            connection_id: id.clone(),
+            request_id: c.request_id.clone(),
+            officer_id: c.officer_id.clone(),
+            citizen_id: c.citizen_id.clone(),
+            mode: c.mode.clone(),
+            zip: c.zip.clone(),
+            points_awarded: points,
+        }];
         if points > 0 {
             for account in [&c.officer_id, &c.citizen_id] {
-                events.push((
-                    "points_awarded",
-                    json!({"account_id": account, "delta": points, "ref": id, "kind": "connection"}),
-                ));
+                events.push(DomainEvent::PointsAwarded {
+                    account_id: account.clone(),
+                    delta: points,
+                    reference: id.clone(),
+                    kind: "connection".into(),
+                });
             }
         }
         let mut insert = Query::insert();
         insert
             .into_table("events")
             .columns(["kind", "payload", "created_at"]);
-        for (kind, payload) in events {
-            insert.values_panic([kind.into(), payload.to_string().into(), c.at.into()]);
+        for e in events {
+            let (kind, payload) = e.to_row();
+            insert.values_panic([kind.into(), payload.into(), c.at.into()]);
         }
         txn.execute(&insert).await?;
         let r = Recorded {

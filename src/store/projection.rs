@@ -8,7 +8,8 @@ use std::collections::HashMap;
 
 use sea_orm::sea_query::{Expr, ExprTrait, LockType, OnConflict, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
-use serde_json::Value;
+
+use crate::events::{DomainEvent, Event};
 
 use super::{Store, StoreError};
 
@@ -27,40 +28,35 @@ pub struct StatsDelta {
 }
 
 /// What one event changes, per account.
-pub fn fold(kind: &str, payload: &Value, into: &mut HashMap<String, StatsDelta>) {
-    let account = |k: &str| payload[k].as_str().map(str::to_owned);
-    let n = |k: &str| payload[k].as_i64().unwrap_or(0);
-    match kind {
-        "connection_established" => {
-            for side in ["officer_id", "citizen_id"] {
-                if let Some(a) = account(side) {
-                    into.entry(a).or_default().connections += 1;
-                }
+pub fn fold(event: &DomainEvent, into: &mut HashMap<String, StatsDelta>) {
+    match event {
+        DomainEvent::ConnectionEstablished {
+            officer_id,
+            citizen_id,
+            ..
+        } => {
+            for a in [officer_id, citizen_id] {
+                into.entry(a.clone()).or_default().connections += 1;
             }
         }
-        "points_awarded" => {
-            if let Some(a) = account("account_id") {
-                into.entry(a).or_default().earned += n("delta");
-            }
-        }
-        "voucher_issued" => {
-            if let Some(a) = account("account_id") {
-                into.entry(a).or_default().spent += n("points_spent");
-            }
-        }
-        "donation_made" => {
-            if let Some(a) = account("account_id") {
-                into.entry(a).or_default().spent += n("points");
-            }
-        }
-        _ => {}
+        DomainEvent::PointsAwarded {
+            account_id, delta, ..
+        } => into.entry(account_id.clone()).or_default().earned += delta,
+        DomainEvent::VoucherIssued {
+            account_id,
+            points_spent,
+            ..
+        } => into.entry(account_id.clone()).or_default().spent += points_spent,
+        DomainEvent::DonationMade {
+            account_id, points, ..
+        } => into.entry(account_id.clone()).or_default().spent += points,
     }
 }
 
 impl Store {
     /// Claims up to `limit` unpublished events oldest first, applies them to the
     /// projection and marks them published, in one transaction; returns them for the bus.
-    pub async fn publish_batch(&self, limit: u64) -> Result<Vec<OutboxRow>, StoreError> {
+    pub async fn publish_batch(&self, limit: u64) -> Result<Vec<Event>, StoreError> {
         let _timed = super::timed("publish_batch");
         let txn = self.db.begin().await?;
         let q = Query::select()
@@ -85,12 +81,19 @@ impl Store {
             .collect::<Result<_, DbErr>>()?;
         if rows.is_empty() {
             txn.commit().await?;
-            return Ok(rows);
+            return Ok(Vec::new());
         }
         let mut deltas = HashMap::new();
-        for (_, kind, payload) in &rows {
-            let v = serde_json::from_str(payload).unwrap_or(Value::Null);
-            fold(kind, &v, &mut deltas);
+        let mut events = Vec::with_capacity(rows.len());
+        for (id, kind, payload) in &rows {
+            match DomainEvent::from_row(kind, payload) {
+                Ok(event) => {
+                    fold(&event, &mut deltas);
+                    events.push(Event { id: *id, event });
+                }
+                // Marked published with the rest: a row no consumer can read is not retried.
+                Err(e) => crate::events::skip_malformed(*id, &e),
+            }
         }
         let mut deltas: Vec<_> = deltas.into_iter().collect();
         // A fixed order: concurrent publishers lock stats rows without deadlocking.
@@ -136,7 +139,7 @@ impl Store {
             .to_owned();
         txn.execute(&mark).await?;
         txn.commit().await?;
-        Ok(rows)
+        Ok(events)
     }
 
     /// The projected statistics of an account (zeros before its first event).

@@ -15,11 +15,11 @@ use sea_orm::{
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::Sha256;
 
 use super::entities::{account, charity, donation, idempotency, ledger, offer, retailer, voucher};
 use super::{Store, StoreError, balance_in, db_err};
+use crate::events::DomainEvent;
 
 /// Why a request was refused; nothing was changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -499,7 +499,7 @@ async fn debit(
     kind: &str,
     points: i64,
     reference: &str,
-    event: (&str, serde_json::Value),
+    event: DomainEvent,
     at: DateTime<Utc>,
 ) -> Result<i64, DbErr> {
     ledger::ActiveModel {
@@ -516,7 +516,10 @@ async fn debit(
     insert
         .into_table("events")
         .columns(["kind", "payload", "created_at"])
-        .values_panic([event.0.into(), event.1.to_string().into(), at.into()]);
+        .values_panic({
+            let (kind, payload) = event.to_row();
+            [kind.into(), payload.into(), at.into()]
+        });
     txn.execute(&insert).await?;
     balance_in(txn, account).await.map_err(db_err)
 }
@@ -571,20 +574,14 @@ async fn redeem_in(
     }
     .insert(txn)
     .await?;
-    let event = json!({
-        "voucher_code": code, "offer_id": offer_id, "retailer_id": o.retailer_id,
-        "account_id": account, "points_spent": o.points_cost,
-    });
-    let balance = debit(
-        txn,
-        account,
-        "redemption",
-        o.points_cost,
-        &code,
-        ("voucher_issued", event),
-        now,
-    )
-    .await?;
+    let event = DomainEvent::VoucherIssued {
+        voucher_code: code.clone(),
+        offer_id: offer_id.to_owned(),
+        retailer_id: o.retailer_id.clone(),
+        account_id: account.to_owned(),
+        points_spent: o.points_cost,
+    };
+    let balance = debit(txn, account, "redemption", o.points_cost, &code, event, now).await?;
     Ok(Ok(Redemption {
         voucher_code: code,
         offer_id: offer_id.to_owned(),
@@ -621,19 +618,13 @@ async fn donate_in(
     }
     .insert(txn)
     .await?;
-    let event = json!({
-        "donation_id": id, "charity_id": charity_id, "account_id": account, "points": points,
-    });
-    let balance = debit(
-        txn,
-        account,
-        "donation",
+    let event = DomainEvent::DonationMade {
+        donation_id: id.clone(),
+        charity_id: charity_id.to_owned(),
+        account_id: account.to_owned(),
         points,
-        &id,
-        ("donation_made", event),
-        now,
-    )
-    .await?;
+    };
+    let balance = debit(txn, account, "donation", points, &id, event, now).await?;
     Ok(Ok(Donation {
         donation_id: id,
         charity_id: charity_id.to_owned(),

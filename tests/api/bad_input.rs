@@ -1,4 +1,4 @@
-//! Every refusal of PROTOCOL.md's WebSocket preamble: error frame, state unchanged,
+//! Every refusal of the WebSocket preamble of docs/protocol.md: error frame, state unchanged,
 //! socket open; rate limiting; close 1008 after consecutive errors; slow clients closed.
 
 use std::time::Duration;

@@ -2,9 +2,15 @@
 
 use std::time::Duration;
 
-use serde_json::json;
+use heyblue::events::{DomainEvent, Event};
+use serde_json::{Value, json};
 
 use crate::helpers::*;
+
+/// An event's fields as JSON (its stored payload), for comparing with wire answers.
+fn fields(e: &Event) -> Value {
+    serde_json::to_value(&e.event).unwrap()["payload"].clone()
+}
 
 #[tokio::test]
 async fn an_accept_publishes_connection_and_points_events_once() {
@@ -22,17 +28,20 @@ async fn an_accept_publishes_connection_and_points_events_once() {
     while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_millis(1500), bus.recv()).await {
         got.push(e);
     }
-    let kinds: Vec<&str> = got.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = got.iter().map(|e| e.event.kind()).collect();
     assert_eq!(
         kinds,
         ["connection_established", "points_awarded", "points_awarded"],
         "{got:?}"
     );
-    assert_eq!(got[0].payload["connection_id"], est["connection_id"]);
-    assert_eq!(got[0].payload["request_id"], id.as_str());
+    assert_eq!(fields(&got[0])["connection_id"], est["connection_id"]);
+    assert_eq!(fields(&got[0])["request_id"], id.as_str());
     let accounts: Vec<&str> = got[1..]
         .iter()
-        .map(|e| e.payload["account_id"].as_str().unwrap())
+        .map(|e| match &e.event {
+            DomainEvent::PointsAwarded { account_id, .. } => account_id.as_str(),
+            other => panic!("{other:?}"),
+        })
         .collect();
     assert_eq!(accounts, ["o1", "c1"]);
     assert!(got.windows(2).all(|w| w[0].id < w[1].id), "in commit order");
@@ -95,14 +104,17 @@ async fn redemptions_and_donations_publish_their_events() {
             .await
             .expect("event in time")
             .unwrap();
-        if e.kind == "voucher_issued" || e.kind == "donation_made" {
+        if matches!(
+            e.event,
+            DomainEvent::VoucherIssued { .. } | DomainEvent::DonationMade { .. }
+        ) {
             got.push(e);
         }
     }
-    assert_eq!(got[0].kind, "voucher_issued");
-    assert_eq!(got[0].payload["voucher_code"], v["voucher_code"]);
-    assert_eq!(got[0].payload["points_spent"], 10);
-    assert_eq!(got[1].kind, "donation_made");
-    assert_eq!(got[1].payload["donation_id"], d["donation_id"]);
-    assert_eq!(got[1].payload["points"], 4);
+    assert_eq!(got[0].event.kind(), "voucher_issued");
+    assert_eq!(fields(&got[0])["voucher_code"], v["voucher_code"]);
+    assert_eq!(fields(&got[0])["points_spent"], 10);
+    assert_eq!(got[1].event.kind(), "donation_made");
+    assert_eq!(fields(&got[1])["donation_id"], d["donation_id"]);
+    assert_eq!(fields(&got[1])["points"], 4);
 }
