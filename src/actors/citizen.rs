@@ -67,15 +67,12 @@ pub struct Citizen {
 
 impl Citizen {
     /// A citizen with the default search, whose mailbox is `me`.
-    pub fn new(cfg: &CitizenSettings, session_id: u64, me: SessionHandle) -> Self {
+    pub fn new(cfg: &CitizenSettings, me: SessionHandle) -> Self {
         Self {
             radius_m: cfg.default_radius_m,
             limit: cfg.default_limit,
             watched: Vec::new(),
-            watch: Watch {
-                session_id,
-                signal: Arc::new(PushSignal::new(me.clone())),
-            },
+            watch: Watch::new(Arc::new(PushSignal::new(me.clone()))),
             me,
             last_push: None,
             changed_at: None,
@@ -114,7 +111,7 @@ impl Citizen {
         };
         // Regions no longer touched forget this watcher.
         for &z in self.watched.iter().filter(|z| !touching.contains(z)) {
-            regions.unwatch(z, c.id);
+            regions.unwatch(z, &self.watch);
         }
         self.watched = touching;
         crate::telemetry::nearby_query_seconds().record(started.elapsed().as_secs_f64());
@@ -405,7 +402,7 @@ impl RoleSession for Citizen {
             tell(&p.officer, SessionMsg::CancelRequest(p.request_id));
         }
         for z in std::mem::take(&mut self.watched) {
-            c.ctx.regions.unwatch(z, c.id);
+            c.ctx.regions.unwatch(z, &self.watch);
         }
     }
 }

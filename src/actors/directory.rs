@@ -170,10 +170,11 @@ impl Regions {
     }
 
     /// Stops watching `zip`.
-    pub fn unwatch(&self, zip: ZipId, session_id: u64) {
+    pub fn unwatch(&self, zip: ZipId, w: &Watch) {
         if let Some(r) = self.get(zip) {
-            // As above: a replacement region starts without this watcher.
-            let _ = r.cast(RegionMsg::Unwatch(session_id));
+            // As above: a replacement region starts without this watcher. The signal
+            // travels with the message, so its address cannot be reused meanwhile.
+            let _ = r.cast(RegionMsg::Unwatch(w.clone()));
         }
     }
 

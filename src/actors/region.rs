@@ -91,7 +91,7 @@ pub enum RegionMsg {
     /// Registers a watcher that read the index at the given version.
     Watch(Watch, u64),
     /// A citizen no longer watches this region.
-    Unwatch(u64),
+    Unwatch(Watch),
     /// The region's own state, for the admin API and tests.
     Snapshot(RpcReplyPort<RegionSnapshot>),
     /// Fault injection: panics inside the handler (tests prove supervision with it).
@@ -189,7 +189,7 @@ impl Actor for RegionActor {
                 st.core.remove(&id, |d| d.session_id == session);
             }
             RegionMsg::Watch(w, seen) => st.core.watch(w, seen),
-            RegionMsg::Unwatch(session) => st.core.unwatch(session),
+            RegionMsg::Unwatch(w) => st.core.unwatch(&w),
             RegionMsg::Snapshot(reply) => {
                 let officers = st
                     .core

@@ -38,10 +38,11 @@
 //! `tests::a_change_between_read_and_watch_is_signalled` scripts gap 1 and fails without
 //! the version check; `tests::concurrent_writers_and_watchers_miss_nothing` hammers both.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
 use super::mailbox::SendError;
@@ -104,13 +105,34 @@ impl PushSignal {
     }
 }
 
-/// A citizen watching a region: the session and its signal.
+/// A citizen watching a region: its signal, which a region holds, and knows it by (the
+/// signal's address: equal and hashed by pointer, so a region's watcher set costs one
+/// pointer per watcher — a citizen watches every region its circle touches, ~30 in a city).
 #[derive(Debug, Clone)]
 pub struct Watch {
-    /// The citizen session.
-    pub session_id: u64,
     /// How to tell the session its result may have changed, and its circle.
     pub signal: Arc<PushSignal>,
+}
+
+impl Watch {
+    /// A watch through `signal`.
+    pub fn new(signal: Arc<PushSignal>) -> Self {
+        Self { signal }
+    }
+}
+
+impl PartialEq for Watch {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.signal, &other.signal)
+    }
+}
+
+impl Eq for Watch {}
+
+impl std::hash::Hash for Watch {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        (Arc::as_ptr(&self.signal) as usize).hash(h);
+    }
 }
 
 /// A region's index as its readers see it.
@@ -184,7 +206,7 @@ impl<T: Clone> RegionIndex<T> {
 /// actor owns one and calls it from its handler, one message at a time.
 pub struct RegionCore<T> {
     shared: Arc<RegionIndex<T>>,
-    watchers: HashMap<u64, Arc<PushSignal>>,
+    watchers: HashSet<Watch, FxBuildHasher>,
 }
 
 impl<T: Clone> RegionCore<T> {
@@ -193,7 +215,7 @@ impl<T: Clone> RegionCore<T> {
     pub fn new(shared: Arc<RegionIndex<T>>, centroid: LatLon) -> Self {
         let core = Self {
             shared,
-            watchers: HashMap::new(),
+            watchers: HashSet::default(),
         };
         core.change(|index| {
             *index = OfficerIndex::new(centroid);
@@ -232,7 +254,7 @@ impl<T: Clone> RegionCore<T> {
         // Once per change, not once per watcher: the test per watcher is cheap arithmetic.
         let units: SmallVec<[[f64; 3]; 2]> = changed.iter().map(|p| p.unit()).collect();
         self.watchers
-            .retain(|_, w| !w.covers_any(&units) || w.raise());
+            .retain(|w| !w.signal.covers_any(&units) || w.signal.raise());
     }
 
     /// Inserts or moves officer `id`.
@@ -270,12 +292,12 @@ impl<T: Clone> RegionCore<T> {
         if self.shared.read().version != seen {
             w.signal.raise();
         }
-        self.watchers.insert(w.session_id, w.signal);
+        self.watchers.insert(w);
     }
 
     /// Forgets a watcher.
-    pub fn unwatch(&mut self, session_id: u64) {
-        self.watchers.remove(&session_id);
+    pub fn unwatch(&mut self, w: &Watch) {
+        self.watchers.remove(w);
     }
 }
 
@@ -292,12 +314,9 @@ mod tests {
         (shared, core)
     }
 
-    fn watcher(id: u64) -> (Watch, Receiver<SessionMsg>) {
+    fn watcher() -> (Watch, Receiver<SessionMsg>) {
         let (tx, rx) = mailbox(8);
-        let w = Watch {
-            session_id: id,
-            signal: Arc::new(PushSignal::new(tx)),
-        };
+        let w = Watch::new(Arc::new(PushSignal::new(tx)));
         (w, rx)
     }
 
@@ -318,7 +337,7 @@ mod tests {
     #[test]
     fn a_change_between_read_and_watch_is_signalled() {
         let (shared, mut core) = region();
-        let (w, mut rx) = watcher(1);
+        let (w, mut rx) = watcher();
         w.signal.set_circle(p(0.0).unit(), 2000.0);
         // The citizen reads (nobody there) ...
         let mut best = Vec::new();
@@ -334,7 +353,7 @@ mod tests {
     #[test]
     fn changes_are_signalled_once_until_consumed_and_only_inside_the_circle() {
         let (shared, mut core) = region();
-        let (w, mut rx) = watcher(1);
+        let (w, mut rx) = watcher();
         w.signal.set_circle(p(0.0).unit(), 500.0);
         let seen = shared.read_into(p(0.0), 500.0, 5, &mut Vec::new(), true);
         core.watch(w.clone(), seen);
@@ -395,13 +414,13 @@ mod tests {
                 }
             })
         };
-        let readers: Vec<_> = (0..2u64)
-            .map(|r| {
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
                 let (shared, req_tx) = (shared.clone(), req_tx.clone());
                 std::thread::spawn(move || {
                     let mut misses = 0;
-                    for round in 0..400u64 {
-                        let (w, mut rx) = watcher(r * 1000 + round);
+                    for _ in 0..400 {
+                        let (w, mut rx) = watcher();
                         let centre = p(0.004);
                         w.signal.set_circle(centre.unit(), 600.0);
                         w.signal.consume();

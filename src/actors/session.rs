@@ -280,7 +280,7 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
     match t.role {
         Role::Officer => drive(Officer::default(), c, inbox, socket, t.role).await,
         _ => {
-            let citizen = Citizen::new(&ctx.settings.citizen, id, handle);
+            let citizen = Citizen::new(&ctx.settings.citizen, handle);
             drive(citizen, c, inbox, socket, t.role).await
         }
     }
