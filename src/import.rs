@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What is being imported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
     /// Officer profiles, matched to token `sub` on first login.
@@ -74,7 +74,7 @@ impl Kind {
 pub struct StructureError(pub String);
 
 /// A refused row.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Rejected {
     /// Data record number, from 1 (the CSV header is not counted).
     pub row: usize,
@@ -83,7 +83,7 @@ pub struct Rejected {
 }
 
 /// The answer to an import.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Report {
     /// Rows upserted.
     pub accepted: usize,

@@ -99,7 +99,7 @@ pub enum RegionMsg {
 }
 
 /// A serialisable view of one region.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RegionSnapshot {
     /// The zip code.
     pub zip: String,
@@ -114,7 +114,7 @@ pub struct RegionSnapshot {
 }
 
 /// One officer in a snapshot.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OfficerView {
     /// Account id.
     pub officer_id: String,

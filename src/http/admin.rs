@@ -7,7 +7,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Caller;
@@ -16,10 +17,89 @@ use super::error::{ApiError, Body};
 use super::rewards::idempotency_key;
 use crate::actors::mailbox::SendError;
 use crate::actors::outbox::close;
+use crate::actors::region::RegionSnapshot;
 use crate::actors::session::SessionMsg;
-use crate::import::Kind;
+use crate::import::{Kind, Rejected};
 use crate::protocol::Role;
-use crate::store::reports::GroupBy;
+use crate::store::imports::ImportRefused;
+use crate::store::reports::{GroupBy, ReportRow};
+
+/// The answer to an import.
+#[derive(Serialize, ToSchema)]
+pub struct ImportAnswer {
+    /// What was imported.
+    pub kind: Kind,
+    /// Rows upserted.
+    pub accepted: usize,
+    /// Rows refused, each with its number (from 1, the header not counted) and why.
+    pub rejected: Vec<Rejected>,
+}
+
+/// `GET /admin/v1/stats`: live counts over this node.
+#[derive(Serialize, ToSchema)]
+pub struct Stats {
+    /// Officers with a running availability window.
+    pub officers_available: usize,
+    /// Officer sessions open.
+    pub officers_online: usize,
+    /// Citizen sessions open.
+    pub citizens_online: usize,
+    /// Region actors alive.
+    pub regions_active: usize,
+    /// Connection requests waiting for an officer's answer.
+    pub pending_requests: usize,
+    /// WebSockets open.
+    pub sockets: usize,
+    /// The nodes counted (this one).
+    pub nodes: Vec<String>,
+}
+
+/// `DELETE /admin/v1/sessions/{account_id}`.
+#[derive(Serialize, ToSchema)]
+pub struct EndedSession {
+    /// The account.
+    pub account_id: String,
+    /// Always true: the session was told to close.
+    pub ended: bool,
+    /// Its role.
+    pub role: String,
+}
+
+/// `format` of a report.
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    /// JSON (the default).
+    Json,
+    /// CSV, `key,connections,points`.
+    Csv,
+}
+
+/// Sums over a report's rows.
+#[derive(Serialize, ToSchema)]
+pub struct ReportTotals {
+    /// Connections.
+    pub connections: i64,
+    /// Points.
+    pub points: i64,
+}
+
+/// `GET /admin/v1/reports/connections` as JSON.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionsReport {
+    /// First day.
+    pub from: String,
+    /// Last day.
+    pub to: String,
+    /// The grouping.
+    pub group_by: GroupBy,
+    /// Rows by key.
+    pub rows: Vec<ReportRow>,
+    /// Sums over the rows.
+    pub totals: ReportTotals,
+    /// Whether `limit` cut the rows.
+    pub truncated: bool,
+}
 
 /// `POST /admin/v1/import/{officers|retailers|offers|charities}`: CSV (`text/csv`) or a
 /// JSON array → `{"kind","accepted","rejected":[{"row","error"}]}`; 400 for a file that is
@@ -29,16 +109,17 @@ use crate::store::reports::GroupBy;
     path = "/admin/v1/import/{kind}",
     tag = "admin",
     params(
-        ("kind" = String, Path, description = "officers, retailers, offers or charities"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+        ("kind" = Kind, Path, description = "officers, retailers, offers or charities"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect", pattern = r"^[!-~]{1,255}$"),
     ),
     request_body = inline(String),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Accepted count and rejected rows"),
+        (status = 200, description = "Accepted count and rejected rows", body = ImportAnswer),
         (status = 400, description = "Not importable at all (nothing changed)", body = ErrorBody),
         (status = 404, description = "Unknown kind", body = ErrorBody),
         (status = 413, description = "Over limits.import_max_bytes", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
@@ -50,7 +131,7 @@ pub async fn import(
     Path(kind): Path<String>,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ImportAnswer>, ApiError> {
     caller.require(Role::Admin)?;
     let kind = Kind::parse(&kind).ok_or_else(|| {
         ApiError::not_found(
@@ -80,12 +161,15 @@ pub async fn import(
         .store
         .import_file(kind, body, csv, key.as_ref())
         .await?
-        .map_err(|e| ApiError::bad_request("invalid_import", e.0))?;
-    Ok(Json(json!({
-        "kind": kind,
-        "accepted": report.accepted,
-        "rejected": report.rejected,
-    })))
+        .map_err(|e| match e {
+            ImportRefused::Structure(e) => ApiError::bad_request("invalid_import", e.0),
+            ImportRefused::Refusal(r) => r.into(),
+        })?;
+    Ok(Json(ImportAnswer {
+        kind,
+        accepted: report.accepted,
+        rejected: report.rejected,
+    }))
 }
 
 /// `GET /metrics` on the main listener (admins; `metrics.bind` serves it without a token).
@@ -112,11 +196,11 @@ pub async fn metrics(State(st): State<AppState>, caller: Caller) -> Result<Strin
     path = "/admin/v1/regions/{zip}",
     tag = "admin",
     params(
-        ("zip" = String, Path, description = "5-digit zip"),
+        ("zip" = String, Path, description = "5-digit zip (an unknown one is 404 unknown_zip)", pattern = r"^[0-9]{5}$"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The region actor's live snapshot"),
+        (status = 200, description = "The region actor's live snapshot", body = RegionSnapshot),
         (status = 404, description = "unknown_zip", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -127,17 +211,14 @@ pub async fn region(
     State(st): State<AppState>,
     caller: Caller,
     Path(zip): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RegionSnapshot>, ApiError> {
     caller.require(Role::Admin)?;
     let id = st
         .ctx
         .zips
         .by_code(&zip)
         .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))?;
-    let snap = st.ctx.regions.snapshot(id).await?;
-    Ok(Json(
-        serde_json::to_value(snap).map_err(|e| ApiError::unavailable(&e))?,
-    ))
+    Ok(Json(st.ctx.regions.snapshot(id).await?))
 }
 
 /// `GET /admin/v1/stats`: live counts over this node.
@@ -147,24 +228,24 @@ pub async fn region(
     tag = "admin",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Live counts over this node"),
+        (status = 200, description = "Live counts over this node", body = Stats),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
 )]
-pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Stats>, ApiError> {
     caller.require(Role::Admin)?;
     let ctx = &st.ctx;
     let (officers, citizens) = ctx.sessions.counts();
-    Ok(Json(json!({
-        "officers_available": ctx.sessions.available(),
-        "officers_online": officers,
-        "citizens_online": citizens,
-        "regions_active": ctx.regions.alive(),
-        "pending_requests": ctx.sessions.pending(),
-        "sockets": ctx.sessions.sockets(),
-        "nodes": [ctx.settings.server.node_id],
-    })))
+    Ok(Json(Stats {
+        officers_available: ctx.sessions.available(),
+        officers_online: officers,
+        citizens_online: citizens,
+        regions_active: ctx.regions.alive(),
+        pending_requests: ctx.sessions.pending(),
+        sockets: ctx.sessions.sockets(),
+        nodes: vec![ctx.settings.server.node_id.clone()],
+    }))
 }
 
 /// `DELETE /admin/v1/sessions/{account_id}`: the live session gets an `error` frame
@@ -178,7 +259,8 @@ pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Va
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The session was told to close (4002)"),
+        (status = 200, description = "The session was told to close (4002)", body = EndedSession),
+        (status = 503, description = "The session takes no messages now", body = ErrorBody),
         (status = 404, description = "no_session", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
@@ -188,7 +270,7 @@ pub async fn end_session(
     State(st): State<AppState>,
     caller: Caller,
     Path(account): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<EndedSession>, ApiError> {
     let admin = caller.require(Role::Admin)?;
     let entry = st
         .ctx
@@ -213,9 +295,11 @@ pub async fn end_session(
         })?;
     tracing::info!(account = %account, by = %admin.sub, "session ended by an admin");
     metrics::counter!("sessions_ended_by_admin_total").increment(1);
-    Ok(Json(
-        json!({"account_id": account, "ended": true, "role": entry.role}),
-    ))
+    Ok(Json(EndedSession {
+        account_id: account,
+        ended: true,
+        role: entry.role.as_str().to_owned(),
+    }))
 }
 
 /// Rows a report returns at most (`limit`, default and maximum).
@@ -229,15 +313,16 @@ const REPORT_ROWS: (u64, u64) = (10_000, 100_000);
     path = "/admin/v1/reports/connections",
     tag = "admin",
     params(
-        ("from" = Option<String>, Query, description = "First day, YYYY-MM-DD (default: 30 days before to)"),
-        ("to" = Option<String>, Query, description = "Last day, YYYY-MM-DD (default: today, UTC)"),
-        ("group_by" = Option<String>, Query, description = "day, zip, state or officer"),
-        ("format" = Option<String>, Query, description = "json or csv"),
-        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("from" = Option<String>, Query, description = "First day (default: 30 days before to); after `to` is 400 invalid_range", format = Date),
+        ("to" = Option<String>, Query, description = "Last day (default: today, UTC)", format = Date),
+        ("group_by" = Option<GroupBy>, Query, description = "Grouping (default day)"),
+        ("format" = Option<ReportFormat>, Query, description = "json (default) or csv"),
+        ("limit" = Option<u64>, Query, description = "Most rows (default 10,000)", minimum = 1, maximum = 100000),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Rows of key, connections, points (or CSV with format=csv)"),
+        (status = 200, description = "Rows of key, connections, points (or CSV with format=csv)",
+            content((ConnectionsReport = "application/json"), (String = "text/csv"))),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -321,14 +406,18 @@ pub async fn connections_report(
         ];
         return Ok((headers, out).into_response());
     }
-    let totals = json!({
-        "connections": rows.iter().map(|r| r.connections).sum::<i64>(),
-        "points": rows.iter().map(|r| r.points).sum::<i64>(),
-    });
-    Ok(Json(json!({
-        "from": from.to_string(), "to": to.to_string(), "group_by": group,
-        "rows": rows, "totals": totals, "truncated": truncated,
-    }))
+    let totals = ReportTotals {
+        connections: rows.iter().map(|r| r.connections).sum(),
+        points: rows.iter().map(|r| r.points).sum(),
+    };
+    Ok(Json(ConnectionsReport {
+        from: from.to_string(),
+        to: to.to_string(),
+        group_by: group,
+        rows,
+        totals,
+        truncated,
+    })
     .into_response())
 }
 

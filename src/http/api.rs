@@ -4,22 +4,35 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Query, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::{Caller, Claims};
 use super::error::ApiError;
 use super::error::ErrorBody;
-use crate::store::StoreError;
+use crate::store::profiles::{ConnectionView, Entry, Profile};
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        ApiError::unavailable(&e)
-    }
+/// Largest page of the profile's lists (`limit`).
+pub const MAX_PAGE: u64 = 100;
+
+/// `GET /v1/me/points`: ledger entries, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct PointsPage {
+    /// The entries.
+    pub entries: Vec<Entry>,
+    /// Cursor of the next page (`before`), null on the last.
+    pub next: Option<String>,
 }
 
-const MAX_PAGE: u64 = 100;
+/// `GET /v1/me/connections`: connections, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct ConnectionsPage {
+    /// The connections (zip and time; never coordinates).
+    pub connections: Vec<ConnectionView>,
+    /// Cursor of the next page (`before`), null on the last.
+    pub next: Option<String>,
+}
 
 fn page_limit(q: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
     match q.get("limit") {
@@ -59,13 +72,13 @@ async fn me_account(st: &AppState, caller: &Caller) -> Result<Claims, ApiError> 
     tag = "profile",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Profile, points and connection count"),
+        (status = 200, description = "Profile, points and connection count", body = Profile),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
 )]
-pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<Profile>, ApiError> {
     let c = me_account(&st, &caller).await?;
     // Read your writes: what committed before this request is projected before it is read.
     st.ctx.publisher.publish_pending().await?;
@@ -75,14 +88,14 @@ pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<V
         .profile(&c.sub)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_account", "no such account"))?;
-    Ok(Json(
-        serde_json::to_value(p).map_err(|e| ApiError::unavailable(&e))?,
-    ))
+    Ok(Json(p))
 }
 
 /// Body of `PATCH /v1/me`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct PatchMe {
+    /// The new display name: 1..=60 characters once trimmed.
+    #[schema(min_length = 1, max_length = 60, pattern = r"\S")]
     display_name: String,
 }
 
@@ -91,10 +104,10 @@ pub struct PatchMe {
     patch,
     path = "/v1/me",
     tag = "profile",
-    request_body = inline(Object),
+    request_body = PatchMe,
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "The updated profile"),
+        (status = 200, description = "The updated profile", body = Profile),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -105,7 +118,7 @@ pub async fn patch_me(
     State(st): State<AppState>,
     caller: Caller,
     body: Result<Json<PatchMe>, axum::extract::rejection::JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Profile>, ApiError> {
     let Json(body) = body.map_err(|e| super::error::body_rejected(e.status(), e.body_text()))?;
     let name = body.display_name.trim();
     let chars = name.chars().count();
@@ -126,12 +139,12 @@ pub async fn patch_me(
     path = "/v1/me/points",
     tag = "profile",
     params(
-        ("limit" = Option<u64>, Query, description = "Page size"),
-        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next`"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 50)", minimum = 1, maximum = 100),
+        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next` (an entry id)", pattern = r"^[0-9]{1,18}$"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Ledger entries, newest first"),
+        (status = 200, description = "Ledger entries, newest first", body = PointsPage),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -142,7 +155,7 @@ pub async fn my_points(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PointsPage>, ApiError> {
     let limit = page_limit(&q, 50)?;
     let before = match q.get("before") {
         None => None,
@@ -150,7 +163,7 @@ pub async fn my_points(
     };
     let c = me_account(&st, &caller).await?;
     let (entries, next) = st.ctx.store.ledger_page(&c.sub, limit, before).await?;
-    Ok(Json(json!({"entries": entries, "next": next})))
+    Ok(Json(PointsPage { entries, next }))
 }
 
 /// `GET /v1/me/connections?limit=..&before=..`
@@ -159,12 +172,12 @@ pub async fn my_points(
     path = "/v1/me/connections",
     tag = "profile",
     params(
-        ("limit" = Option<u64>, Query, description = "Page size"),
-        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next`"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 50)", minimum = 1, maximum = 100),
+        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next` (`<created_at>|<connection_id>`)"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Connections, newest first (zip and time only)"),
+        (status = 200, description = "Connections, newest first (zip and time only)", body = ConnectionsPage),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -175,7 +188,7 @@ pub async fn my_connections(
     State(st): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConnectionsPage>, ApiError> {
     let limit = page_limit(&q, 50)?;
     let before = match q.get("before") {
         None => None,
@@ -187,5 +200,5 @@ pub async fn my_connections(
     };
     let c = me_account(&st, &caller).await?;
     let (connections, next) = st.ctx.store.connections_page(&c.sub, limit, before).await?;
-    Ok(Json(json!({"connections": connections, "next": next})))
+    Ok(Json(ConnectionsPage { connections, next }))
 }

@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::actors::directory::RegionError;
+use crate::geo::zips::LocateError;
+use crate::store::StoreError;
+use crate::store::rewards::Refusal;
 
 /// An HTTP error answer.
 #[derive(Debug, Clone)]
@@ -55,9 +58,46 @@ impl ApiError {
     }
 }
 
+// The table: every error a handler can meet, and what the client is told.
+
 impl From<RegionError> for ApiError {
     fn from(e: RegionError) -> Self {
         Self::unavailable(&e)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::unavailable(&e)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let (status, code) = match r {
+            Refusal::UnknownOffer => (StatusCode::NOT_FOUND, "unknown_offer"),
+            Refusal::OfferExpired => (StatusCode::CONFLICT, "offer_expired"),
+            Refusal::OfferExhausted => (StatusCode::CONFLICT, "offer_exhausted"),
+            Refusal::InsufficientPoints => (StatusCode::CONFLICT, "insufficient_points"),
+            Refusal::UnknownCharity => (StatusCode::NOT_FOUND, "unknown_charity"),
+            Refusal::UnknownVoucher => (StatusCode::NOT_FOUND, "unknown_voucher"),
+            Refusal::VoucherAlreadyRedeemed => (StatusCode::CONFLICT, "voucher_already_redeemed"),
+            Refusal::WrongRetailer => (StatusCode::FORBIDDEN, "forbidden"),
+            Refusal::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
+        };
+        ApiError::new(status, code, r.to_string())
+    }
+}
+
+impl From<LocateError> for ApiError {
+    fn from(e: LocateError) -> Self {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "outside_service_area",
+            e.to_string(),
+        )
     }
 }
 

@@ -17,13 +17,14 @@ use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::HeaderMap;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 
 use self::auth::{Auth, Caller, Ticket, Tickets};
 use self::error::{ApiError, ErrorBody};
 use crate::context::Context;
 use crate::geo::LatLon;
-use crate::geo::zips::LocateError;
 use crate::protocol::Role;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -169,11 +170,11 @@ async fn openapi(State(st): State<AppState>) -> Json<Value> {
     path = "/healthz",
     tag = "health",
     responses(
-        (status = 200, description = "The server accepts sessions"),
+        (status = 200, description = "The server accepts sessions", body = Health),
     )
 )]
-async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 fn coordinates(q: &HashMap<String, String>) -> Result<LatLon, ApiError> {
@@ -189,12 +190,42 @@ fn coordinates(q: &HashMap<String, String>) -> Result<LatLon, ApiError> {
         })
 }
 
-fn outside(e: LocateError) -> ApiError {
-    ApiError::new(
-        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-        "outside_service_area",
-        e.to_string(),
-    )
+/// `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// `GET /v1/zips/lookup`: the zip whose cell holds a position.
+#[derive(Serialize, ToSchema)]
+pub struct ZipLookup {
+    /// 5-digit zip code.
+    pub zip: String,
+    /// City.
+    pub city: String,
+    /// State (two letters).
+    pub state: String,
+    /// The zip's centroid, latitude.
+    pub lat: f64,
+    /// The zip's centroid, longitude.
+    pub lon: f64,
+}
+
+/// The orchestrator's answer: a single-use ticket in the `ws_url` to open.
+#[derive(Serialize, ToSchema)]
+pub struct SessionGrant {
+    /// The WebSocket URL, ticket included.
+    pub ws_url: String,
+    /// Seconds the ticket stays valid.
+    pub ticket_expires_in_s: u64,
+    /// The zip whose cell holds the position.
+    pub zip: String,
+    /// The `zip` parameter as given, if any (never overrides the position).
+    pub reported_zip: Option<String>,
+    /// The node that holds the session.
+    pub node: String,
 }
 
 #[utoipa::path(
@@ -202,11 +233,11 @@ fn outside(e: LocateError) -> ApiError {
     path = "/v1/zips/lookup",
     tag = "regions",
     params(
-        ("lat" = f64, Query, description = "Latitude, -90..=90"),
-        ("lon" = f64, Query, description = "Longitude, -180..=180"),
+        ("lat" = f64, Query, description = "Latitude, -90..=90", minimum = -90, maximum = 90),
+        ("lon" = f64, Query, description = "Longitude, -180..=180", minimum = -180, maximum = 180),
     ),
     responses(
-        (status = 200, description = "The zip whose cell holds the position, with its centroid"),
+        (status = 200, description = "The zip whose cell holds the position, with its centroid", body = ZipLookup),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
     )
@@ -214,18 +245,20 @@ fn outside(e: LocateError) -> ApiError {
 async fn zip_lookup(
     State(st): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ZipLookup>, ApiError> {
     let p = coordinates(&q)?;
     let (id, _) = st
         .ctx
         .zips
-        .locate(p, st.ctx.settings.regions.max_distance_m)
-        .map_err(outside)?;
+        .locate(p, st.ctx.settings.regions.max_distance_m)?;
     let z = st.ctx.zips.get(id);
-    Ok(Json(json!({
-        "zip": &*z.code, "city": &*z.city, "state": &*z.state,
-        "lat": z.centroid.lat, "lon": z.centroid.lon,
-    })))
+    Ok(Json(ZipLookup {
+        zip: z.code.to_string(),
+        city: z.city.to_string(),
+        state: z.state.to_string(),
+        lat: z.centroid.lat,
+        lon: z.centroid.lon,
+    }))
 }
 
 #[utoipa::path(
@@ -233,13 +266,13 @@ async fn zip_lookup(
     path = "/v1/officers/session",
     tag = "sessions",
     params(
-        ("lat" = f64, Query, description = "Latitude, -90..=90"),
-        ("lon" = f64, Query, description = "Longitude, -180..=180"),
-        ("zip" = Option<String>, Query, description = "Reported 5-digit zip (recorded, never overrides the position)"),
+        ("lat" = f64, Query, description = "Latitude, -90..=90", minimum = -90, maximum = 90),
+        ("lon" = f64, Query, description = "Longitude, -180..=180", minimum = -180, maximum = 180),
+        ("zip" = Option<String>, Query, description = "Reported 5-digit zip (recorded, never overrides the position); an unknown one is 400 unknown_zip", pattern = r"^[0-9]{5}$"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A single-use ticket and the ws_url to open"),
+        (status = 200, description = "A single-use ticket and the ws_url to open", body = SessionGrant),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
         (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
@@ -252,7 +285,7 @@ async fn officer_session(
     caller: Caller,
     q: Query<HashMap<String, String>>,
     h: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionGrant>, ApiError> {
     open_session(st, caller, Role::Officer, q, h).await
 }
 
@@ -261,13 +294,13 @@ async fn officer_session(
     path = "/v1/citizens/session",
     tag = "sessions",
     params(
-        ("lat" = f64, Query, description = "Latitude, -90..=90"),
-        ("lon" = f64, Query, description = "Longitude, -180..=180"),
-        ("zip" = Option<String>, Query, description = "Reported 5-digit zip (recorded, never overrides the position)"),
+        ("lat" = f64, Query, description = "Latitude, -90..=90", minimum = -90, maximum = 90),
+        ("lon" = f64, Query, description = "Longitude, -180..=180", minimum = -180, maximum = 180),
+        ("zip" = Option<String>, Query, description = "Reported 5-digit zip (recorded, never overrides the position); an unknown one is 400 unknown_zip", pattern = r"^[0-9]{5}$"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A single-use ticket and the ws_url to open"),
+        (status = 200, description = "A single-use ticket and the ws_url to open", body = SessionGrant),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
         (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
@@ -280,7 +313,7 @@ async fn citizen_session(
     caller: Caller,
     q: Query<HashMap<String, String>>,
     h: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionGrant>, ApiError> {
     open_session(st, caller, Role::Citizen, q, h).await
 }
 
@@ -292,7 +325,7 @@ async fn open_session(
     role: Role,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<SessionGrant>, ApiError> {
     let claims = caller.require(role)?;
     let ctx = &st.ctx;
     let pos = coordinates(&q)?;
@@ -312,10 +345,7 @@ async fn open_session(
         }
         None => None,
     };
-    let (zip, d0) = ctx
-        .zips
-        .locate(pos, ctx.settings.regions.max_distance_m)
-        .map_err(outside)?;
+    let (zip, d0) = ctx.zips.locate(pos, ctx.settings.regions.max_distance_m)?;
     let code = ctx.zips.get(zip).code.to_string();
     if let Some(r) = &reported
         && *r != code
@@ -356,11 +386,11 @@ async fn open_session(
             .trim_end_matches('/')
             .to_owned()
     };
-    Ok(Json(json!({
-        "ws_url": format!("{base}/v1/ws?ticket={ticket}"),
-        "ticket_expires_in_s": ttl.as_secs(),
-        "zip": code,
-        "reported_zip": reported,
-        "node": ctx.settings.server.node_id,
-    })))
+    Ok(Json(SessionGrant {
+        ws_url: format!("{base}/v1/ws?ticket={ticket}"),
+        ticket_expires_in_s: ttl.as_secs(),
+        zip: code,
+        reported_zip: reported,
+        node: ctx.settings.server.node_id.clone(),
+    }))
 }

@@ -7,39 +7,22 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Caller;
 use super::error::ErrorBody;
 use super::error::{ApiError, Body};
 use crate::protocol::Role;
-use crate::store::rewards::{IdempotencyKey, Refusal};
+use crate::store::rewards::{
+    CharityView, Donation, IdempotencyKey, OfferView, Redemption, Refusal, VoucherView,
+};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 255;
-
-impl From<Refusal> for ApiError {
-    fn from(r: Refusal) -> Self {
-        let (status, code) = match r {
-            Refusal::UnknownOffer => (StatusCode::NOT_FOUND, "unknown_offer"),
-            Refusal::OfferExpired => (StatusCode::CONFLICT, "offer_expired"),
-            Refusal::OfferExhausted => (StatusCode::CONFLICT, "offer_exhausted"),
-            Refusal::InsufficientPoints => (StatusCode::CONFLICT, "insufficient_points"),
-            Refusal::UnknownCharity => (StatusCode::NOT_FOUND, "unknown_charity"),
-            Refusal::UnknownVoucher => (StatusCode::NOT_FOUND, "unknown_voucher"),
-            Refusal::VoucherAlreadyRedeemed => (StatusCode::CONFLICT, "voucher_already_redeemed"),
-            Refusal::WrongRetailer => (StatusCode::FORBIDDEN, "forbidden"),
-            Refusal::IdempotencyKeyReused => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
-            }
-        };
-        ApiError::new(status, code, r.to_string())
-    }
-}
 
 /// The request's `Idempotency-Key`, bound to the caller and to a hash of what was asked.
 pub fn idempotency_key(
@@ -51,11 +34,12 @@ pub fn idempotency_key(
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };
+    // Visible ASCII without spaces, as the OpenAPI description's pattern says.
     let key = v
         .to_str()
         .ok()
-        .map(str::trim)
         .filter(|k| (1..=MAX_IDEMPOTENCY_KEY).contains(&k.len()))
+        .filter(|k| k.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_idempotency_key",
@@ -96,10 +80,63 @@ fn listing(q: &HashMap<String, String>) -> Result<(u64, Option<&str>), ApiError>
     Ok((limit, q.get("after").map(String::as_str)))
 }
 
-fn next_after<T>(page: &[T], limit: u64, id: impl Fn(&T) -> &str) -> Value {
+fn next_after<T>(page: &[T], limit: u64, id: impl Fn(&T) -> &str) -> Option<String> {
     match page.last() {
-        Some(last) if page.len() as u64 == limit => json!(id(last)),
-        _ => Value::Null,
+        Some(last) if page.len() as u64 == limit => Some(id(last).to_owned()),
+        _ => None,
+    }
+}
+
+/// `GET /v1/offers`: a page of the storefront.
+#[derive(Serialize, ToSchema)]
+pub struct OffersPage {
+    /// Offers still valid, by id.
+    pub offers: Vec<OfferView>,
+    /// Cursor of the next page (`after`), null on the last.
+    pub next: Option<String>,
+}
+
+/// `GET /v1/charities`: a page of charities.
+#[derive(Serialize, ToSchema)]
+pub struct CharitiesPage {
+    /// Charities, by id.
+    pub charities: Vec<CharityView>,
+    /// Cursor of the next page (`after`), null on the last.
+    pub next: Option<String>,
+}
+
+/// Body of `POST /v1/redemptions`.
+#[derive(Deserialize, ToSchema)]
+pub struct RedeemBody {
+    /// The offer, 1..=128 bytes.
+    #[schema(min_length = 1, max_length = 128)]
+    offer_id: String,
+    /// The caller's own id, if given (another account's is 403).
+    #[serde(default, alias = "account_id")]
+    citizen_id: Option<String>,
+}
+
+/// Body of `POST /v1/donations`.
+#[derive(Deserialize, ToSchema)]
+pub struct DonateBody {
+    /// The charity.
+    charity_id: String,
+    /// Points to give: a positive whole number (`5` or `5.0`; `5.5` or `"5"` is refused).
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
+    points: i64,
+}
+
+/// A JSON number that is a whole number, written as an integer or not (`491.0`): JSON
+/// Schema's `integer` is a value, not a spelling.
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom("points must be a whole number")),
     }
 }
 
@@ -109,12 +146,12 @@ fn next_after<T>(page: &[T], limit: u64, id: impl Fn(&T) -> &str) -> Value {
     path = "/v1/offers",
     tag = "rewards",
     params(
-        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 100)", minimum = 1, maximum = 500),
         ("after" = Option<String>, Query, description = "Cursor: the previous page's `next` (an id)"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Offers still valid"),
+        (status = 200, description = "Offers still valid", body = OffersPage),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -125,11 +162,11 @@ pub async fn offers(
     State(st): State<AppState>,
     _caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OffersPage>, ApiError> {
     let (limit, after) = listing(&q)?;
-    let page = st.ctx.store.offers_page(limit, after).await?;
-    let next = next_after(&page, limit, |o| &o.offer_id);
-    Ok(Json(json!({"offers": page, "next": next})))
+    let offers = st.ctx.store.offers_page(limit, after).await?;
+    let next = next_after(&offers, limit, |o| &o.offer_id);
+    Ok(Json(OffersPage { offers, next }))
 }
 
 /// `GET /v1/charities?limit=&after=`
@@ -138,12 +175,12 @@ pub async fn offers(
     path = "/v1/charities",
     tag = "rewards",
     params(
-        ("limit" = Option<u64>, Query, description = "Page size"),
+        ("limit" = Option<u64>, Query, description = "Page size (default 100)", minimum = 1, maximum = 500),
         ("after" = Option<String>, Query, description = "Cursor: the previous page's `next` (an id)"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Charities"),
+        (status = 200, description = "Charities", body = CharitiesPage),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -154,20 +191,11 @@ pub async fn charities(
     State(st): State<AppState>,
     _caller: Caller,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CharitiesPage>, ApiError> {
     let (limit, after) = listing(&q)?;
-    let page = st.ctx.store.charities_page(limit, after).await?;
-    let next = next_after(&page, limit, |c| &c.charity_id);
-    Ok(Json(json!({"charities": page, "next": next})))
-}
-
-/// Body of `POST /v1/redemptions`.
-#[derive(Deserialize)]
-struct RedeemBody {
-    offer_id: String,
-    /// Optional; must be the caller (a citizen redeems only for itself).
-    #[serde(default, alias = "account_id")]
-    citizen_id: Option<String>,
+    let charities = st.ctx.store.charities_page(limit, after).await?;
+    let next = next_after(&charities, limit, |c| &c.charity_id);
+    Ok(Json(CharitiesPage { charities, next }))
 }
 
 /// `POST /v1/redemptions` (citizens) → 201 with the voucher.
@@ -176,12 +204,12 @@ struct RedeemBody {
     path = "/v1/redemptions",
     tag = "rewards",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect", pattern = r"^[!-~]{1,255}$"),
     ),
-    request_body = inline(Object),
+    request_body = RedeemBody,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Points debited, voucher issued"),
+        (status = 201, description = "Points debited, voucher issued", body = Redemption),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 404, description = "unknown_offer", body = ErrorBody),
         (status = 409, description = "insufficient_points, offer_exhausted or offer_expired", body = ErrorBody),
@@ -197,16 +225,16 @@ pub async fn redeem(
     caller: Caller,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Redemption>), ApiError> {
     let me = caller.require(Role::Citizen)?;
     let b: RedeemBody = json_body(&body)?;
     if b.citizen_id.as_ref().is_some_and(|c| *c != me.sub) {
         return Err(ApiError::forbidden("a citizen redeems only for itself"));
     }
-    if b.offer_id.is_empty() || b.offer_id.len() > 128 {
+    if !(1..=128).contains(&b.offer_id.chars().count()) {
         return Err(ApiError::bad_request(
             "invalid_offer_id",
-            "offer_id must be 1..=128 bytes",
+            "offer_id must be 1..=128 characters",
         ));
     }
     let key = idempotency_key(&headers, &caller, "POST /v1/redemptions", &body)?;
@@ -217,28 +245,22 @@ pub async fn redeem(
         .await??;
     st.ctx.events_wake.notify_one();
     metrics::counter!("redemptions_total").increment(1);
-    Ok((StatusCode::CREATED, Json(json!(r))))
+    Ok((StatusCode::CREATED, Json(r)))
 }
 
 /// Body of `POST /v1/donations`.
-#[derive(Deserialize)]
-struct DonateBody {
-    charity_id: String,
-    points: i64,
-}
-
 /// `POST /v1/donations` (officers) → 201 `{"donation_id","balance"}`.
 #[utoipa::path(
     post,
     path = "/v1/donations",
     tag = "rewards",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect", pattern = r"^[!-~]{1,255}$"),
     ),
-    request_body = inline(Object),
+    request_body = DonateBody,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Points given"),
+        (status = 201, description = "Points given", body = Donation),
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 404, description = "unknown_charity", body = ErrorBody),
         (status = 409, description = "insufficient_points", body = ErrorBody),
@@ -254,7 +276,7 @@ pub async fn donate(
     caller: Caller,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Donation>), ApiError> {
     let me = caller.require(Role::Officer)?;
     let b: DonateBody = json_body(&body)?;
     if b.points <= 0 {
@@ -271,7 +293,7 @@ pub async fn donate(
         .await??;
     st.ctx.events_wake.notify_one();
     metrics::counter!("donations_total").increment(1);
-    Ok((StatusCode::CREATED, Json(json!(d))))
+    Ok((StatusCode::CREATED, Json(d)))
 }
 
 /// A code's canonical form if its signature holds; 404 otherwise (without a lookup).
@@ -292,7 +314,7 @@ fn signed_code(st: &AppState, code: &str) -> Result<String, ApiError> {
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "A valid voucher and whether it was used"),
+        (status = 200, description = "A valid voucher and whether it was used", body = VoucherView),
         (status = 404, description = "unknown_voucher (also for a code that is not validly signed)", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -303,7 +325,7 @@ pub async fn voucher(
     State(st): State<AppState>,
     _caller: Caller,
     Path(code): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VoucherView>, ApiError> {
     let code = signed_code(&st, &code)?;
     let v = st
         .ctx
@@ -311,7 +333,7 @@ pub async fn voucher(
         .voucher(&code)
         .await?
         .ok_or(Refusal::UnknownVoucher)?;
-    Ok(Json(json!(v)))
+    Ok(Json(v))
 }
 
 /// `POST /v1/vouchers/{code}/redeem` (admins, or the retailer of the offer): once.
@@ -321,13 +343,16 @@ pub async fn voucher(
     tag = "rewards",
     params(
         ("code" = String, Path, description = "Voucher code"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Same key and request: same answer, one effect", pattern = r"^[!-~]{1,255}$"),
     ),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "Marked used"),
+        (status = 200, description = "Marked used", body = VoucherView),
+        (status = 400, description = "Bad Idempotency-Key", body = ErrorBody),
         (status = 404, description = "unknown_voucher", body = ErrorBody),
         (status = 409, description = "voucher_already_redeemed", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
@@ -339,7 +364,7 @@ pub async fn use_voucher(
     Path(code): Path<String>,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<VoucherView>, ApiError> {
     let retailer = match caller.0.role {
         Role::Admin => None,
         Role::Retailer => Some(caller.0.sub.as_str()),
@@ -358,5 +383,5 @@ pub async fn use_voucher(
         .redeem_voucher(&code, &caller.0.sub, retailer, key.as_ref())
         .await??;
     metrics::counter!("vouchers_redeemed_total").increment(1);
-    Ok(Json(json!(v)))
+    Ok(Json(v))
 }

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -23,6 +24,7 @@ use super::error::ErrorBody;
     ),
     responses(
         (status = 101, description = "WebSocket upgrade; the frames are in docs/protocol.md"),
+        (status = 400, description = "Not a WebSocket upgrade request", body = ErrorBody),
         (status = 401, description = "Unknown, used, expired or other-node ticket", body = ErrorBody),
         (status = 503, description = "Node full", body = ErrorBody),
     )
@@ -30,8 +32,19 @@ use super::error::ErrorBody;
 pub async fn upgrade(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Checked before the ticket is redeemed: a request that cannot become a WebSocket
+    // leaves the ticket usable.
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(e) => {
+            metrics::counter!("ws_upgrades_refused_total", "reason" => "not_websocket")
+                .increment(1);
+            return ApiError::bad_request("websocket_upgrade_required", e.body_text())
+                .into_response();
+        }
+    };
     let ctx = &state.ctx;
     let ticket = q
         .get("ticket")

@@ -10,13 +10,24 @@ use sea_orm::sea_query::OnConflict;
 use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, QueryFilter, Set};
 
 use super::entities::{account, charity, offer, retailer};
-use super::rewards::IdempotencyKey;
+use super::rewards::{IdempotencyKey, Refusal};
 use super::{Store, StoreError};
 use crate::import::{Kind, OfferRow, PartnerRow, Rejected, Report, Rows, StructureError};
 use bytes::Bytes;
 
 /// Rows per INSERT statement (well under SQLite's 32,766 bound parameters).
 const CHUNK: usize = 500;
+
+/// Why an import was refused whole (nothing changed).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportRefused {
+    /// The file is not importable at all (400).
+    #[error("{0}")]
+    Structure(#[from] StructureError),
+    /// The store refused it: its Idempotency-Key was used for another request (422).
+    #[error("{0}")]
+    Refusal(#[from] Refusal),
+}
 
 impl Store {
     /// The one import path of the admin endpoint and `heyblue import`: parses and
@@ -28,15 +39,18 @@ impl Store {
         body: Bytes,
         csv: Option<bool>,
         key: Option<&IdempotencyKey>,
-    ) -> Result<Result<Report, StructureError>, StoreError> {
+    ) -> Result<Result<Report, ImportRefused>, StoreError> {
         let parsed = tokio::task::spawn_blocking(move || crate::import::parse(kind, &body, csv))
             .await
             .map_err(|e| StoreError::Unavailable(DbErr::Custom(format!("import parser: {e}"))))?;
         let (rows, mut rejected) = match parsed {
             Ok(p) => p,
-            Err(e) => return Ok(Err(e)),
+            Err(e) => return Ok(Err(e.into())),
         };
-        let mut report = self.import(rows, key).await?;
+        let mut report = match self.import(rows, key).await? {
+            Ok(r) => r,
+            Err(r) => return Ok(Err(r.into())),
+        };
         report.rejected.append(&mut rejected);
         report.rejected.sort_by_key(|r| r.row);
         Ok(Ok(report))
@@ -44,12 +58,12 @@ impl Store {
 
     /// Upserts the rows in one transaction. Offers whose retailer (id or name) is unknown
     /// are rejected; everything else is accepted. With a key, a replay answers the first
-    /// report and writes nothing.
+    /// report and writes nothing; a key used before for another import is refused.
     pub async fn import(
         &self,
         rows: Rows,
         key: Option<&IdempotencyKey>,
-    ) -> Result<Report, StoreError> {
+    ) -> Result<Result<Report, Refusal>, StoreError> {
         let _timed = super::timed("import");
         let started = std::time::Instant::now();
         let n = rows.len();
@@ -59,8 +73,11 @@ impl Store {
                 let rows = rows.clone();
                 Box::pin(async move { Ok(Ok(import_in(txn, &rows).await?)) })
             })
-            .await?
-            .unwrap_or_else(|r| unreachable!("imports are never refused: {r}"));
+            .await?;
+        let report = match report {
+            Ok(r) => r,
+            Err(r) => return Ok(Err(r)),
+        };
         metrics::counter!("import_rows_total", "result" => "accepted")
             .increment(report.accepted as u64);
         metrics::counter!("import_rows_total", "result" => "rejected")
@@ -72,7 +89,7 @@ impl Store {
             ms = started.elapsed().as_millis() as u64,
             "import"
         );
-        Ok(report)
+        Ok(Ok(report))
     }
 }
 

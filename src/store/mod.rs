@@ -7,7 +7,7 @@
 //! racing accept pay at most once.
 
 mod entities;
-mod imports;
+pub mod imports;
 mod migration;
 pub mod profiles;
 pub mod projection;

@@ -11,7 +11,7 @@ use super::entities::{account, connection, ledger};
 use super::{Store, StoreError};
 
 /// A profile as `GET /v1/me` shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Profile {
     /// Account id.
     pub account_id: String,
@@ -26,7 +26,7 @@ pub struct Profile {
 }
 
 /// Balance, earned and spent.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Points {
     /// Earned minus spent.
     pub balance: i64,
@@ -37,7 +37,7 @@ pub struct Points {
 }
 
 /// One ledger entry.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Entry {
     /// Entry id (also the cursor).
     pub id: String,
@@ -53,7 +53,7 @@ pub struct Entry {
 }
 
 /// One connection in a history.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ConnectionView {
     /// Connection id.
     pub connection_id: String,

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{Store, StoreError};
 
 /// How rows are grouped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupBy {
     /// UTC day, `YYYY-MM-DD`.
@@ -40,7 +40,7 @@ impl GroupBy {
 }
 
 /// One report row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ReportRow {
     /// The group.
     pub key: String,

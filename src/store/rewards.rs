@@ -74,7 +74,7 @@ enum Outcome<T> {
 }
 
 /// A voucher issued by a redemption.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Redemption {
     /// The signed code.
     pub voucher_code: String,
@@ -87,7 +87,7 @@ pub struct Redemption {
 }
 
 /// A donation made.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Donation {
     /// Its id.
     pub donation_id: String,
@@ -100,7 +100,7 @@ pub struct Donation {
 }
 
 /// A voucher as verification shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct VoucherView {
     /// Always true (an invalid code has no view).
     pub valid: bool,
@@ -119,7 +119,7 @@ pub struct VoucherView {
 }
 
 /// An offer in the storefront.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OfferView {
     /// Offer id.
     pub offer_id: String,
@@ -138,7 +138,7 @@ pub struct OfferView {
 }
 
 /// A charity.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct CharityView {
     /// Charity id.
     pub charity_id: String,

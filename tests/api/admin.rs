@@ -354,3 +354,32 @@ async fn metrics_cover_what_operators_watch() {
         assert!(body.contains("ws_sessions"));
     }
 }
+
+#[tokio::test]
+async fn an_import_key_used_for_another_file_is_refused_not_a_crash() {
+    let app = spawn_app().await;
+    let admin = app.token(Role::Admin, "admin");
+    let import = |body: &'static str| {
+        app.send(
+            Method::POST,
+            "/admin/v1/import/charities",
+            Some(&admin),
+            Some(("text/csv", body.as_bytes().to_vec())),
+            &[("Idempotency-Key", "same-key")],
+        )
+    };
+    let (s, b) = import("charity_id,name,website\nc1,Food Bank,\n").await;
+    assert_eq!((s, &b["accepted"]), (200, &json!(1)), "{b}");
+    // The same key and file: the same answer, nothing written twice.
+    let (s, again) = import("charity_id,name,website\nc1,Food Bank,\n").await;
+    assert_eq!((s, &again), (200, &b));
+    // The same key for another file: refused with the contract's error body (this once
+    // reached an unreachable!() and dropped the connection).
+    let (s, b) = import("charity_id,name,website\nc2,Shelter,\n").await;
+    assert_eq!(
+        (s, &b["error"]["code"]),
+        (422, &json!("idempotency_key_reused")),
+        "{b}"
+    );
+    app.running.shutdown().await;
+}
