@@ -89,12 +89,17 @@ struct Args {
     /// Scenario: run the same sockets against `echo`, a built-in echo endpoint.
     #[arg(long)]
     against: Option<String>,
-    /// Compare the nearby workload with a peer: `redis` (Redis GEO, needs --redis-url).
+    /// Compare the nearby workload with a peer: `redis` (Redis GEO, --redis-url) or
+    /// `postgis` (PostgreSQL with PostGIS, --postgis-url).
     #[arg(long)]
     peer: Option<String>,
     /// Redis for `--peer redis`.
     #[arg(long, default_value = "redis://127.0.0.1:6379")]
     redis_url: String,
+    /// PostgreSQL (PostGIS installed) for `--peer postgis`; `scripts/with-postgres` exports
+    /// one as HEYBLUE_TEST_POSTGRES_URL.
+    #[arg(long, env = "HEYBLUE_TEST_POSTGRES_URL")]
+    postgis_url: Option<String>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -250,16 +255,22 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if let Some(peer) = args.peer.as_deref() {
-        if peer != "redis" {
-            bail!("--peer {peer}: only redis");
-        }
+        let peer = match peer {
+            "redis" => peer::Peer::Redis(args.redis_url.clone()),
+            "postgis" => peer::Peer::Postgis(
+                args.postgis_url
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("--peer postgis needs --postgis-url"))?,
+            ),
+            other => bail!("--peer {other}: redis or postgis"),
+        };
         let out = peer::run(peer::Config {
             officers: args.officers,
             citizens: args.citizens.max(1),
             rate_hz: args.rate,
             duration: args.duration,
             metro: args.metro.clone(),
-            redis_url: args.redis_url.clone(),
+            peer,
         })
         .await?;
         if let Some(f) = &args.json {

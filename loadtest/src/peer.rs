@@ -1,8 +1,11 @@
-//! `--peer redis`: the nearby workload on Redis GEO beside the server's own engine, at the
-//! same officer count, positions, moves and query points.
+//! `--peer redis` / `--peer postgis`: the nearby workload on a peer beside the server's own
+//! engine, at the same officer count, positions, moves and query points.
 //!
 //! * Redis: officers are members of one GEO key; a move is `GEOADD`; a citizen's update is
 //!   `GEOSEARCH key FROMLONLAT lon lat BYRADIUS r m ASC COUNT k`.
+//! * PostGIS: officers are rows of a `geography(Point)` column with a GiST index; a batch of
+//!   moves is one `UPDATE … FROM (VALUES …)`; a citizen's update is the index's k-nearest
+//!   search within the radius: `WHERE ST_DWithin(geom, p, r) ORDER BY geom <-> p LIMIT k`.
 //! * Hey Blue!: the server's region actors in process (`Regions`): a move is an upsert into
 //!   the officer's zip region; an update is `Regions::nearby`, exactly what a citizen
 //!   session runs (no sockets on either side).
@@ -39,8 +42,26 @@ pub struct Config {
     pub duration: Duration,
     /// Metro name.
     pub metro: String,
-    /// Redis URL.
-    pub redis_url: String,
+    /// The peer and where it runs.
+    pub peer: Peer,
+}
+
+/// The system compared with the engine.
+#[derive(Clone)]
+pub enum Peer {
+    /// Redis GEO at this URL.
+    Redis(String),
+    /// PostgreSQL with PostGIS at this URL.
+    Postgis(String),
+}
+
+impl Peer {
+    fn name(&self) -> &'static str {
+        match self {
+            Peer::Redis(_) => "redis",
+            Peer::Postgis(_) => "postgis",
+        }
+    }
 }
 
 /// One leg's result.
@@ -70,9 +91,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<Value> {
     let walkers: Vec<Walker> = (0..cfg.officers)
         .map(|i| Walker::new(&m, if i % 3 == 0 { 10.0 } else { 1.4 }, &mut rng))
         .collect();
-    let redis = redis_leg(&cfg, &m, walkers.clone()).await?;
+    let name = cfg.peer.name();
+    let peer = match &cfg.peer {
+        Peer::Redis(url) => redis_leg(&cfg, url, &m, walkers.clone()).await?,
+        Peer::Postgis(url) => postgis_leg(&cfg, url, &m, walkers.clone()).await?,
+    };
     let engine = engine_leg(&cfg, &m, zips, walkers).await?;
-    let ratio = (engine.answers as f64 / engine.secs) / (redis.answers as f64 / redis.secs);
+    let ratio = (engine.answers as f64 / engine.secs) / (peer.answers as f64 / peer.secs);
     println!(
         "{} officers in {}, radius {RADIUS_M} m, k={K}, {} query loops, moves {} Hz/officer, {:.0} s per leg",
         cfg.officers,
@@ -82,22 +107,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<Value> {
         cfg.duration.as_secs_f64()
     );
     println!(
-        "redis GEO:  {:.0} answers/s ({:.0} moves/s)",
-        redis.answers as f64 / redis.secs,
-        redis.moves as f64 / redis.secs
+        "{name}:  {:.0} answers/s ({:.0} moves/s)",
+        peer.answers as f64 / peer.secs,
+        peer.moves as f64 / peer.secs
     );
     println!(
-        "hey blue!:  {:.0} answers/s ({:.0} moves/s) = {ratio:.2}x redis",
+        "hey blue!:  {:.0} answers/s ({:.0} moves/s) = {ratio:.2}x {name}",
         engine.answers as f64 / engine.secs,
         engine.moves as f64 / engine.secs
     );
     println!("{}", stats::header());
-    println!("{}", stats::row("redis GEOSEARCH", &redis.latency));
+    println!("{}", stats::row(name, &peer.latency));
     println!("{}", stats::row("hey blue! regions", &engine.latency));
     Ok(json!({
         "officers": cfg.officers, "citizens": cfg.citizens, "metro": cfg.metro,
-        "radius_m": RADIUS_M, "k": K, "move_hz": cfg.rate_hz,
-        "redis": redis.json(), "heyblue": engine.json(), "ratio": ratio,
+        "radius_m": RADIUS_M, "k": K, "move_hz": cfg.rate_hz, "peer_name": name,
+        "peer": peer.json(), name: peer.json(), "heyblue": engine.json(), "ratio": ratio,
     }))
 }
 
@@ -197,8 +222,13 @@ where
     })
 }
 
-async fn redis_leg(cfg: &Config, m: &Metro, walkers: Vec<Walker>) -> anyhow::Result<Leg> {
-    let client = redis::Client::open(cfg.redis_url.as_str())?;
+async fn redis_leg(
+    cfg: &Config,
+    url: &str,
+    m: &Metro,
+    walkers: Vec<Walker>,
+) -> anyhow::Result<Leg> {
+    let client = redis::Client::open(url)?;
     let mut con = client.get_multiplexed_async_connection().await?;
     redis::cmd("DEL")
         .arg(KEY)
@@ -261,6 +291,100 @@ async fn redis_leg(cfg: &Config, m: &Metro, walkers: Vec<Walker>) -> anyhow::Res
         }
     };
     drive(cfg, m, walkers, query, mv).await
+}
+
+const TABLE: &str = "heyblue_loadtest_officers";
+
+async fn postgis_leg(
+    cfg: &Config,
+    url: &str,
+    m: &Metro,
+    walkers: Vec<Walker>,
+) -> anyhow::Result<Leg> {
+    use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection, Statement};
+    // As many connections as query loops and movers can use at once (PostgreSQL answers
+    // each on a process of its own).
+    let mut opts = ConnectOptions::new(url.to_owned());
+    opts.max_connections((cfg.citizens as u32 + 4).min(64))
+        .sqlx_logging(false);
+    let db: DatabaseConnection = Database::connect(opts).await?;
+    for sql in [
+        "CREATE EXTENSION IF NOT EXISTS postgis".to_owned(),
+        format!("DROP TABLE IF EXISTS {TABLE}"),
+        format!(
+            "CREATE TABLE {TABLE} (id integer PRIMARY KEY, geom geography(Point, 4326) NOT NULL)"
+        ),
+    ] {
+        db.execute_unprepared(&sql).await?;
+    }
+    // Coordinates are numbers formatted by Rust: nothing user-given is spliced into SQL.
+    let point = |p: LatLon| {
+        format!(
+            "ST_SetSRID(ST_MakePoint({}, {}), 4326)::geography",
+            p.lon, p.lat
+        )
+    };
+    for (c, chunk) in walkers.chunks(1000).enumerate() {
+        let values: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, w)| format!("({}, {})", c * 1000 + j, point(w.pos)))
+            .collect();
+        db.execute_unprepared(&format!(
+            "INSERT INTO {TABLE} (id, geom) VALUES {}",
+            values.join(",")
+        ))
+        .await?;
+    }
+    db.execute_unprepared(&format!("CREATE INDEX ON {TABLE} USING gist (geom)"))
+        .await?;
+    db.execute_unprepared(&format!("ANALYZE {TABLE}")).await?;
+    let query = {
+        let db = db.clone();
+        move |p: LatLon| {
+            let db = db.clone();
+            async move {
+                let sql = format!(
+                    "SELECT id FROM {TABLE} WHERE ST_DWithin(geom, $1::geography, {RADIUS_M}) \
+                     ORDER BY geom <-> $1::geography LIMIT {K}"
+                );
+                let at = format!("SRID=4326;POINT({} {})", p.lon, p.lat);
+                let rows = db
+                    .query_all_raw(Statement::from_sql_and_values(
+                        db.get_database_backend(),
+                        sql,
+                        [at.into()],
+                    ))
+                    .await?;
+                std::hint::black_box(rows);
+                anyhow::Ok(())
+            }
+        }
+    };
+    // A batch of moves is one UPDATE joined to a VALUES list (one round trip).
+    let mv = {
+        let db = db.clone();
+        move |batch: Vec<(usize, LatLon, LatLon)>| {
+            let db = db.clone();
+            async move {
+                let values: Vec<String> = batch
+                    .iter()
+                    .map(|(i, _, to)| format!("({i}, {}, {})", to.lon, to.lat))
+                    .collect();
+                db.execute_unprepared(&format!(
+                    "UPDATE {TABLE} AS o SET geom = ST_SetSRID(ST_MakePoint(v.lon, v.lat), 4326)::geography \
+                     FROM (VALUES {}) AS v(id, lon, lat) WHERE o.id = v.id",
+                    values.join(",")
+                ))
+                .await?;
+                anyhow::Ok(())
+            }
+        }
+    };
+    let leg = drive(cfg, m, walkers, query, mv).await;
+    db.execute_unprepared(&format!("DROP TABLE IF EXISTS {TABLE}"))
+        .await?;
+    leg
 }
 
 async fn engine_leg(
