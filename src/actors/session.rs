@@ -259,12 +259,20 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
         handle: handle.clone(),
     };
     if let Some(old) = ctx.sessions.register(t.account.clone(), entry) {
-        // The replaced session may be ending already; then its socket closes anyway.
-        let _ = old.handle.send(SessionMsg::Close {
+        let replaced = old.handle.send(SessionMsg::Close {
             code: close::REPLACED,
             error: Some("session_replaced"),
             reason: "a newer session of this account opened".into(),
         });
+        // A replaced session that is ending already closes its socket anyway; one whose
+        // mailbox is full is stuck, and is counted so that it can be found.
+        if let Err(mailbox::SendError::Full(_)) = replaced {
+            metrics::counter!("session_mailbox_full_total", "msg" => "replace").increment(1);
+            tracing::warn!(
+                session = old.session_id,
+                "replaced session's mailbox is full"
+            );
+        }
     }
     tracing::debug!(session = id, account = %t.account, role = t.role.as_str(), "session open");
     let c = Common {
