@@ -87,3 +87,42 @@ async fn shutdown_closes_every_socket_with_1001() {
         .unwrap();
     assert_eq!(ctx.sessions.sockets(), 0);
 }
+
+/// A closing socket has `server.shutdown_grace_ms` (1 s in tests) to finish: a client that
+/// never answers the close frame is dropped when it ends, measured on tokio's clock.
+#[tokio::test]
+async fn a_client_that_never_answers_the_close_is_dropped_after_the_grace_period() {
+    let app = spawn_app_for_paused_time().await;
+    let url = app.ticket(Role::Citizen, "c1", HERE.0, HERE.1).await;
+    // A client that reads nothing: tungstenite answers a close frame only when reading.
+    let (_silent, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+        .await
+        .unwrap();
+    let ctx = app.running.ctx().clone();
+    let session = eventually("the session is registered", || async {
+        ctx.sessions.get("c1")
+    })
+    .await;
+    tokio::time::pause();
+    let t0 = tokio::time::Instant::now();
+    session
+        .handle
+        .send(heyblue::actors::session::SessionMsg::Close {
+            code: 4002,
+            error: None,
+            reason: "test".into(),
+        })
+        .unwrap();
+    eventually("the silent socket is dropped", || async {
+        (ctx.sessions.sockets() == 0).then_some(())
+    })
+    .await;
+    let held = t0.elapsed();
+    let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
+    assert!(
+        held >= grace && held < grace * 2,
+        "held {held:?} for a grace of {grace:?}"
+    );
+    tokio::time::resume();
+    app.running.shutdown().await;
+}
