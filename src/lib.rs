@@ -4,7 +4,8 @@
 //! - [`config`]: typed settings (embedded defaults, overlay file, environment); no I/O after start.
 //! - [`geo`]: pure geometry (zip table, cells, distances, officer index); never awaits.
 //! - [`protocol`]: the wire enums and the one decoder; no state.
-//! - [`actors`]: region directory, region and session actors; they own the live state.
+//! - [`actors`]: the region directory and region actors, and one task per session (officer or
+//!   citizen) that owns its socket; they own the live state.
 //! - [`context`]: the handles shared by a node's routes and sessions; no state of its own.
 //! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
 //! - [`server`]: start-up and the one shutdown sequence.

@@ -442,7 +442,7 @@ impl DecodeLimits {
     }
 }
 
-/// A validated command for a session actor.
+/// A validated command for a session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
     /// New position (validated).

@@ -1,7 +1,8 @@
-//! The bounded write side of one socket, shared by its socket task and its session actor.
+//! The bounded write side of one socket: written by its session's task (and by shutdown,
+//! which closes every socket through it), drained by the same task between reads.
 //!
 //! Frames are serialised once and queued (at most `limits.outbound_queue`); the socket's
-//! task drains the queue between reads (see `http::ws`). A client too slow to drain it is
+//! task drains the queue between reads (see `actors::socket`). A client too slow to drain it is
 //! closed with 4008 at once — the queue never grows. Error frames are counted here: after
 //! `limits.max_consecutive_errors` in a row the socket is closed with 1008.
 
@@ -197,14 +198,7 @@ impl Outbox {
         self.0.writer.register(cx.waker());
     }
 
-    /// The socket task is about to queue frames itself and polls the outbox right after:
-    /// they need no wake-up (which would only poll the running task once more).
-    pub fn unregister(&self) {
-        self.0.writer.take();
-    }
-
-    /// The socket has finished with its session: nothing more is queued (an abort still
-    /// closes it), and the session actor ending now is expected.
+    /// The session is over: nothing more is queued (an abort still closes the socket).
     pub fn retire(&self) {
         self.0.closing.store(true, Ordering::Relaxed);
     }
