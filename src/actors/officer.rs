@@ -16,13 +16,14 @@ use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
+use super::directory::RegionError;
 use super::region::OfficerData;
 use super::session::{
     Common, Moved, OfferedRequest, Outcome, RoleSession, SessionHandle, SessionMsg, rfc3339, tell,
 };
 use crate::context::Counted;
 use crate::geo::ZipId;
-use crate::protocol::{CitizenRef, Command, Mode, ServerMsg};
+use crate::protocol::{CitizenRef, Command, Mode, Role, ServerMsg};
 use crate::store::NewConnection;
 
 struct Window {
@@ -57,8 +58,10 @@ pub struct Officer {
 
 impl Officer {
     /// Publishes the position to the region if available.
-    async fn publish(&mut self, c: &Common) {
-        let Some(w) = &self.window else { return };
+    async fn publish(&mut self, c: &Common) -> Result<(), RegionError> {
+        let Some(w) = &self.window else {
+            return Ok(());
+        };
         let expires_at = w.expires_at;
         // The entry changes only with the zip and the window: made (and its card escaped)
         // once per region and window, not once per move.
@@ -71,13 +74,21 @@ impl Officer {
                 d
             }
         };
-        if let Err(e) = c
-            .ctx
+        c.ctx
             .regions
             .upsert(c.zip, c.account.clone(), c.pos, data)
             .await
-        {
-            c.unavailable("location", "try again shortly", &e);
+    }
+
+    /// Publishes after a frame of type `reference`; a region that cannot take it is the
+    /// client's `unavailable` error. False then.
+    async fn publish_for(&mut self, c: &Common, reference: &str) -> bool {
+        match self.publish(c).await {
+            Ok(()) => true,
+            Err(e) => {
+                c.unavailable(reference, "try again shortly", &e);
+                false
+            }
         }
     }
 
@@ -104,7 +115,9 @@ impl Officer {
             warn_at: Some(now + warn_after),
             end_at: now + total,
         });
-        self.publish(c).await;
+        if !self.publish_for(c, "available").await {
+            return;
+        }
         c.out.send(&ServerMsg::Availability {
             available: true,
             expires_at: Some(rfc3339(expires_at)),
@@ -209,7 +222,8 @@ impl Officer {
             balance: rec.citizen_balance,
         };
         // A citizen who left meanwhile still has its points; it sees them in its profile.
-        tell(&p.citizen, SessionMsg::Decided(request_id, outcome));
+        let decided = SessionMsg::Decided(request_id, outcome);
+        tell(&p.citizen, decided, "connection");
     }
 
     /// Ends the pending request `id` with `status`, telling the citizen (unless it
@@ -225,16 +239,16 @@ impl Officer {
             });
         }
         if status != "cancelled" {
-            tell(
-                &p.citizen,
-                SessionMsg::Decided(id.to_owned(), Outcome::Status(status)),
-            );
+            let decided = SessionMsg::Decided(id.to_owned(), Outcome::Status(status));
+            tell(&p.citizen, decided, "connection");
         }
         metrics::counter!("connection_requests_ended_total", "status" => status).increment(1);
     }
 }
 
 impl RoleSession for Officer {
+    const ROLE: Role = Role::Officer;
+
     fn start<'a>(&'a mut self, _c: &'a mut Common) -> BoxFuture<'a, ()> {
         // Visible once it sends `available`.
         Box::pin(async {})
@@ -245,12 +259,14 @@ impl RoleSession for Officer {
             match cmd {
                 Command::Location(p) => match c.relocate(p) {
                     Moved::Refused => {}
-                    Moved::Stayed => self.publish(c).await,
+                    Moved::Stayed => {
+                        self.publish_for(c, "location").await;
+                    }
                     Moved::From(old) => {
                         if self.window.is_some() {
                             Self::withdraw(c, old);
                         }
-                        self.publish(c).await
+                        self.publish_for(c, "location").await;
                     }
                 },
                 Command::Available(w) => {
@@ -283,7 +299,11 @@ impl RoleSession for Officer {
                     let _ = reply.send(r);
                 }
                 SessionMsg::CancelRequest(id) => self.end_pending(c, &id, "cancelled", true),
-                SessionMsg::Resync(zip) if zip == c.zip => self.publish(c).await,
+                SessionMsg::Resync(zip) if zip == c.zip => {
+                    if let Err(e) = self.publish(c).await {
+                        tracing::warn!(session = c.id, "resync failed: {e}");
+                    }
+                }
                 _ => {}
             }
         })
@@ -325,10 +345,8 @@ impl RoleSession for Officer {
 
     fn leave(&mut self, c: &mut Common) {
         if let Some(p) = self.pending.take() {
-            tell(
-                &p.citizen,
-                SessionMsg::Decided(p.request_id, Outcome::Status("cancelled")),
-            );
+            let decided = SessionMsg::Decided(p.request_id, Outcome::Status("cancelled"));
+            tell(&p.citizen, decided, "connection");
         }
         self.end_window(c);
     }
