@@ -357,19 +357,7 @@ pub async fn connections_report(
             ApiError::bad_request("invalid_group_by", "group_by is day, zip, state or officer")
         })?,
     };
-    let limit = match q.get("limit") {
-        None => REPORT_ROWS.0,
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=REPORT_ROWS.1).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid_limit",
-                    format!("limit must be 1..={}", REPORT_ROWS.1),
-                )
-            })?,
-    };
+    let limit = super::limit_param(&q, REPORT_ROWS.0, REPORT_ROWS.1)?;
     let csv = match q.get("format").map(String::as_str) {
         None | Some("json") => false,
         Some("csv") => true,

@@ -34,19 +34,6 @@ pub struct ConnectionsPage {
     pub next: Option<String>,
 }
 
-fn page_limit(q: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
-    match q.get("limit") {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", format!("limit must be 1..={MAX_PAGE}"))
-            }),
-    }
-}
-
 fn invalid_cursor() -> ApiError {
     ApiError::bad_request(
         "invalid_cursor",
@@ -156,7 +143,7 @@ pub async fn my_points(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<PointsPage>, ApiError> {
-    let limit = page_limit(&q, 50)?;
+    let limit = super::limit_param(&q, 50, MAX_PAGE)?;
     let before = match q.get("before") {
         None => None,
         Some(b) => Some(b.parse::<i64>().map_err(|_| invalid_cursor())?),
@@ -189,7 +176,7 @@ pub async fn my_connections(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<ConnectionsPage>, ApiError> {
-    let limit = page_limit(&q, 50)?;
+    let limit = super::limit_param(&q, 50, MAX_PAGE)?;
     let before = match q.get("before") {
         None => None,
         Some(b) => {

@@ -177,6 +177,25 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// The `limit` query parameter of a list: `default` when absent, else 1..=`max` or
+/// `400 invalid_limit`.
+pub(crate) fn limit_param(
+    q: &HashMap<String, String>,
+    default: u64,
+    max: u64,
+) -> Result<u64, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("invalid_limit", format!("limit must be 1..={max}"))
+            }),
+    }
+}
+
 fn coordinates(q: &HashMap<String, String>) -> Result<LatLon, ApiError> {
     let num = |k: &str| q.get(k).and_then(|v| v.trim().parse::<f64>().ok());
     num("lat")

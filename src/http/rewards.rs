@@ -66,17 +66,7 @@ pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
 
 /// `limit` (1..=max) and `after` (an id) of a listing.
 fn listing(q: &HashMap<String, String>) -> Result<(u64, Option<&str>), ApiError> {
-    const MAX: u64 = 500;
-    let limit = match q.get("limit") {
-        None => 100,
-        Some(v) => v
-            .parse::<u64>()
-            .ok()
-            .filter(|n| (1..=MAX).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("invalid_limit", format!("limit must be 1..={MAX}"))
-            })?,
-    };
+    let limit = super::limit_param(q, 100, 500)?;
     Ok((limit, q.get("after").map(String::as_str)))
 }
 
