@@ -48,10 +48,9 @@ pub struct Citizen {
     radius_m: f64,
     limit: usize,
     watched: Vec<ZipId>,
-    /// This session and its push signal, as the regions it watches hold them.
+    /// This session's push signal, as the regions it watches hold it (it also carries the
+    /// session's mailbox, where officers answer).
     watch: Watch,
-    /// This session's mailbox, for the officer's answers.
-    me: SessionHandle,
     last_push: Option<Instant>,
     /// When a watched region first signalled a change not yet answered (push latency).
     changed_at: Option<Instant>,
@@ -72,8 +71,7 @@ impl Citizen {
             radius_m: cfg.default_radius_m,
             limit: cfg.default_limit,
             watched: Vec::new(),
-            watch: Watch::new(Arc::new(PushSignal::new(me.clone()))),
-            me,
+            watch: Watch::new(Arc::new(PushSignal::new(me))),
             last_push: None,
             changed_at: None,
             push_due: None,
@@ -245,7 +243,7 @@ impl Citizen {
             request_id: request_id.clone(),
             citizen_id: c.account.clone(),
             citizen_name: c.name.clone(),
-            citizen: self.me.clone(),
+            citizen: self.watch.signal.session().clone(),
             distance_m,
             mode,
         };
@@ -327,6 +325,8 @@ impl Citizen {
 }
 
 impl RoleSession for Citizen {
+    const ROLE: Role = Role::Citizen;
+
     fn start<'a>(&'a mut self, c: &'a mut Common) -> BoxFuture<'a, ()> {
         // The orchestrator's position is the first: its answer follows `welcome`.
         Box::pin(self.refresh(c, true))
@@ -399,7 +399,11 @@ impl RoleSession for Citizen {
     fn leave(&mut self, c: &mut Common) {
         if let Some(p) = self.pending.take() {
             // An officer that left has nothing to cancel.
-            tell(&p.officer, SessionMsg::CancelRequest(p.request_id));
+            tell(
+                &p.officer,
+                SessionMsg::CancelRequest(p.request_id),
+                "connection",
+            );
         }
         for z in std::mem::take(&mut self.watched) {
             c.ctx.regions.unwatch(z, &self.watch);

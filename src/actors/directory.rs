@@ -17,12 +17,11 @@ use std::time::Duration;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::mailbox::SendError;
 use super::region::{
     OfficerData, OfficerUpdate, RegionActor, RegionArgs, RegionMsg, RegionSnapshot, SharedIndex,
 };
 use super::region_index::{Occupancy, RegionIndex, Watch};
-use super::session::SessionMsg;
+use super::session::{SessionMsg, tell};
 use crate::context::Sessions;
 use crate::geo::index::OfficerKey;
 use crate::geo::{LatLon, Nearby, ZipId, ZipTable};
@@ -357,19 +356,10 @@ impl RegionDirectory {
     fn resync(st: &DirectoryState, zip: ZipId) {
         let mut told = 0usize;
         for s in st.sessions.all() {
-            match s.handle.send(SessionMsg::Resync(zip)) {
-                Ok(()) => told += 1,
-                // A session that ended meanwhile has nothing to resend.
-                Err(SendError::Closed(_)) => {}
-                Err(SendError::Full(_)) => {
-                    // Its task is stuck; what it derived returns with its next change.
-                    metrics::counter!("session_mailbox_full_total", "msg" => "resync").increment(1);
-                    tracing::warn!(
-                        zip,
-                        session = s.session_id,
-                        "resync not queued: mailbox full"
-                    );
-                }
+            // A session that ended meanwhile has nothing to resend; one whose task is stuck
+            // gets what it derived back with its next change.
+            if tell(&s.handle, SessionMsg::Resync(zip), "resync") {
+                told += 1;
             }
         }
         tracing::info!(

@@ -88,6 +88,11 @@ impl PushSignal {
         }
     }
 
+    /// The session's mailbox.
+    pub fn session(&self) -> &SessionHandle {
+        &self.session
+    }
+
     /// Lowers the flag; the session does this before each read.
     pub fn consume(&self) {
         self.dirty.store(false, Ordering::Release);

@@ -186,10 +186,20 @@ impl Common {
 }
 
 /// Sends a message that the receiver may no longer want: a session that ended has nobody
-/// to tell; a full mailbox (a stuck task) is counted.
-pub fn tell(to: &SessionHandle, msg: SessionMsg) {
-    if let Err(mailbox::SendError::Full(_)) = to.send(msg) {
-        metrics::counter!("session_mailbox_full_total", "msg" => "connection").increment(1);
+/// to tell; a full mailbox (a stuck task) is counted under `what` and logged. True when the
+/// message was queued.
+pub fn tell(to: &SessionHandle, msg: SessionMsg, what: &'static str) -> bool {
+    match to.send(msg) {
+        Ok(()) => true,
+        Err(mailbox::SendError::Closed(_)) => false,
+        Err(mailbox::SendError::Full(_)) => {
+            metrics::counter!("session_mailbox_full_total", "msg" => what).increment(1);
+            tracing::warn!(
+                msg = what,
+                "a session's mailbox is full: message not queued"
+            );
+            false
+        }
     }
 }
 
@@ -203,6 +213,8 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 /// life of every socket) would be sized for the largest of them (a store call, a read of a
 /// dozen regions).
 pub trait RoleSession: Send + Sized + 'static {
+    /// The role this type serves.
+    const ROLE: Role;
     /// Right after `welcome`, before any frame.
     fn start<'a>(&'a mut self, c: &'a mut Common) -> BoxFuture<'a, ()>;
     /// A validated frame of this role (`ping` is answered by the loop).
@@ -259,20 +271,13 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
         handle: handle.clone(),
     };
     if let Some(old) = ctx.sessions.register(t.account.clone(), entry) {
-        let replaced = old.handle.send(SessionMsg::Close {
+        // A replaced session that is ending already closes its socket anyway.
+        let close = SessionMsg::Close {
             code: close::REPLACED,
             error: Some("session_replaced"),
             reason: "a newer session of this account opened".into(),
-        });
-        // A replaced session that is ending already closes its socket anyway; one whose
-        // mailbox is full is stuck, and is counted so that it can be found.
-        if let Err(mailbox::SendError::Full(_)) = replaced {
-            metrics::counter!("session_mailbox_full_total", "msg" => "replace").increment(1);
-            tracing::warn!(
-                session = old.session_id,
-                "replaced session's mailbox is full"
-            );
-        }
+        };
+        tell(&old.handle, close, "replace");
     }
     tracing::debug!(session = id, account = %t.account, role = t.role.as_str(), "session open");
     let c = Common {
@@ -286,10 +291,10 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
         out,
     };
     match t.role {
-        Role::Officer => drive(Officer::default(), c, inbox, socket, t.role).await,
+        Role::Officer => drive(Officer::default(), c, inbox, socket).await,
         _ => {
             let citizen = Citizen::new(&ctx.settings.citizen, handle);
-            drive(citizen, c, inbox, socket, t.role).await
+            drive(citizen, c, inbox, socket).await
         }
     }
     tracing::debug!(session = id, "session closed");
@@ -351,8 +356,8 @@ async fn drive<R: RoleSession>(
     mut c: Common,
     mut inbox: Receiver<SessionMsg>,
     mut socket: WebSocket,
-    kind: Role,
 ) {
+    let kind = R::ROLE;
     let ctx = c.ctx.clone();
     let lim = &ctx.settings.limits;
     let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
