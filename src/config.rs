@@ -60,6 +60,48 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// Offers, vouchers and donations.
     pub rewards: RewardSettings,
+    /// Cluster membership (empty `nats_url`: this node runs alone).
+    pub cluster: ClusterSettings,
+}
+
+/// `[cluster]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// NATS server URL(s), comma separated; empty runs the node alone.
+    pub nats_url: String,
+    /// This node's member id; empty takes `server.node_id`.
+    pub node_id: String,
+    /// The URL phones and other nodes reach this node at (`http://host:port`).
+    pub advertise_url: String,
+    /// Seconds a membership lease lives without renewal.
+    pub lease_ttl_s: u64,
+    /// How often the lease is renewed.
+    pub renew_interval_ms: u64,
+    /// How often ownership is reconciled with the member set.
+    pub reconcile_interval_ms: u64,
+    /// Ownership units a node gives up or takes per reconcile round when members change.
+    pub moves_per_round: usize,
+    /// Timeout of one cross-node request.
+    pub request_timeout_ms: u64,
+    /// Attempts of a cross-node request that met no responder (an owner failing over).
+    pub request_attempts: u32,
+    /// Region changes queued for publishing to the other nodes; beyond it a change is
+    /// dropped (counted) and the receivers, seeing the gap, read again.
+    pub change_queue: usize,
+    /// Longest time a session that was handed off keeps its old socket.
+    pub handoff_grace_s: u64,
+    /// JetStream replicas of the buckets and the event stream (3 on a three-server NATS).
+    pub replicas: usize,
+    /// Name prefix of the buckets, stream and subjects (clusters sharing one NATS differ).
+    pub namespace: String,
+}
+
+impl ClusterSettings {
+    /// Whether this node joins a cluster.
+    pub fn enabled(&self) -> bool {
+        !self.nats_url.trim().is_empty()
+    }
 }
 
 /// `[rewards]`
@@ -231,6 +273,10 @@ impl Settings {
         let s: Self = Self::figment(overlay)
             .extract()
             .map_err(|e| ConfigError::Source(Box::new(e)))?;
+        let mut s = s;
+        if !s.cluster.node_id.is_empty() {
+            s.server.node_id = s.cluster.node_id.clone();
+        }
         s.validate()?;
         Ok(s)
     }
@@ -280,6 +326,40 @@ impl Settings {
         }
         if self.connections.request_timeout_s == 0 {
             bad.push("connections.request_timeout_s must be > 0".to_owned());
+        }
+        let cl = &self.cluster;
+        if cl.enabled() {
+            if self.database.url.starts_with("sqlite:") {
+                bad.push(
+                    "a cluster node needs a shared PostgreSQL store (database.url is SQLite, \
+                     which other nodes cannot share)"
+                        .to_owned(),
+                );
+            }
+            if cl.advertise_url.trim().is_empty() {
+                bad.push("cluster.advertise_url must be set on a cluster node".to_owned());
+            }
+            if cl.lease_ttl_s < 2 {
+                bad.push("cluster.lease_ttl_s must be >= 2".to_owned());
+            }
+            if cl.renew_interval_ms == 0 || cl.renew_interval_ms >= cl.lease_ttl_s * 1000 / 2 {
+                bad.push(
+                    "cluster.renew_interval_ms must be > 0 and below half of cluster.lease_ttl_s"
+                        .to_owned(),
+                );
+            }
+            for (name, v) in [
+                ("cluster.reconcile_interval_ms", cl.reconcile_interval_ms),
+                ("cluster.request_timeout_ms", cl.request_timeout_ms),
+                ("cluster.moves_per_round", cl.moves_per_round as u64),
+                ("cluster.request_attempts", u64::from(cl.request_attempts)),
+                ("cluster.replicas", cl.replicas as u64),
+                ("cluster.change_queue", cl.change_queue as u64),
+            ] {
+                if v == 0 {
+                    bad.push(format!("{name} must be > 0"));
+                }
+            }
         }
         if bad.is_empty() {
             Ok(())

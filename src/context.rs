@@ -10,6 +10,8 @@ use dashmap::DashMap;
 use crate::actors::directory::Regions;
 use crate::actors::outbox::{Outbox, close};
 use crate::actors::session::SessionHandle;
+use crate::cluster::Cluster;
+use crate::cluster::wire::NodeCounts;
 use crate::config::Settings;
 use crate::events::{EventBus, Publisher};
 use crate::geo::ZipTable;
@@ -150,6 +152,13 @@ impl Sessions {
         self.outboxes.remove(&session_id);
     }
 
+    /// Closes every open socket with `code` (sockets attached later are not touched).
+    pub fn close_open(&self, code: u16, reason: &'static str) {
+        for out in self.outboxes.iter() {
+            out.close(code, reason);
+        }
+    }
+
     /// Closes every socket with 1001, and every socket attached from now on.
     pub fn close_all(&self) {
         self.closing_all.store(true, Ordering::SeqCst);
@@ -158,6 +167,22 @@ impl Sessions {
         }
     }
 }
+
+/// A node's live counts.
+fn node_counts(sessions: &Sessions, regions: &Regions) -> NodeCounts {
+    let (officers, citizens) = sessions.counts();
+    NodeCounts {
+        sessions: sessions.sockets(),
+        officers_available: sessions.available(),
+        officers_online: officers,
+        citizens_online: citizens,
+        regions_active: regions.alive(),
+        pending_requests: sessions.pending(),
+    }
+}
+
+/// The close reason of the sockets of a node that lost its cluster lease.
+const FENCED_REASON: &str = "node lost its cluster lease; reconnect";
 
 /// The close reason of a socket closed by shutdown.
 const SHUTDOWN_REASON: &str = "server shutting down";
@@ -182,6 +207,8 @@ pub struct Context {
     pub publisher: Arc<Publisher>,
     /// Signs and checks voucher codes.
     pub vouchers: VoucherSigner,
+    /// This node's membership, when it runs in a cluster.
+    pub cluster: Option<Arc<Cluster>>,
     next_session: AtomicU64,
 }
 
@@ -203,6 +230,27 @@ impl Context {
             settings.events.batch,
         ));
         let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
+        let cluster = settings.cluster.enabled().then(|| {
+            let c = Cluster::new(
+                settings.cluster.clone(),
+                settings.server.node_id.clone(),
+                zips.clone(),
+            );
+            regions.set_remote(c.clone());
+            let (counted, alive) = (sessions.clone(), regions.clone());
+            c.count_with(move || node_counts(&counted, &alive));
+            tokio::spawn(c.clone().run(regions.clone()));
+            // A node that fenced itself serves none of its regions: its phones reconnect
+            // through a live node.
+            let (fenced, sessions) = (c.clone(), sessions.clone());
+            tokio::spawn(async move {
+                loop {
+                    fenced.fenced.notified().await;
+                    sessions.close_open(close::SERVICE_RESTART, FENCED_REASON);
+                }
+            });
+            c
+        });
         Ok(Arc::new(Self {
             settings,
             zips,
@@ -213,6 +261,7 @@ impl Context {
             publisher,
             events_wake: Arc::new(tokio::sync::Notify::new()),
             vouchers,
+            cluster,
             next_session: AtomicU64::new(1),
         }))
     }
@@ -225,6 +274,11 @@ impl Context {
     /// Tells every socket to close with 1001.
     pub fn begin_shutdown(&self) {
         self.sessions.close_all();
+    }
+
+    /// This node's live counts (what the admin stats sum over a cluster).
+    pub fn counts(&self) -> NodeCounts {
+        node_counts(&self.sessions, &self.regions)
     }
 
     /// Stops the actors.

@@ -6,6 +6,7 @@
 //! - [`protocol`]: the wire enums and the one decoder; no state.
 //! - [`actors`]: the region directory and region actors, and one task per session (officer or
 //!   citizen) that owns its socket; they own the live state.
+//! - [`cluster`]: membership, region ownership and cross-node reads over NATS; idle alone.
 //! - [`context`]: the handles shared by a node's routes and sessions; no state of its own.
 //! - [`http`]: routes, auth, orchestrator and the WebSocket bridge; never holds domain state.
 //! - [`server`]: start-up and the one shutdown sequence.
@@ -16,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod cluster;
 pub mod config;
 pub mod context;
 pub mod events;

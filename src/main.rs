@@ -31,6 +31,15 @@ enum Cmd {
         /// sqlite:// or postgres:// URL.
         #[arg(long)]
         database_url: Option<String>,
+        /// Join the cluster at this NATS URL (nats://HOST:PORT); without it the node runs alone.
+        #[arg(long)]
+        cluster_url: Option<String>,
+        /// This node's member id in the cluster.
+        #[arg(long)]
+        node_id: Option<String>,
+        /// The URL phones and other nodes reach this node at (http://HOST:PORT).
+        #[arg(long)]
+        advertise_url: Option<String>,
     },
     /// Create or update the database schema, then exit.
     Migrate {
@@ -135,14 +144,39 @@ fn main() -> anyhow::Result<()> {
                 anyhow::Ok(())
             })
         }
-        Cmd::Serve { bind, database_url } => {
+        Cmd::Serve {
+            bind,
+            database_url,
+            cluster_url,
+            node_id,
+            advertise_url,
+        } => {
             if let Some(b) = bind {
                 settings.server.bind = b;
             }
             if let Some(u) = database_url {
                 settings.database.url = u;
             }
+            if let Some(u) = cluster_url {
+                settings.cluster.nats_url = u;
+            }
+            if let Some(n) = node_id {
+                settings.cluster.node_id = n;
+            }
+            if let Some(u) = advertise_url {
+                settings.cluster.advertise_url = u;
+            }
+            if !settings.cluster.node_id.is_empty() {
+                settings.server.node_id = settings.cluster.node_id.clone();
+            }
+            // Flags can make a valid file invalid (a cluster URL beside an SQLite store).
+            if let Err(e) = settings.validate() {
+                eprintln!("heyblue: configuration: {e}");
+                std::process::exit(2);
+            }
+            // Logs on stderr: stdout carries the one `listening on` line scripts read.
             tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),

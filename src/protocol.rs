@@ -168,6 +168,14 @@ impl OfficerCard {
         &self.text[..self.split]
     }
 
+    /// The zip code of the card (zip codes are digits: no escapes in the JSON string).
+    pub fn zip(&self) -> &str {
+        let tail = self.tail();
+        tail.strip_prefix(r#","zip":""#)
+            .and_then(|t| t.strip_suffix(r#""}"#))
+            .unwrap_or("")
+    }
+
     fn tail(&self) -> &str {
         &self.text[self.split..]
     }

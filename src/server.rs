@@ -49,6 +49,8 @@ pub async fn start_on(
 ) -> anyhow::Result<Running> {
     http::metrics_handle();
     let addr = listener.local_addr()?;
+    let mut settings = settings;
+    settings.cluster.advertise_url = advertise_on(&settings.cluster.advertise_url, addr.port());
     let metrics_bind = settings.metrics.bind.clone();
     let store = Store::connect(&settings.database.url)
         .await
@@ -58,6 +60,9 @@ pub async fn start_on(
     let ctx = Context::start(settings, zips, store).await?;
     let state = HttpState::new(ctx.clone());
     let app = http::router(state.clone());
+    if let Some(c) = &ctx.cluster {
+        tokio::spawn(http::cluster::serve_tickets(state.clone(), c.clone()));
+    }
 
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -123,6 +128,16 @@ pub async fn start_on(
         upkeep,
         publisher,
     })
+}
+
+/// An advertised URL whose port is 0 takes the port bound (a node started with
+/// `--bind 127.0.0.1:0 --advertise-url http://127.0.0.1:0` advertises where it listens).
+fn advertise_on(url: &str, port: u16) -> String {
+    let u = url.trim_end_matches('/');
+    match u.strip_suffix(":0") {
+        Some(head) if head.contains("://") => format!("{head}:{port}"),
+        _ => url.to_owned(),
+    }
 }
 
 impl Running {
@@ -202,5 +217,18 @@ mod tests {
             super::redact("sqlite://data/heyblue.db?mode=rwc"),
             "sqlite://data/heyblue.db?mode=rwc"
         );
+    }
+
+    #[test]
+    fn an_advertised_port_0_is_the_bound_port() {
+        assert_eq!(
+            super::advertise_on("http://127.0.0.1:0", 4100),
+            "http://127.0.0.1:4100"
+        );
+        assert_eq!(
+            super::advertise_on("http://10.0.0.5:8080/", 4100),
+            "http://10.0.0.5:8080/"
+        );
+        assert_eq!(super::advertise_on("", 4100), "");
     }
 }

@@ -37,6 +37,33 @@ pub enum RegionError {
     Unavailable(String),
 }
 
+/// Regions this node does not own, in a cluster: their officers are read from their owners.
+/// A node running alone has none.
+pub trait RemoteRegions: Send + Sync {
+    /// Whether `zip` is owned by another node (read through [`RemoteRegions::read`]).
+    fn is_remote(&self, zip: ZipId) -> bool;
+    /// The `k` nearest officers within `radius_m` of `at` in the remote regions `zips`,
+    /// nearest first (ties by id). Regions whose owner cannot be reached after the
+    /// configured retries are left out (and counted): an answer arrives in bounded time.
+    fn read<'a>(
+        &'a self,
+        at: LatLon,
+        radius_m: f64,
+        k: usize,
+        zips: Vec<ZipId>,
+    ) -> futures_util::future::BoxFuture<'a, Vec<Nearby<OfficerData>>>;
+    /// A region of this node changed at `points` (an officer's old and new position):
+    /// the owner's side of pushes across nodes. Never blocks.
+    fn changed(&self, zip: ZipId, points: &[LatLon]);
+    /// A session here watches `zip`, which is owned elsewhere: its changes must reach
+    /// this node's region actor for `zip` from now on. Returns whether they already do
+    /// (a first interest starts receiving them and answers false).
+    fn interest(&self, zip: ZipId) -> bool;
+}
+
+/// Where the cluster, if any, plugs in; set once.
+pub type RemoteSlot = Arc<OnceLock<Arc<dyn RemoteRegions>>>;
+
 struct Slots {
     refs: Vec<RwLock<Option<ActorRef<RegionMsg>>>>,
     /// Set when the zip's region is first spawned, kept across its restarts.
@@ -44,6 +71,7 @@ struct Slots {
     /// Officers per zip, as each region's index publishes them.
     occupancy: Occupancy,
     restarts: Vec<AtomicU64>,
+    remote: RemoteSlot,
 }
 
 /// Whether a region actor takes messages. A region just spawned is `Starting` until its
@@ -75,6 +103,7 @@ impl Regions {
             indexes: (0..zips.len()).map(|_| OnceLock::new()).collect(),
             occupancy: (0..zips.len()).map(|_| AtomicU32::new(0)).collect(),
             restarts: (0..zips.len()).map(|_| AtomicU64::new(0)).collect(),
+            remote: Arc::default(),
         });
         let (directory, join) = Actor::spawn(
             None,
@@ -95,6 +124,30 @@ impl Regions {
             },
             join,
         ))
+    }
+
+    /// Makes `nearby` read the regions `remote` names from their owners (cluster mode;
+    /// set once, before sessions open).
+    pub fn set_remote(&self, remote: Arc<dyn RemoteRegions>) {
+        let _ = self.slots.remote.set(remote);
+    }
+
+    /// The `k` nearest officers within `radius_m` of `at` in `zips` as indexed here (the
+    /// owner's side of a cross-node read), nearest first.
+    pub fn read_local(
+        &self,
+        zips: &[ZipId],
+        at: LatLon,
+        radius_m: f64,
+        k: usize,
+    ) -> Vec<Nearby<OfficerData>> {
+        let mut best = Vec::with_capacity(k);
+        for &z in zips {
+            if (z as usize) < self.zips.len() {
+                self.read_into(z, at, radius_m, k, &mut best, false);
+            }
+        }
+        best
     }
 
     /// The zip table.
@@ -206,6 +259,36 @@ impl Regions {
         let needs_watch = |z: ZipId| watch.is_some_and(|(_, watched)| !watched.contains(&z));
         // Sized once: about a dozen regions in a city, and never more than k officers.
         let mut best = Vec::with_capacity(k);
+        // In a cluster, the regions of the circle owned elsewhere are asked first; their
+        // answer seeds `best`, so the walk below shrinks the circle exactly as if they were
+        // read in place. (Remote regions are read in place too: an officer whose session is
+        // still here during a handoff stays visible.)
+        // The version a remote region's watch registers with is the one before the remote
+        // read: the owner's changes published after it bump the local version, so the
+        // watch is told of them. Before this node receives the unit's changes at all, the
+        // watch is told at once (u64::MAX matches no version) and reads again.
+        let mut far_versions: Vec<(ZipId, u64)> = Vec::new();
+        if let Some(remote) = self.slots.remote.get() {
+            let far: Vec<ZipId> = self
+                .zips
+                .regions_touching(at, own, d0, radius_m)
+                .into_iter()
+                .filter(|&z| remote.is_remote(z))
+                .collect();
+            if watch.is_some() {
+                for &z in far.iter().filter(|&&z| needs_watch(z)) {
+                    let v = if remote.interest(z) {
+                        self.version_of(z)
+                    } else {
+                        u64::MAX
+                    };
+                    far_versions.push((z, v));
+                }
+            }
+            if !far.is_empty() {
+                best = remote.read(at, radius_m, k, far).await;
+            }
+        }
         let mut touching = Vec::with_capacity(16);
         let mut to_watch = Vec::new();
         let reach = self.zips.walk_touching(centre, own, d0, radius_m, |z, r| {
@@ -213,7 +296,8 @@ impl Regions {
             let watch_it = needs_watch(z);
             let version = self.read_into(z, at, r, k, &mut best, watch_it);
             if watch_it {
-                to_watch.push((z, version));
+                let before = far_versions.iter().find(|&&(f, _)| f == z);
+                to_watch.push((z, before.map_or(version, |&(_, v)| v)));
             }
             if k > 0 && best.len() >= k {
                 best[k - 1].distance_m.min(r)
@@ -231,6 +315,29 @@ impl Regions {
             }
         }
         Ok((best, touching, reach))
+    }
+
+    /// The version of `zip`'s index (0 if its region never ran).
+    fn version_of(&self, zip: ZipId) -> u64 {
+        self.slots.indexes[zip as usize]
+            .get()
+            .map_or(0, |index| index.version())
+    }
+
+    /// Tells this node's watchers of `zip` (a region owned elsewhere) that its owner
+    /// changed it at `points`; spawns the local region if needed, so its version moves.
+    pub async fn remote_changed(&self, zip: ZipId, points: Vec<LatLon>) {
+        if let Ok(r) = self.ensure(zip).await {
+            let _ = r.cast(RegionMsg::RemoteChanged(points));
+        }
+    }
+
+    /// Makes this node's watchers of `zip` read again (changes of its owner may have
+    /// been missed).
+    pub fn resync(&self, zip: ZipId) {
+        if let Some(r) = self.get(zip) {
+            let _ = r.cast(RegionMsg::Resync);
+        }
     }
 
     /// Merges `zip`'s answer into `best` without spawning its region (one never spawned
@@ -337,6 +444,7 @@ impl RegionDirectory {
             code: Arc::from(&*z.code),
             centroid: z.centroid,
             restarts: st.slots.restarts[zip as usize].load(Ordering::Relaxed),
+            remote: st.slots.remote.clone(),
         };
         match Actor::spawn_linked(None, RegionActor, args, myself.get_cell()).await {
             Ok((r, _)) => {

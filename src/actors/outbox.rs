@@ -28,6 +28,10 @@ pub mod close {
     pub const POLICY: u16 = 1008;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
+    /// The node stopped serving this session's region (cluster lease lost): reconnect.
+    pub const SERVICE_RESTART: u16 = 1012;
+    /// The session's region is served by another node now (after a `handoff`).
+    pub const HANDOFF: u16 = 4003;
     /// A newer session of the same account replaced this one.
     pub const REPLACED: u16 = 4001;
     /// Ended by an admin.

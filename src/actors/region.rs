@@ -18,9 +18,10 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 
+use super::directory::RemoteSlot;
 use super::region_index::{RegionCore, RegionIndex, Watch};
-use crate::geo::LatLon;
 use crate::geo::index::OfficerKey;
+use crate::geo::{LatLon, ZipId};
 use crate::protocol::OfficerCard;
 
 /// What a region keeps about each available officer, shared: every answer naming the
@@ -94,6 +95,11 @@ pub enum RegionMsg {
     Unwatch(Watch),
     /// The region's own state, for the admin API and tests.
     Snapshot(RpcReplyPort<RegionSnapshot>),
+    /// Another node, the region's owner, changed it at these positions (cluster mode: this
+    /// actor then only holds the watchers of this node's sessions).
+    RemoteChanged(Vec<LatLon>),
+    /// The owner's changes may have been missed: every watcher reads again.
+    Resync,
     /// Fault injection: panics inside the handler (tests prove supervision with it).
     Crash,
 }
@@ -143,13 +149,27 @@ pub struct RegionArgs {
     pub centroid: LatLon,
     /// Restarts so far.
     pub restarts: u64,
+    /// The cluster, if any: told of every change, for the other nodes' watchers.
+    pub remote: RemoteSlot,
 }
 
 /// State of a region.
 pub struct RegionState {
     code: Arc<str>,
+    zip: ZipId,
+    remote: RemoteSlot,
     core: RegionCore<OfficerData>,
     restarts: u64,
+}
+
+impl RegionState {
+    /// Tells the cluster, if any, of a change (it publishes it for the other nodes when this
+    /// node owns the region).
+    fn publish(&self, changed: &[LatLon]) {
+        if let Some(remote) = self.remote.get() {
+            remote.changed(self.zip, changed);
+        }
+    }
 }
 
 /// The region actor.
@@ -167,6 +187,8 @@ impl Actor for RegionActor {
     ) -> Result<RegionState, ActorProcessingErr> {
         metrics::gauge!("region_actors_alive").increment(1.0);
         Ok(RegionState {
+            zip: args.shared.zip(),
+            remote: args.remote,
             code: args.code,
             core: RegionCore::new(args.shared, args.centroid),
             restarts: args.restarts,
@@ -180,14 +202,17 @@ impl Actor for RegionActor {
         st: &mut RegionState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RegionMsg::Upsert(u) => {
-                if let Err(e) = st.core.upsert(u.id.clone(), u.pos, u.data) {
-                    tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}");
+            RegionMsg::Upsert(u) => match st.core.upsert(u.id.clone(), u.pos, u.data) {
+                Ok(changed) => st.publish(&changed),
+                Err(e) => tracing::warn!(zip = %st.code, officer = %u.id, "upsert refused: {e}"),
+            },
+            RegionMsg::Remove(id, session) => {
+                if let Some(old) = st.core.remove(&id, |d| d.session_id == session) {
+                    st.publish(&[old]);
                 }
             }
-            RegionMsg::Remove(id, session) => {
-                st.core.remove(&id, |d| d.session_id == session);
-            }
+            RegionMsg::RemoteChanged(points) => st.core.remote_changed(&points),
+            RegionMsg::Resync => st.core.resync(),
             RegionMsg::Watch(w, seen) => st.core.watch(w, seen),
             RegionMsg::Unwatch(w) => st.core.unwatch(&w),
             RegionMsg::Snapshot(reply) => {

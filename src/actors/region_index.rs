@@ -160,6 +160,16 @@ pub struct RegionIndex<T> {
 }
 
 impl<T: Clone> RegionIndex<T> {
+    /// The region's zip id.
+    pub fn zip(&self) -> ZipId {
+        self.zip
+    }
+
+    /// The version now (bumped by every change; 0 before the region's actor first ran).
+    pub fn version(&self) -> u64 {
+        self.read().version
+    }
+
     /// An empty index for region `zip` (centroid `centroid`), counted in `occupancy`.
     pub fn new(centroid: LatLon, occupancy: Occupancy, zip: ZipId) -> Self {
         Self {
@@ -262,23 +272,30 @@ impl<T: Clone> RegionCore<T> {
             .retain(|w| !w.signal.covers_any(&units) || w.signal.raise());
     }
 
-    /// Inserts or moves officer `id`.
-    pub fn upsert(&mut self, id: OfficerKey, pos: LatLon, data: T) -> Result<(), String> {
+    /// Inserts or moves officer `id`; returns the positions that changed (old and new).
+    pub fn upsert(
+        &mut self,
+        id: OfficerKey,
+        pos: LatLon,
+        data: T,
+    ) -> Result<SmallVec<[LatLon; 2]>, String> {
         let r = self.change(|index| {
             let r = index.upsert(id, pos, data);
             let ok = r.is_ok();
             (r, ok)
         });
-        match r {
-            Ok(Some(old)) => self.notify(&[old, pos]),
-            Ok(None) => self.notify(&[pos]),
+        let changed: SmallVec<[LatLon; 2]> = match r {
+            Ok(Some(old)) => smallvec::smallvec![old, pos],
+            Ok(None) => smallvec::smallvec![pos],
             Err(e) => return Err(e.to_string()),
-        }
-        Ok(())
+        };
+        self.notify(&changed);
+        Ok(changed)
     }
 
-    /// Removes officer `id` if `owns` says its entry may be removed by the caller.
-    pub fn remove(&mut self, id: &str, owns: impl FnOnce(&T) -> bool) -> bool {
+    /// Removes officer `id` if `owns` says its entry may be removed by the caller; returns
+    /// where it was.
+    pub fn remove(&mut self, id: &str, owns: impl FnOnce(&T) -> bool) -> Option<LatLon> {
         let removed = self.change(|index| {
             let owned = index.get(id).is_some_and(|(_, d)| owns(d));
             let old = if owned { index.remove(id) } else { None };
@@ -288,7 +305,22 @@ impl<T: Clone> RegionCore<T> {
         if let Some(old) = removed {
             self.notify(&[old]);
         }
-        removed.is_some()
+        removed
+    }
+
+    /// A change in this region as another node (its owner) published it: bumps the version
+    /// (a reader that read before it registers its watch with an older one and is told)
+    /// and tells the watchers whose circle holds one of `changed`.
+    pub fn remote_changed(&mut self, changed: &[LatLon]) {
+        self.change(|_| ((), true));
+        self.notify(changed);
+    }
+
+    /// The owner's changes may have been missed (a gap in their sequence, a new epoch):
+    /// every watcher reads again.
+    pub fn resync(&mut self) {
+        self.change(|_| ((), true));
+        self.watchers.retain(|w| w.signal.raise());
     }
 
     /// Registers a watcher that read the index at version `seen`: a change since then,
@@ -369,7 +401,7 @@ mod tests {
         core.upsert("near".into(), p(0.002), 2).unwrap();
         assert_eq!(pending(&mut rx), 1, "raised once until consumed");
         w.signal.consume();
-        assert!(core.remove("near", |_| true));
+        assert!(core.remove("near", |_| true).is_some());
         assert_eq!(pending(&mut rx), 1);
         drop(rx);
         w.signal.consume();

@@ -50,8 +50,27 @@ pub struct Stats {
     pub pending_requests: usize,
     /// WebSockets open.
     pub sockets: usize,
-    /// The nodes counted (this one).
-    pub nodes: Vec<String>,
+    /// The nodes counted: this one alone, or every live member of the cluster.
+    pub nodes: Vec<NodeStats>,
+}
+
+/// One node of [`Stats`].
+#[derive(Serialize, ToSchema)]
+pub struct NodeStats {
+    /// The node's id.
+    pub node_id: String,
+    /// The URL phones and nodes reach it at (empty on a node that runs alone without
+    /// `server.public_url`).
+    pub advertise_url: String,
+    /// WebSockets open there.
+    pub sessions: usize,
+    /// Regions it serves (alone: every region alive).
+    pub regions_owned: usize,
+    /// Ownership units it still has to take or give up to match the placement over the
+    /// live members (0 once the cluster has converged; always 0 alone).
+    pub units_moving: usize,
+    /// Always true: only live members are listed.
+    pub alive: bool,
 }
 
 /// `DELETE /admin/v1/sessions/{account_id}`.
@@ -236,16 +255,60 @@ pub async fn region(
 pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Stats>, ApiError> {
     caller.require(Role::Admin)?;
     let ctx = &st.ctx;
-    let (officers, citizens) = ctx.sessions.counts();
-    Ok(Json(Stats {
-        officers_available: ctx.sessions.available(),
-        officers_online: officers,
-        citizens_online: citizens,
-        regions_active: ctx.regions.alive(),
-        pending_requests: ctx.sessions.pending(),
-        sockets: ctx.sessions.sockets(),
-        nodes: vec![ctx.settings.server.node_id.clone()],
-    }))
+    let Some(cluster) = &ctx.cluster else {
+        let c = ctx.counts();
+        return Ok(Json(Stats {
+            officers_available: c.officers_available,
+            officers_online: c.officers_online,
+            citizens_online: c.citizens_online,
+            regions_active: c.regions_active,
+            pending_requests: c.pending_requests,
+            sockets: c.sessions,
+            nodes: vec![NodeStats {
+                node_id: ctx.settings.server.node_id.clone(),
+                advertise_url: ctx.settings.server.public_url.clone(),
+                sessions: c.sessions,
+                regions_owned: c.regions_active,
+                units_moving: 0,
+                alive: true,
+            }],
+        }));
+    };
+    // Every live member's counts as of its last renewal (at most a renewal interval old);
+    // this node's own are read now.
+    let mut stats = Stats {
+        officers_available: 0,
+        officers_online: 0,
+        citizens_online: 0,
+        regions_active: 0,
+        pending_requests: 0,
+        sockets: 0,
+        nodes: Vec::new(),
+    };
+    for m in cluster.members() {
+        let own = m.record.node_id == cluster.node_id();
+        let c = if own { ctx.counts() } else { m.record.counts };
+        let (regions_owned, units_moving) = if own {
+            cluster.ownership()
+        } else {
+            (m.record.regions_owned, m.record.units_moving)
+        };
+        stats.officers_available += c.officers_available;
+        stats.officers_online += c.officers_online;
+        stats.citizens_online += c.citizens_online;
+        stats.regions_active += c.regions_active;
+        stats.pending_requests += c.pending_requests;
+        stats.sockets += c.sessions;
+        stats.nodes.push(NodeStats {
+            node_id: m.record.node_id,
+            advertise_url: m.record.advertise_url,
+            sessions: c.sessions,
+            regions_owned,
+            units_moving,
+            alive: true,
+        });
+    }
+    Ok(Json(stats))
 }
 
 /// `DELETE /admin/v1/sessions/{account_id}`: the live session gets an `error` frame

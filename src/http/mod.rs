@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod error;
 pub mod rewards;
 pub mod ws;
@@ -115,6 +116,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         ));
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
+        .routes(routes!(readyz))
         .routes(routes!(openapi))
         .routes(routes!(zip_lookup))
         .routes(routes!(officer_session))
@@ -177,6 +179,44 @@ async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
+/// `GET /readyz`.
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    /// Always `ready`.
+    #[schema(example = "ready")]
+    pub status: &'static str,
+}
+
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "The store (and, in a cluster, the cluster link) answers", body = Ready),
+        (status = 503, description = "not_ready: the message names what is down", body = ErrorBody),
+    )
+)]
+async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let mut down = Vec::new();
+    if let Err(e) = st.ctx.store.ping().await {
+        down.push(format!("store: {e}"));
+    }
+    if let Some(c) = &st.ctx.cluster
+        && !c.ready()
+    {
+        down.push("cluster: not linked to NATS, or the membership lease is not fresh".into());
+    }
+    if down.is_empty() {
+        return Ok(Json(Ready { status: "ready" }));
+    }
+    metrics::counter!("readyz_not_ready_total").increment(1);
+    Err(ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        down.join("; "),
+    ))
+}
+
 /// The `limit` query parameter of a list: `default` when absent, else 1..=`max` or
 /// `400 invalid_limit`.
 pub(crate) fn limit_param(
@@ -230,6 +270,9 @@ pub struct ZipLookup {
     pub lat: f64,
     /// The zip's centroid, longitude.
     pub lon: f64,
+    /// In a cluster, the node that owns the region.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// The orchestrator's answer: a single-use ticket in the `ws_url` to open.
@@ -277,6 +320,12 @@ async fn zip_lookup(
         state: z.state.to_string(),
         lat: z.centroid.lat,
         lon: z.centroid.lon,
+        node: st
+            .ctx
+            .cluster
+            .as_ref()
+            .and_then(|c| c.owner_of(id))
+            .map(|m| m.record.node_id),
     }))
 }
 
@@ -295,6 +344,7 @@ async fn zip_lookup(
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
         (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
+        (status = 503, description = "cluster_unavailable: in a cluster, no node can take the session now", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
@@ -323,6 +373,7 @@ async fn officer_session(
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
         (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
+        (status = 503, description = "cluster_unavailable: in a cluster, no node can take the session now", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
@@ -382,7 +433,7 @@ async fn open_session(
     {
         tracing::warn!(account = %claims.sub, "account not recorded at session open: {e}");
     }
-    let ticket = st.tickets.issue(Ticket::new(
+    let ticket = Ticket::new(
         claims.sub.as_str().into(),
         name.into(),
         role,
@@ -391,25 +442,32 @@ async fn open_session(
         d0,
         ctx.settings.server.node_id.clone(),
         ttl,
-    ))?;
-    let base = if ctx.settings.server.public_url.is_empty() {
-        let host = headers
-            .get(axum::http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or(&ctx.settings.server.bind);
-        format!("ws://{host}")
+    );
+    let (base, ticket, node) = if let Some(c) = &ctx.cluster {
+        let r = cluster::route(&st, c, ticket).await?;
+        (r.base, r.ticket, r.node)
     } else {
-        ctx.settings
-            .server
-            .public_url
-            .trim_end_matches('/')
-            .to_owned()
+        let base = if ctx.settings.server.public_url.is_empty() {
+            let host = headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(&ctx.settings.server.bind);
+            format!("ws://{host}")
+        } else {
+            ctx.settings
+                .server
+                .public_url
+                .trim_end_matches('/')
+                .to_owned()
+        };
+        let ticket = st.tickets.issue(ticket)?;
+        (base, ticket, ctx.settings.server.node_id.clone())
     };
     Ok(Json(SessionGrant {
         ws_url: format!("{base}/v1/ws?ticket={ticket}"),
         ticket_expires_in_s: ttl.as_secs(),
         zip: code,
         reported_zip: reported,
-        node: ctx.settings.server.node_id.clone(),
+        node,
     }))
 }

@@ -133,8 +133,39 @@ impl Store {
     }
 
     /// Applies pending migrations (idempotent).
+    ///
+    /// On PostgreSQL the migration runs under a session advisory lock, so the nodes of a
+    /// cluster starting together on a fresh database migrate one after the other (the
+    /// others then find nothing pending) instead of racing to create the same tables.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await?;
+        if self.backend() != DbBackend::Postgres {
+            Migrator::up(&self.db, None).await?;
+            return Ok(());
+        }
+        use sea_orm::sqlx;
+        let lock_err = |e: sqlx::Error| DbErr::Custom(format!("migration lock: {e}"));
+        // Any fixed key: "heyblue migrate".
+        const LOCK: i64 = 0x6865_7962_6c75_6501;
+        let pool = self.db.get_postgres_connection_pool();
+        let mut held = pool.acquire().await.map_err(lock_err)?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(LOCK)
+            .execute(&mut *held)
+            .await
+            .map_err(lock_err)?;
+        let result = Migrator::up(&self.db, None).await;
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(LOCK)
+            .execute(&mut *held)
+            .await;
+        result?;
+        unlocked.map_err(lock_err)?;
+        Ok(())
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await?;
         Ok(())
     }
 

@@ -63,7 +63,8 @@ async fn stats_count_what_is_live() {
             "{s}"
         );
         assert!(s["regions_active"].as_u64().unwrap() >= 1);
-        assert_eq!(s["nodes"], json!(["node-1"]));
+        assert_eq!(s["nodes"][0]["node_id"], "node-1");
+        assert_eq!(s["nodes"][0]["alive"], true);
         let id = ask(&mut o, &mut c, "o1", "virtual").await;
         assert_eq!(stats().await["pending_requests"], 1);
         o.send(json!({"type":"respond","request_id":id,"accept":false}))

@@ -321,6 +321,21 @@ impl TestApp {
 pub const WAIT: Duration = Duration::from_secs(5);
 
 impl Client {
+    /// Opens the session of a `ws_url` and reads its `welcome`.
+    pub async fn open_url(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true)
+            .await
+            .expect("upgrade");
+        let mut c = Client {
+            ws,
+            welcome: Value::Null,
+        };
+        let w = c.recv().await;
+        assert_eq!(w["type"], "welcome", "{w}");
+        c.welcome = w;
+        c
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.ws
             .send(Message::text(v.to_string()))
@@ -450,4 +465,52 @@ pub fn metric_sum(body: &str, name: &str) -> f64 {
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Starts `heyblue serve --bind 127.0.0.1:0 ARGS` in `dir` with `envs`, reads the address it
+/// bound from its first line on stdout, and waits for /healthz. Its log goes to
+/// `dir/stderr.log`.
+pub async fn serve_process(
+    dir: &std::path::Path,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir)
+        .env(
+            "RUST_LOG",
+            std::env::var("HEYBLUE_TEST_NODE_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .envs(envs.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .expect("start heyblue");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("read the bound address");
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("no address on stdout: {line:?}"))
+        .to_owned();
+    let http = reqwest::Client::new();
+    let health = format!("{base}/healthz");
+    eventually("the server answers /healthz", || async {
+        let ok = http.get(&health).send().await.ok()?.status() == 200;
+        ok.then_some(())
+    })
+    .await;
+    (child, base)
 }

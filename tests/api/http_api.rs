@@ -11,6 +11,8 @@ async fn health_and_zip_lookup() {
     let app = spawn_app().await;
     let (s, b) = app.get("/healthz", None).await;
     assert_eq!((s, b["status"].as_str()), (200, Some("ok")));
+    let (s, b) = app.get("/readyz", None).await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("ready")));
 
     let z = zips();
     let id = z.by_code("10001").unwrap();
@@ -178,7 +180,7 @@ async fn admin_views_need_admin() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(b["officers_online"], 1);
-    assert_eq!(b["nodes"][0], "node-1");
+    assert_eq!(b["nodes"][0]["node_id"], "node-1");
     let (s, b) = app
         .get(
             "/admin/v1/regions/10001",
@@ -200,6 +202,7 @@ async fn openapi_describes_every_route() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
     let routes = [
         ("get", "/healthz"),
+        ("get", "/readyz"),
         ("get", "/openapi.json"),
         ("get", "/v1/zips/lookup"),
         ("get", "/v1/officers/session"),

@@ -5,6 +5,7 @@ mod helpers;
 mod admin;
 mod bad_input;
 mod citizen;
+mod cluster;
 mod connections;
 mod events;
 mod http_api;

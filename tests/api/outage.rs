@@ -40,6 +40,18 @@ async fn store_outage_fails_store_requests_only() {
         "{b}"
     );
 
+    // Readiness names what is down.
+    let (s, b) = app.get("/readyz", None).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("store"),
+        "{b}"
+    );
+
     // The real-time core keeps serving nearby.
     c.send(json!({"type":"location","lat":HERE.0,"lon":HERE.1}))
         .await;
@@ -63,5 +75,7 @@ async fn store_outage_fails_store_requests_only() {
     assert_eq!(est["points_awarded"], 10);
     assert_eq!(c.recv_type("connection_established").await["balance"], 10);
     assert_eq!(app.recorded(&id).await, 1);
+    let (s, _) = app.get("/readyz", None).await;
+    assert_eq!(s, 200);
     app.running.shutdown().await;
 }

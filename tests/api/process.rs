@@ -1,7 +1,7 @@
 //! The real binary: `heyblue serve` answers health, and SIGTERM closes sockets with 1001
 //! and exits 0.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use heyblue::protocol::Role;
@@ -54,46 +54,10 @@ fn an_unknown_setting_stops_serve_with_exit_2_naming_it() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// Starts `heyblue serve` in `dir` (its default SQLite under `dir/data/` unless `db`) on
-/// port 0, reads the address it bound from its first line on stdout, and waits for
-/// /healthz.
+/// Starts `heyblue serve` in `dir` (its default SQLite under `dir/data/` unless `db`).
 async fn serve(dir: &std::path::Path, db: Option<&str>) -> (std::process::Child, String) {
-    use std::io::BufRead;
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_heyblue"));
-    cmd.args(["serve", "--bind", "127.0.0.1:0"]);
-    if let Some(db) = db {
-        cmd.args(["--database-url", db]);
-    }
-    let mut child = cmd
-        .current_dir(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start heyblue");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map(|_| line)
-    })
-    .await
-    .unwrap()
-    .expect("read the bound address");
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("no address on stdout: {line:?}"))
-        .to_owned();
-    let http = reqwest::Client::new();
-    let health = format!("{base}/healthz");
-    crate::helpers::eventually("the server answers /healthz", || async {
-        let ok = http.get(&health).send().await.ok()?.status() == 200;
-        ok.then_some(())
-    })
-    .await;
-    (child, base)
+    let args: Vec<&str> = db.map(|d| vec!["--database-url", d]).unwrap_or_default();
+    crate::helpers::serve_process(dir, &args, &[]).await
 }
 
 fn tempdir() -> std::path::PathBuf {

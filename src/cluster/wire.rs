@@ -1,0 +1,120 @@
+//! What nodes say to each other over NATS: member and owner records in the KV buckets, and
+//! the bodies of cross-node requests. JSON, so an operator can read them with the `nats` CLI.
+
+use serde::{Deserialize, Serialize};
+
+use super::placement::Unit;
+
+/// A member's record in the members bucket, rewritten at every renewal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MemberRecord {
+    /// The member id.
+    pub node_id: String,
+    /// Where phones and nodes reach it.
+    pub advertise_url: String,
+    /// The node's live counts at the renewal.
+    pub counts: NodeCounts,
+    /// Units owned at the renewal.
+    pub units_owned: usize,
+    /// Regions (zips) in the units owned.
+    pub regions_owned: usize,
+    /// Units whose ownership this node still has to take or give up to match the
+    /// placement over the live members (0 once it converged).
+    pub units_moving: usize,
+    /// Wall-clock time of the renewal (ms since the epoch): a node that starts watching
+    /// judges the age of records written before it looked.
+    pub renewed_at_ms: i64,
+    /// Random per process start: a restarted node with the same id is a fresh member.
+    pub incarnation: u64,
+}
+
+/// One node's live counts, summed over the members for the cluster-wide admin stats.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeCounts {
+    /// WebSockets open.
+    pub sessions: usize,
+    /// Officers with a running availability window.
+    pub officers_available: usize,
+    /// Officer sessions open.
+    pub officers_online: usize,
+    /// Citizen sessions open.
+    pub citizens_online: usize,
+    /// Region actors alive.
+    pub regions_active: usize,
+    /// Connection requests waiting for an officer's answer.
+    pub pending_requests: usize,
+}
+
+/// A unit's record in the owners bucket. The entry's revision is the unit's epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OwnerRecord {
+    /// The owning member.
+    pub node_id: String,
+    /// The owner's incarnation when it took the unit.
+    pub incarnation: u64,
+}
+
+/// A read of the officers within a circle in some regions of the receiver.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NearbyRequest {
+    /// Latitude of the centre.
+    pub lat: f64,
+    /// Longitude of the centre.
+    pub lon: f64,
+    /// Radius in metres.
+    pub radius_m: f64,
+    /// Most officers wanted.
+    pub k: usize,
+    /// The regions to read, by zip code.
+    pub zips: Vec<String>,
+    /// The epochs the asker saw for the units of those regions; an owner whose epoch for a
+    /// unit differs answers `stale` (ownership moved since the asker looked).
+    pub epochs: Vec<(Unit, u64)>,
+}
+
+/// One officer of a [`NearbyReply`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RemoteOfficer {
+    /// Account id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// Distance from the centre, as the owner measured it (the same function on the same
+    /// floats: the asker's merge orders it exactly like a local answer).
+    pub distance_m: f64,
+    /// End of the availability window (RFC 3339).
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The officer's region.
+    pub zip: String,
+}
+
+/// The answer to a [`NearbyRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum NearbyReply {
+    /// The nearest officers in the regions asked, nearest first.
+    Ok {
+        /// At most `k`.
+        officers: Vec<RemoteOfficer>,
+    },
+    /// The receiver does not own (all) the units at the epochs asked: look again.
+    Stale,
+}
+
+/// A change of a region, published by its owner on the unit's subject for the nodes whose
+/// sessions watch it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChangeMsg {
+    /// The owner's epoch for the unit.
+    pub epoch: u64,
+    /// Per unit and epoch, from 1 without gaps: a receiver that sees a gap reads again.
+    pub seq: u64,
+    /// The region's zip code.
+    pub zip: String,
+    /// The positions that changed (an officer's old and new one), `[lat, lon]`.
+    pub points: Vec<[f64; 2]>,
+}

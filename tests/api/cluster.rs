@@ -1,0 +1,564 @@
+//! Three `heyblue serve` processes on loopback ports sharing the NATS server and the
+//! PostgreSQL server the test command started (`HEYBLUE_TEST_NATS_URL`,
+//! `HEYBLUE_TEST_POSTGRES_URL`; without them these tests fail, they do not skip). Each test
+//! has its own database and its own NATS namespace, so tests run side by side.
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use heyblue::geo::{LatLon, haversine_m};
+use heyblue::http::auth::Auth;
+use heyblue::protocol::Role;
+use serde_json::{Value, json};
+
+use crate::helpers::{Client, eventually, postgres_database, serve_process, zips};
+
+/// Lease TTL of the test clusters (the default is 5 s; shorter keeps failover tests short).
+const LEASE_TTL_S: u64 = 3;
+
+struct Node {
+    id: String,
+    base: String,
+    dir: std::path::PathBuf,
+    child: Child,
+}
+
+impl Node {
+    fn port(&self) -> String {
+        self.base.rsplit(':').next().unwrap().to_owned()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("HEYBLUE_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+struct TestCluster {
+    nodes: Vec<Node>,
+    db: String,
+    nats: String,
+    namespace: String,
+    auth: Auth,
+    http: reqwest::Client,
+}
+
+impl TestCluster {
+    async fn start(n: usize) -> Self {
+        let nats = std::env::var("HEYBLUE_TEST_NATS_URL").expect(
+            "HEYBLUE_TEST_NATS_URL must name a NATS server with JetStream (scripts/test starts one)",
+        );
+        let mut c = Self {
+            nodes: Vec::new(),
+            db: postgres_database().await,
+            nats,
+            namespace: format!("t{}", uuid::Uuid::new_v4().simple()),
+            auth: Auth::new(
+                heyblue::config::Settings::defaults()
+                    .auth
+                    .jwt_secret
+                    .expose(),
+            ),
+            http: reqwest::Client::new(),
+        };
+        for i in 1..=n {
+            let node = c.start_node(&format!("n{i}")).await;
+            c.nodes.push(node);
+        }
+        c.settled().await;
+        c
+    }
+
+    async fn start_node(&self, id: &str) -> Node {
+        let dir = std::env::temp_dir().join(format!("heyblue-cluster-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ttl = LEASE_TTL_S.to_string();
+        let (child, base) = serve_process(
+            &dir,
+            &[
+                "--database-url",
+                &self.db,
+                "--cluster-url",
+                &self.nats,
+                "--node-id",
+                id,
+                "--advertise-url",
+                "http://127.0.0.1:0",
+            ],
+            &[
+                ("HEYBLUE__CLUSTER__NAMESPACE", self.namespace.as_str()),
+                ("HEYBLUE__CLUSTER__LEASE_TTL_S", ttl.as_str()),
+                ("HEYBLUE__CLUSTER__RENEW_INTERVAL_MS", "500"),
+                ("HEYBLUE__CLUSTER__RECONCILE_INTERVAL_MS", "200"),
+                ("HEYBLUE__CLUSTER__MOVES_PER_ROUND", "1000"),
+                ("HEYBLUE__CITIZEN__PUSH_INTERVAL_MS", "200"),
+                ("HEYBLUE__SERVER__SHUTDOWN_GRACE_MS", "1000"),
+            ],
+        )
+        .await;
+        Node {
+            id: id.to_owned(),
+            base,
+            dir,
+            child,
+        }
+    }
+
+    fn token(&self, role: Role, sub: &str) -> String {
+        self.auth.mint(
+            role,
+            sub,
+            Some(&format!("Name {sub}")),
+            Duration::from_secs(600),
+        )
+    }
+
+    async fn get(&self, node: usize, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut r = self.http.get(format!("{}{path}", self.nodes[node].base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        let resp = r.send().await.expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn stats(&self, node: usize) -> Value {
+        let admin = self.token(Role::Admin, "admin");
+        let (status, body) = self.get(node, "/admin/v1/stats", Some(&admin)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Every live node lists every node and has no unit left to take or give up, and the
+    /// regions the nodes serve add up to all of them. Each node's own entry is read (the
+    /// others' are as old as their last renewal).
+    async fn settled(&self) {
+        let want: Vec<&str> = self.nodes.iter().map(|n| n.id.as_str()).collect();
+        let mut owned = 0;
+        for (i, node) in self.nodes.iter().enumerate() {
+            owned += eventually("the cluster settles", || async {
+                let s = self.stats(i).await;
+                let nodes = s["nodes"].as_array()?;
+                let ids: Vec<&str> = nodes.iter().filter_map(|n| n["node_id"].as_str()).collect();
+                let own = nodes.iter().find(|n| n["node_id"] == node.id.as_str())?;
+                (ids == want && own["units_moving"] == 0).then(|| own["regions_owned"].as_u64())?
+            })
+            .await;
+        }
+        assert_eq!(owned, zips().len() as u64, "every region is served once");
+    }
+
+    /// The owner of the region holding `(lat, lon)`, as node `via` sees it.
+    async fn owner(&self, via: usize, lat: f64, lon: f64) -> String {
+        let (status, b) = self
+            .get(via, &format!("/v1/zips/lookup?lat={lat}&lon={lon}"), None)
+            .await;
+        assert_eq!(status, 200, "{b}");
+        b["node"].as_str().expect("node in a cluster").to_owned()
+    }
+
+    /// Opens a session through node `via`'s orchestrator; returns the client (welcome
+    /// read) and the grant.
+    async fn connect(
+        &self,
+        via: usize,
+        role: Role,
+        sub: &str,
+        lat: f64,
+        lon: f64,
+    ) -> (Client, Value) {
+        let path = match role {
+            Role::Officer => "/v1/officers/session",
+            _ => "/v1/citizens/session",
+        };
+        let (status, grant) = self
+            .get(
+                via,
+                &format!("{path}?lat={lat}&lon={lon}"),
+                Some(&self.token(role, sub)),
+            )
+            .await;
+        assert_eq!(status, 200, "{grant}");
+        let url = grant["ws_url"].as_str().unwrap();
+        (Client::open_url(url).await, grant)
+    }
+
+    async fn officer(&self, via: usize, sub: &str, lat: f64, lon: f64) -> (Client, Value) {
+        let (mut c, grant) = self.connect(via, Role::Officer, sub, lat, lon).await;
+        c.send(json!({"type":"available","window_s":900})).await;
+        let a = c.recv_type("availability").await;
+        assert_eq!(a["available"], true, "{a}");
+        (c, grant)
+    }
+}
+
+/// Deterministic points around `centre` within `spread_m` (a fixed LCG: the same every run).
+fn points(centre: LatLon, spread_m: f64, n: usize, mut seed: u64) -> Vec<LatLon> {
+    let mut next = || {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let r = spread_m * next().sqrt();
+            let a = next() * std::f64::consts::TAU;
+            let dlat = (r * a.sin()) / 111_195.0;
+            let dlon = (r * a.cos()) / (111_195.0 * centre.lat.to_radians().cos());
+            LatLon::new(centre.lat + dlat, centre.lon + dlon).unwrap()
+        })
+        .collect()
+}
+
+/// The brute-force answer: ids of the `k` nearest within `r`, nearest first.
+fn brute(officers: &[(String, LatLon)], at: LatLon, r: f64, k: usize) -> Vec<String> {
+    let mut v: Vec<(f64, &String)> = officers
+        .iter()
+        .map(|(id, p)| (haversine_m(at, *p), id))
+        .filter(|(d, _)| *d <= r)
+        .collect();
+    v.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(b.1)));
+    v.into_iter().take(k).map(|(_, id)| id.clone()).collect()
+}
+
+fn ids(nearby: &Value) -> Vec<String> {
+    nearby["officers"]
+        .as_array()
+        .expect("officers")
+        .iter()
+        .map(|o| o["officer_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn three_nodes_own_every_region_once_and_route_sessions_to_the_owner() {
+    let c = TestCluster::start(3).await;
+    // Stats are cluster-wide from any node, with every node listed; every node is ready.
+    for i in 0..3 {
+        let (status, ready) = c.get(i, "/readyz", None).await;
+        assert_eq!(
+            (status, &ready["status"]),
+            (200, &json!("ready")),
+            "{ready}"
+        );
+        let s = c.stats(i).await;
+        let nodes = s["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{s}");
+        for (n, node) in nodes.iter().zip(&c.nodes) {
+            assert_eq!(n["node_id"], node.id.as_str());
+            assert_eq!(n["alive"], true);
+            assert_eq!(
+                n["advertise_url"],
+                format!("http://127.0.0.1:{}", node.port()).as_str()
+            );
+            assert!(n["regions_owned"].as_u64().unwrap() > 0, "{s}");
+        }
+    }
+    // Whichever orchestrator is asked, a session goes to the region's owner.
+    let places = [
+        (40.7506, -73.9927),
+        (34.0522, -118.2437),
+        (41.8781, -87.6298),
+        (29.7604, -95.3698),
+        (47.6062, -122.3321),
+        (25.7617, -80.1918),
+    ];
+    let mut owners = std::collections::BTreeSet::new();
+    for (k, &(lat, lon)) in places.iter().enumerate() {
+        let owner = c.owner(0, lat, lon).await;
+        assert_eq!(owner, c.owner(1, lat, lon).await);
+        assert_eq!(owner, c.owner(2, lat, lon).await);
+        let node = c.nodes.iter().find(|n| n.id == owner).unwrap();
+        let (client, grant) = c
+            .connect(k % 3, Role::Citizen, &format!("c{k}"), lat, lon)
+            .await;
+        assert_eq!(grant["node"], owner.as_str(), "{grant}");
+        assert!(
+            grant["ws_url"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("ws://127.0.0.1:{}/v1/ws?ticket=", node.port())),
+            "{grant}"
+        );
+        assert_eq!(client.welcome["type"], "welcome");
+        owners.insert(owner);
+    }
+    assert!(owners.len() >= 2, "the places fall on one node: {owners:?}");
+}
+
+#[tokio::test]
+async fn nearby_is_exact_across_nodes() {
+    let c = TestCluster::start(3).await;
+    // Lower Manhattan and Jersey City across the Hudson: zip3 units 070, 073, 100, 102, 112.
+    let centre = LatLon::new(40.7163, -74.0200).unwrap();
+    let spots = points(centre, 9_000.0, 40, 7);
+    let mut officers = Vec::new();
+    let mut held = Vec::new();
+    let mut nodes_used = std::collections::BTreeSet::new();
+    for (i, p) in spots.iter().enumerate() {
+        let Some(_) = zips().locate(*p, 50_000.0).ok() else {
+            continue;
+        };
+        let id = format!("o{i}");
+        let (client, grant) = c.officer(i % 3, &id, p.lat, p.lon).await;
+        nodes_used.insert(grant["node"].as_str().unwrap().to_owned());
+        officers.push((id, *p));
+        held.push(client);
+    }
+    assert!(
+        nodes_used.len() >= 2,
+        "officers all on one node: {nodes_used:?}"
+    );
+    // Citizens around the centre, each on the node owning its own region, each checked
+    // against brute force over every officer of the cluster.
+    let citizens = points(centre, 4_000.0, 6, 11);
+    let mut citizen_nodes = std::collections::BTreeSet::new();
+    for (i, at) in citizens.iter().enumerate() {
+        let (mut cit, grant) = c
+            .connect(i % 3, Role::Citizen, &format!("c{i}"), at.lat, at.lon)
+            .await;
+        citizen_nodes.insert(grant["node"].as_str().unwrap().to_owned());
+        cit.recv_type("nearby").await;
+        cit.send(json!({"type":"watch","radius_m":10000,"limit":20}))
+            .await;
+        cit.send(json!({"type":"location","lat":at.lat,"lon":at.lon}))
+            .await;
+        let want = brute(&officers, *at, 10_000.0, 20);
+        let got = loop {
+            let n = cit.recv_type("nearby").await;
+            if n["radius_m"] == 10000 || n["radius_m"] == 10000.0 {
+                break n;
+            }
+        };
+        assert_eq!(ids(&got), want, "citizen {i} at {at:?} on {grant}");
+        // The remote officers' distances are the owners' haversine, exactly.
+        for o in got["officers"].as_array().unwrap() {
+            let (_, p) = officers
+                .iter()
+                .find(|(id, _)| id == o["officer_id"].as_str().unwrap())
+                .unwrap();
+            let d = o["distance_m"].as_f64().unwrap();
+            assert!((d - haversine_m(*at, *p)).abs() < 0.01, "{o}");
+        }
+    }
+    assert!(
+        citizen_nodes.len() >= 2,
+        "citizens all on one node: {citizen_nodes:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_node_loses_its_regions_to_the_survivors_within_the_lease() {
+    let mut c = TestCluster::start(3).await;
+    // An officer on the node that will die, a citizen on a survivor nearby.
+    let (lat, lon) = (40.7506, -73.9927);
+    let victim_id = c.owner(0, lat, lon).await;
+    let victim = c.nodes.iter().position(|n| n.id == victim_id).unwrap();
+    let survivor = (victim + 1) % 3;
+    let (_officer, _) = c.officer(survivor, "o1", lat, lon).await;
+
+    c.nodes[victim].signal("-KILL");
+    let killed = Instant::now();
+    let dead = c.nodes.remove(victim);
+    drop(dead);
+    // The survivors own everything again, within the lease TTL plus 2 s.
+    let deadline = Duration::from_secs(LEASE_TTL_S + 2);
+    c.settled().await;
+    let took = killed.elapsed();
+    assert!(
+        took <= deadline + Duration::from_secs(1),
+        "re-owned after {took:?} (lease {LEASE_TTL_S} s + 2 s)"
+    );
+    let new_owner = c.owner(0, lat, lon).await;
+    assert_ne!(new_owner, victim_id);
+    // The officer's phone reconnects through any orchestrator and is visible again.
+    let (_officer, grant) = c.officer(0, "o1", lat, lon).await;
+    assert_eq!(grant["node"], new_owner.as_str());
+    let (mut citizen, _) = c.connect(1, Role::Citizen, "c1", lat + 0.001, lon).await;
+    let n = citizen.recv_type("nearby").await;
+    assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");
+}
+
+#[test]
+fn a_cluster_node_refuses_sqlite_with_exit_2() {
+    let dir = std::env::temp_dir().join(format!("heyblue-cluster-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .args([
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--cluster-url",
+            "nats://127.0.0.1:4222",
+            "--node-id",
+            "n1",
+            "--advertise-url",
+            "http://127.0.0.1:0",
+        ])
+        .current_dir(&dir)
+        .output()
+        .expect("run heyblue");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PostgreSQL") && err.contains("SQLite"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// NATS that never answers (a socket that accepts nothing): the node serves HTTP, keeps
+/// trying, and its orchestrator answers 503 instead of placing sessions it cannot place.
+#[tokio::test]
+async fn a_node_without_nats_keeps_trying_and_refuses_sessions_with_503() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("nats://{}", silent.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!("heyblue-cluster-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = postgres_database().await;
+    let (child, base) = serve_process(
+        &dir,
+        &[
+            "--database-url",
+            &db,
+            "--cluster-url",
+            &url,
+            "--node-id",
+            "n1",
+            "--advertise-url",
+            "http://127.0.0.1:0",
+        ],
+        &[],
+    )
+    .await;
+    let node = Node {
+        id: "n1".into(),
+        base,
+        dir,
+        child,
+    };
+    let auth = Auth::new(
+        heyblue::config::Settings::defaults()
+            .auth
+            .jwt_secret
+            .expose(),
+    );
+    let token = auth.mint(Role::Citizen, "c1", None, Duration::from_secs(60));
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "{}/v1/citizens/session?lat=40.75&lon=-73.99",
+            node.base
+        ))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "cluster_unavailable", "{body}");
+    let resp = reqwest::Client::new()
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_ready", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cluster"),
+        "{body}"
+    );
+    // It says why, and keeps trying.
+    let log = node.dir.join("stderr.log");
+    eventually("the node logs why it cannot join", || async {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("cannot join yet").then_some(())
+    })
+    .await;
+    drop(silent);
+}
+
+/// Reads `nearby` frames until one satisfies `ok` (each frame must come within the
+/// client's wait; at most 50 frames).
+async fn until_nearby(c: &mut Client, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    for _ in 0..50 {
+        let n = c.recv_type("nearby").await;
+        if ok(&n) {
+            return n;
+        }
+    }
+    panic!("no nearby frame with {what}");
+}
+
+/// Two points within `max_m` of each other whose regions have different owners.
+async fn across_a_border(c: &TestCluster, max_m: f64) -> (LatLon, LatLon) {
+    let centre = LatLon::new(40.7163, -74.0200).unwrap();
+    let candidates = points(centre, 5_000.0, 24, 3);
+    let mut owners = Vec::new();
+    for p in &candidates {
+        owners.push(c.owner(0, p.lat, p.lon).await);
+    }
+    for (i, a) in candidates.iter().enumerate() {
+        for (j, b) in candidates.iter().enumerate() {
+            if owners[i] != owners[j] && haversine_m(*a, *b) <= max_m {
+                return (*a, *b);
+            }
+        }
+    }
+    panic!("no border within {max_m} m around {centre:?}: {owners:?}");
+}
+
+#[tokio::test]
+async fn pushes_cross_nodes_when_an_officer_moves_or_leaves() {
+    let c = TestCluster::start(3).await;
+    let (at_officer, at_citizen) = across_a_border(&c, 3_000.0).await;
+    let (mut officer, og) = c.officer(0, "o1", at_officer.lat, at_officer.lon).await;
+    let (mut citizen, cg) = c
+        .connect(1, Role::Citizen, "c1", at_citizen.lat, at_citizen.lon)
+        .await;
+    assert_ne!(og["node"], cg["node"], "{og} {cg}");
+    citizen
+        .send(json!({"type":"watch","radius_m":5000,"limit":5}))
+        .await;
+    until_nearby(&mut citizen, "the officer across nodes", |n| {
+        ids(n) == ["o1"]
+    })
+    .await;
+
+    // The officer moves (staying in its region): the citizen is pushed the new position
+    // without sending anything.
+    let moved = LatLon::new(at_officer.lat + 0.0005, at_officer.lon).unwrap();
+    officer
+        .send(json!({"type":"location","lat":moved.lat,"lon":moved.lon}))
+        .await;
+    until_nearby(&mut citizen, "a push with the new position", |n| {
+        n["officers"][0]["lat"].as_f64() == Some(moved.lat)
+    })
+    .await;
+
+    // The officer goes unavailable: the citizen is pushed an answer without it.
+    officer.send(json!({"type":"unavailable"})).await;
+    until_nearby(&mut citizen, "a push without the officer", |n| {
+        ids(n).is_empty()
+    })
+    .await;
+}
