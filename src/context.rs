@@ -10,6 +10,7 @@ use dashmap::DashMap;
 use crate::actors::directory::Regions;
 use crate::actors::outbox::{Outbox, close};
 use crate::actors::session::SessionHandle;
+use crate::actors::windows::{LocalWindows, WindowStore};
 use crate::cluster::Cluster;
 use crate::cluster::wire::NodeCounts;
 use crate::config::Settings;
@@ -209,6 +210,9 @@ pub struct Context {
     pub vouchers: VoucherSigner,
     /// This node's membership, when it runs in a cluster.
     pub cluster: Option<Arc<Cluster>>,
+    /// Officers' running windows, kept across their sockets (in memory alone, in the
+    /// cluster's KV store in a cluster).
+    pub windows: Arc<dyn WindowStore>,
     next_session: AtomicU64,
 }
 
@@ -234,6 +238,7 @@ impl Context {
             let c = Cluster::new(
                 settings.cluster.clone(),
                 settings.server.node_id.clone(),
+                settings.officer.max_window_s,
                 zips.clone(),
             );
             regions.set_remote(c.clone());
@@ -251,6 +256,10 @@ impl Context {
             });
             c
         });
+        let windows: Arc<dyn WindowStore> = match &cluster {
+            Some(c) => c.clone(),
+            None => Arc::new(LocalWindows::new(settings.limits.max_sessions)),
+        };
         Ok(Arc::new(Self {
             settings,
             zips,
@@ -262,6 +271,7 @@ impl Context {
             events_wake: Arc::new(tokio::sync::Notify::new()),
             vouchers,
             cluster,
+            windows,
             next_session: AtomicU64::new(1),
         }))
     }

@@ -272,6 +272,12 @@ pub enum ServerMsg {
         account_id: String,
         /// The session's region.
         zip: String,
+        /// Officer whose window outlived an earlier socket: `true` (visible at once).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        available: Option<bool>,
+        /// The resumed window's end (unchanged by the reconnect).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        expires_at: Option<String>,
     },
     /// Answer to `ping`.
     Pong,

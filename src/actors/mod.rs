@@ -10,3 +10,4 @@ pub mod region;
 pub mod region_index;
 pub mod session;
 pub mod socket;
+pub mod windows;

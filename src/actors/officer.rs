@@ -21,6 +21,7 @@ use super::region::OfficerData;
 use super::session::{
     Common, Moved, OfferedRequest, Outcome, RoleSession, SessionHandle, SessionMsg, rfc3339, tell,
 };
+use super::windows::Window as StoredWindow;
 use crate::context::Counted;
 use crate::geo::ZipId;
 use crate::protocol::{CitizenRef, Command, Mode, Role, ServerMsg};
@@ -96,15 +97,37 @@ impl Officer {
         c.ctx.regions.remove(zip, c.account.clone(), c.id);
     }
 
+    /// Starts (or restarts) the window at now + `window_s`.
     async fn available(&mut self, c: &Common, window_s: u64) {
-        let now = Instant::now();
-        let total = Duration::from_secs(window_s);
-        let warn_after = if window_s >= 120 {
-            total - Duration::from_secs(60)
-        } else {
-            total / 2
-        };
         let expires_at = Utc::now() + chrono::Duration::seconds(window_s as i64);
+        self.open_window(c, expires_at, window_s);
+        if !self.publish_for(c, "available").await {
+            return;
+        }
+        c.ctx.windows.set(
+            &c.account,
+            StoredWindow {
+                until: expires_at,
+                window_s,
+            },
+        );
+        c.out.send(&ServerMsg::Availability {
+            available: true,
+            expires_at: Some(rfc3339(expires_at)),
+        });
+    }
+
+    /// Runs a window of `window_s` that ends at `expires_at` (now, or resumed after a
+    /// reconnect: the end never moves). `window_expiring` is due 60 s before the end, or
+    /// at half-time for windows under 120 s; if that time passed, it is not sent again.
+    fn open_window(&mut self, c: &Common, expires_at: DateTime<Utc>, window_s: u64) {
+        let now = Instant::now();
+        let left = (expires_at - Utc::now()).to_std().unwrap_or_default();
+        let warn_before_end = if window_s >= 120 {
+            Duration::from_secs(60)
+        } else {
+            Duration::from_secs(window_s) / 2
+        };
         self.window = Some(Window {
             // A running window is restarted: its count is kept by the new one.
             _counted: match self.window.take() {
@@ -112,21 +135,19 @@ impl Officer {
                 None => c.ctx.sessions.count_available(),
             },
             expires_at,
-            warn_at: Some(now + warn_after),
-            end_at: now + total,
-        });
-        if !self.publish_for(c, "available").await {
-            return;
-        }
-        c.out.send(&ServerMsg::Availability {
-            available: true,
-            expires_at: Some(rfc3339(expires_at)),
+            warn_at: left.checked_sub(warn_before_end).map(|d| now + d),
+            end_at: now + left,
         });
     }
 
-    fn end_window(&mut self, c: &Common) {
+    /// Ends the window: the officer leaves its region; and, unless `keep` (the socket
+    /// closed: a reconnect resumes the window), the window is forgotten.
+    fn end_window(&mut self, c: &Common, keep: bool) {
         if self.window.take().is_some() {
             Self::withdraw(c, c.zip);
+            if !keep {
+                c.ctx.windows.clear(&c.account);
+            }
         }
     }
 
@@ -249,9 +270,22 @@ impl Officer {
 impl RoleSession for Officer {
     const ROLE: Role = Role::Officer;
 
-    fn start<'a>(&'a mut self, _c: &'a mut Common) -> BoxFuture<'a, ()> {
-        // Visible once it sends `available`.
-        Box::pin(async {})
+    fn resume<'a>(&'a mut self, c: &'a mut Common) -> BoxFuture<'a, Option<DateTime<Utc>>> {
+        Box::pin(async move {
+            let w = c.ctx.windows.get(&c.account).await?;
+            self.open_window(c, w.until, w.window_s);
+            metrics::counter!("windows_resumed_total").increment(1);
+            Some(w.until)
+        })
+    }
+
+    fn start<'a>(&'a mut self, c: &'a mut Common) -> BoxFuture<'a, ()> {
+        // Visible once it sends `available`, or at once with a resumed window.
+        Box::pin(async move {
+            if self.window.is_some() {
+                self.publish_for(c, "available").await;
+            }
+        })
     }
 
     fn command<'a>(&'a mut self, c: &'a mut Common, cmd: Command) -> BoxFuture<'a, ()> {
@@ -275,7 +309,7 @@ impl RoleSession for Officer {
                 }
                 Command::Unavailable => {
                     c.out.accepted();
-                    self.end_window(c);
+                    self.end_window(c, false);
                     c.out.send(&ServerMsg::Availability {
                         available: false,
                         expires_at: None,
@@ -336,7 +370,7 @@ impl RoleSession for Officer {
                 });
             }
             if w.end_at <= now {
-                self.end_window(c);
+                self.end_window(c, false);
                 c.out.send(&ServerMsg::WindowExpired);
                 c.out.close(super::outbox::close::NORMAL, "window expired");
             }
@@ -348,6 +382,6 @@ impl RoleSession for Officer {
             let decided = SessionMsg::Decided(p.request_id, Outcome::Status("cancelled"));
             tell(&p.citizen, decided, "connection");
         }
-        self.end_window(c);
+        self.end_window(c, true);
     }
 }

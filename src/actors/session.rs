@@ -215,6 +215,11 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
 pub trait RoleSession: Send + Sized + 'static {
     /// The role this type serves.
     const ROLE: Role;
+    /// Before `welcome`: state that outlived an earlier socket of the account (an officer's
+    /// running window, whose end is returned for `welcome`).
+    fn resume<'a>(&'a mut self, _c: &'a mut Common) -> BoxFuture<'a, Option<DateTime<Utc>>> {
+        Box::pin(async { None })
+    }
     /// Right after `welcome`, before any frame.
     fn start<'a>(&'a mut self, c: &'a mut Common) -> BoxFuture<'a, ()>;
     /// A validated frame of this role (`ping` is answered by the loop).
@@ -372,11 +377,14 @@ async fn drive<R: RoleSession>(
     let mut closing: Option<Pin<Box<Sleep>>> = None;
     let mut timer = Timer::default();
 
+    let resumed = role.resume(&mut c).await;
     out.send(&ServerMsg::Welcome {
         session_id: c.id.to_string(),
         role: kind,
         account_id: c.account.to_string(),
         zip: c.code(c.zip),
+        available: resumed.map(|_| true),
+        expires_at: resumed.map(rfc3339),
     });
     let mut alive = guarded(&out, c.id, role.start(&mut c)).await;
 

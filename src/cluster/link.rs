@@ -23,6 +23,8 @@ pub struct Link {
     client: async_nats::Client,
     members: kv::Store,
     owners: kv::Store,
+    /// Officers' running windows (key: the account id in lower-case hex).
+    pub(super) windows: kv::Store,
     prefix: String,
 }
 
@@ -110,6 +112,24 @@ impl Cluster {
         if let Some(rx) = self.changes_rx.lock().expect("changes lock").take() {
             tokio::spawn(self.clone().publish_changes(rx));
         }
+        if let Some(mut rx) = self.windows_rx.lock().expect("windows lock").take() {
+            let store = self.link.get().expect("linked").windows.clone();
+            tokio::spawn(async move {
+                while let Some((key, body)) = rx.recv().await {
+                    let done = match body {
+                        Some(b) => store
+                            .put(&key, b.into())
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        None => store.delete(&key).await.map_err(|e| e.to_string()),
+                    };
+                    if let Err(e) = done {
+                        tracing::warn!("cluster: window write failed: {e}");
+                    }
+                }
+            });
+        }
         self.keep_lease().await;
     }
 
@@ -140,10 +160,19 @@ impl Cluster {
             .create_or_update_key_value(bucket(format!("{ns}_owners"), Duration::ZERO))
             .await
             .context("creating the owners bucket")?;
+        // A window is at most officer.max_window_s long; the bucket forgets it an hour on.
+        let windows = js
+            .create_or_update_key_value(bucket(
+                format!("{ns}_windows"),
+                Duration::from_secs(self.max_window_s + 3600),
+            ))
+            .await
+            .context("creating the windows bucket")?;
         Ok(Link {
             client,
             members,
             owners,
+            windows,
             prefix: ns.clone(),
         })
     }

@@ -29,12 +29,16 @@ use std::time::{Duration, Instant};
 
 use crate::actors::directory::{Regions, RemoteRegions};
 use crate::actors::region::OfficerData;
+use crate::actors::windows::{Window, WindowStore};
 use crate::config::ClusterSettings;
 use crate::geo::index::Nearby;
 use crate::geo::{LatLon, ZipId, ZipTable};
 pub use link::Link;
 use placement::{UNITS, Unit, unit_of};
 use wire::{MemberRecord, NearbyReply, NearbyRequest, NodeCounts, OwnerRecord};
+
+/// A window write: the key, and the value to put (`None` deletes).
+type WindowWrite = (String, Option<Vec<u8>>);
 
 /// A live member as this node sees it.
 #[derive(Debug, Clone)]
@@ -50,6 +54,8 @@ pub struct Cluster {
     /// Itself, for the tasks a `&self` method starts.
     me: std::sync::Weak<Cluster>,
     cfg: ClusterSettings,
+    /// The longest availability window (how long the windows bucket keeps an entry).
+    max_window_s: u64,
     id: String,
     zips: Arc<ZipTable>,
     /// The unit of each region, by zip id.
@@ -66,6 +72,9 @@ pub struct Cluster {
     /// the change, and its receivers see the gap in the sequence and read again).
     changes_tx: tokio::sync::mpsc::Sender<wire::ChangeMsg>,
     changes_rx: Mutex<Option<tokio::sync::mpsc::Receiver<wire::ChangeMsg>>>,
+    /// Window writes, applied in order by one task (bounded like `changes_tx`).
+    windows_tx: tokio::sync::mpsc::Sender<WindowWrite>,
+    windows_rx: Mutex<Option<tokio::sync::mpsc::Receiver<WindowWrite>>>,
     /// Per unit: 0 no session here watches it, 1 subscribing to its changes, 2 receiving.
     interest: Vec<std::sync::atomic::AtomicU8>,
     /// The regions, once running (the subscriptions deliver changes to them).
@@ -115,7 +124,12 @@ pub enum ClusterError {
 
 impl Cluster {
     /// A member-to-be; [`Cluster::run`] links it and keeps it alive.
-    pub fn new(cfg: ClusterSettings, node_id: String, zips: Arc<ZipTable>) -> Arc<Self> {
+    pub fn new(
+        cfg: ClusterSettings,
+        node_id: String,
+        max_window_s: u64,
+        zips: Arc<ZipTable>,
+    ) -> Arc<Self> {
         let unit_of_zip: Vec<Unit> = zips
             .iter()
             .map(|(_, z)| unit_of(&z.code).unwrap_or(0))
@@ -132,9 +146,11 @@ impl Cluster {
             zips_of_unit[u as usize].push(z as ZipId);
         }
         let (changes_tx, changes_rx) = tokio::sync::mpsc::channel(cfg.change_queue);
+        let (windows_tx, windows_rx) = tokio::sync::mpsc::channel(cfg.change_queue);
         Arc::new_cyclic(|me| Self {
             me: me.clone(),
             cfg,
+            max_window_s,
             id: node_id,
             zips,
             unit_of_zip,
@@ -144,6 +160,8 @@ impl Cluster {
             change_seq: (0..UNITS).map(|_| AtomicU64::new(0)).collect(),
             changes_tx,
             changes_rx: Mutex::new(Some(changes_rx)),
+            windows_tx,
+            windows_rx: Mutex::new(Some(windows_rx)),
             interest: (0..UNITS)
                 .map(|_| std::sync::atomic::AtomicU8::new(0))
                 .collect(),
@@ -507,5 +525,51 @@ impl RemoteRegions for Cluster {
             }
             crate::geo::index::merge_nearest(parts, k)
         })
+    }
+}
+
+fn window_key(account: &str) -> String {
+    data_encoding::HEXLOWER.encode(account.as_bytes())
+}
+
+impl WindowStore for Cluster {
+    fn get<'a>(&'a self, account: &'a str) -> futures_util::future::BoxFuture<'a, Option<Window>> {
+        Box::pin(async move {
+            let link = self.link.get()?;
+            match link.windows.get(window_key(account)).await {
+                Ok(Some(v)) => serde_json::from_slice::<Window>(&v)
+                    .ok()
+                    .filter(|w| w.until > chrono::Utc::now()),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(%account, "cluster: reading a window: {e}");
+                    None
+                }
+            }
+        })
+    }
+
+    fn set(&self, account: &str, w: Window) {
+        let body = serde_json::to_vec(&w).expect("windows serialise");
+        self.write_window(account, Some(body));
+    }
+
+    fn clear(&self, account: &str) {
+        self.write_window(account, None);
+    }
+}
+
+impl Cluster {
+    /// Queues a window write; one task applies them in order (a `clear` right after a
+    /// `set` must not be overtaken by it). A full queue drops the write, counted.
+    fn write_window(&self, account: &str, body: Option<Vec<u8>>) {
+        if self
+            .windows_tx
+            .try_send((window_key(account), body))
+            .is_err()
+        {
+            metrics::counter!("windows_not_kept_total").increment(1);
+            tracing::warn!(%account, "cluster: window write dropped (queue full)");
+        }
     }
 }

@@ -371,7 +371,9 @@ async fn a_killed_node_loses_its_regions_to_the_survivors_within_the_lease() {
     let victim_id = c.owner(0, lat, lon).await;
     let victim = c.nodes.iter().position(|n| n.id == victim_id).unwrap();
     let survivor = (victim + 1) % 3;
-    let (_officer, _) = c.officer(survivor, "o1", lat, lon).await;
+    let (mut officer, _) = c.connect(survivor, Role::Officer, "o1", lat, lon).await;
+    officer.send(json!({"type":"available","window_s":900})).await;
+    let window_end = officer.recv_type("availability").await["expires_at"].clone();
 
     c.nodes[victim].signal("-KILL");
     let killed = Instant::now();
@@ -387,9 +389,12 @@ async fn a_killed_node_loses_its_regions_to_the_survivors_within_the_lease() {
     );
     let new_owner = c.owner(0, lat, lon).await;
     assert_ne!(new_owner, victim_id);
-    // The officer's phone reconnects through any orchestrator and is visible again.
-    let (_officer, grant) = c.officer(0, "o1", lat, lon).await;
+    // The officer's phone reconnects through any orchestrator: its window survived the
+    // node (welcome says so, with the same end) and it is visible without `available`.
+    let (officer, grant) = c.connect(0, Role::Officer, "o1", lat, lon).await;
     assert_eq!(grant["node"], new_owner.as_str());
+    assert_eq!(officer.welcome["available"], true, "{}", officer.welcome);
+    assert_eq!(officer.welcome["expires_at"], window_end, "{}", officer.welcome);
     let (mut citizen, _) = c.connect(1, Role::Citizen, "c1", lat + 0.001, lon).await;
     let n = citizen.recv_type("nearby").await;
     assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");

@@ -159,3 +159,43 @@ async fn moving_into_another_region_says_zip_changed() {
     );
     app.running.shutdown().await;
 }
+
+/// The window outlives the socket: a reconnect while it runs is welcomed as available with
+/// the same end and is visible at once; after `unavailable` a reconnect starts unavailable.
+#[tokio::test]
+async fn a_reconnecting_officer_resumes_its_window_with_the_same_end() {
+    let app = spawn_app().await;
+    let mut o = app.officer("o1", 40.7506, -73.9972).await;
+    o.send(json!({"type":"available","window_s":300}))
+        .await;
+    let a = o.recv_type("availability").await;
+    let end = a["expires_at"].as_str().unwrap().to_owned();
+    drop(o);
+    let (mut c, _) = app.citizen("c1", 40.7510, -73.9972).await;
+    // The officer leaves results when its socket drops (a push says so if the first
+    // answer still had it).
+    c.send(json!({"type":"location","lat":40.7510,"lon":-73.9972}))
+        .await;
+    let mut left = false;
+    for _ in 0..20 {
+        if c.recv_type("nearby").await["officers"] == json!([]) {
+            left = true;
+            break;
+        }
+    }
+    assert!(left, "the officer stayed in results after its socket closed");
+
+    let mut o = app.connect(Role::Officer, "o1", 40.7506, -73.9972).await;
+    assert_eq!(o.welcome["available"], true, "{}", o.welcome);
+    assert_eq!(o.welcome["expires_at"], end.as_str(), "{}", o.welcome);
+    c.send(json!({"type":"location","lat":40.7510,"lon":-73.9972}))
+        .await;
+    let n = c.recv_type("nearby").await;
+    assert_eq!(n["officers"][0]["officer_id"], "o1", "visible without `available`: {n}");
+
+    o.send(json!({"type":"unavailable"})).await;
+    o.recv_type("availability").await;
+    drop(o);
+    let o = app.connect(Role::Officer, "o1", 40.7506, -73.9972).await;
+    assert!(o.welcome.get("available").is_none(), "{}", o.welcome);
+}
