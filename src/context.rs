@@ -9,7 +9,7 @@ use dashmap::DashMap;
 
 use crate::actors::directory::Regions;
 use crate::actors::outbox::{Outbox, close};
-use crate::actors::session::SessionHandle;
+use crate::actors::session::{SessionHandle, SessionMsg, tell};
 use crate::actors::windows::{LocalWindows, WindowStore};
 use crate::cluster::Cluster;
 use crate::cluster::wire::NodeCounts;
@@ -242,6 +242,20 @@ impl Context {
                 zips.clone(),
             );
             regions.set_remote(c.clone());
+            // A session of the account opened on another node: this node's one closes.
+            let registry = sessions.clone();
+            c.on_session_elsewhere(move |account| {
+                if let Some(e) = registry.get(account) {
+                    tell(&e.handle, SessionMsg::OpenedElsewhere, "elsewhere");
+                }
+            });
+            // Units given up: every session checks whether its region went with them.
+            let registry = sessions.clone();
+            c.on_units_released(move || {
+                for e in registry.all() {
+                    tell(&e.handle, SessionMsg::CheckOwner, "owner");
+                }
+            });
             let (counted, alive) = (sessions.clone(), regions.clone());
             c.count_with(move || node_counts(&counted, &alive));
             tokio::spawn(c.clone().run(regions.clone()));

@@ -296,6 +296,14 @@ pub enum ServerMsg {
         /// The new region.
         zip: String,
     },
+    /// Cluster: the session's region is served by another node; connect there (this
+    /// socket is served until then, or `cluster.handoff_grace_s`, then closed with 4003).
+    Handoff {
+        /// The other node's WebSocket URL, with a fresh ticket.
+        ws_url: String,
+        /// The other node's id.
+        node: String,
+    },
     /// Officer availability changed.
     Availability {
         /// Whether visible to citizens.
@@ -379,6 +387,7 @@ impl ServerMsg {
             ServerMsg::Pong => "pong",
             ServerMsg::Error { .. } => "error",
             ServerMsg::ZipChanged { .. } => "zip_changed",
+            ServerMsg::Handoff { .. } => "handoff",
             ServerMsg::Availability { .. } => "availability",
             ServerMsg::WindowExpiring { .. } => "window_expiring",
             ServerMsg::WindowExpired => "window_expired",

@@ -68,6 +68,10 @@ pub enum SessionMsg {
         /// Close reason and error message.
         reason: String,
     },
+    /// Cluster: a session of this account opened on another node.
+    OpenedElsewhere,
+    /// Cluster: this node gave up regions; hand off if this session's is one of them.
+    CheckOwner,
     /// Fault injection: the handler panics (tests prove the 1011 path with it).
     Crash,
 }
@@ -127,6 +131,10 @@ pub struct Common {
     pub d0: f64,
     /// The socket's outbound queue.
     pub out: Outbox,
+    /// The session's own mailbox (for timers it leaves behind).
+    pub me: SessionHandle,
+    /// Cluster: the node this session was handed off to, once told.
+    pub handed_to: Option<String>,
 }
 
 /// Where a `location` took the session.
@@ -158,6 +166,64 @@ impl Common {
         metrics::counter!("ws_errors_total", "code" => "unavailable").increment(1);
         self.out
             .send(&ServerMsg::error("unavailable", message, Some(reference)));
+    }
+
+    /// Cluster: when this session's region is served by another node, tells the client
+    /// to connect there (`handoff` with a ticket of that node) and closes this socket
+    /// with 4003 after `cluster.handoff_grace_s` unless the client went first. Nothing
+    /// happens alone, when the region is served here, or when the client was already
+    /// sent to that node; a failed ticket request is logged and tried on the next move.
+    pub async fn hand_off_if_elsewhere(&mut self, role: Role) {
+        let Some(cl) = self.ctx.cluster.clone() else {
+            return;
+        };
+        if cl.serving(cl.unit(self.zip)).is_some() || !cl.ready() {
+            return;
+        }
+        let Some(owner) = cl.owner_of(self.zip) else {
+            return;
+        };
+        let node = owner.record.node_id;
+        if node == cl.node_id() || self.handed_to.as_deref() == Some(node.as_str()) {
+            return;
+        }
+        let req = crate::cluster::wire::TicketRequest {
+            account: self.account.to_string(),
+            display_name: self.name.to_string(),
+            role,
+            lat: self.pos.lat,
+            lon: self.pos.lon,
+            zip: self.code(self.zip),
+            d0: self.d0,
+        };
+        let ticket = match cl.ticket_at(&node, &req).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(session = self.id, %node, "handoff postponed: {e}");
+                return;
+            }
+        };
+        let base = crate::http::cluster::ws_base(&owner.record.advertise_url);
+        self.out.send(&ServerMsg::Handoff {
+            ws_url: format!("{base}/v1/ws?ticket={ticket}"),
+            node: node.clone(),
+        });
+        metrics::counter!("cluster_handoffs_total").increment(1);
+        tracing::info!(session = self.id, account = %self.account, %node, "handed off");
+        self.handed_to = Some(node);
+        let (me, grace) = (
+            self.me.clone(),
+            Duration::from_secs(cl.settings().handoff_grace_s),
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let close = SessionMsg::Close {
+                code: close::HANDOFF,
+                error: None,
+                reason: "handed off to another node".into(),
+            };
+            tell(&me, close, "handoff");
+        });
     }
 
     /// Takes a new position: finds its region, and tells the client when it changed.
@@ -284,6 +350,9 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
         };
         tell(&old.handle, close, "replace");
     }
+    if let Some(cl) = &ctx.cluster {
+        cl.session_opened(&t.account);
+    }
     tracing::debug!(session = id, account = %t.account, role = t.role.as_str(), "session open");
     let c = Common {
         ctx: ctx.clone(),
@@ -294,6 +363,8 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
         zip: t.zip,
         d0: t.d0,
         out,
+        me: handle.clone(),
+        handed_to: None,
     };
     match t.role {
         Role::Officer => drive(Officer::default(), c, inbox, socket).await,
@@ -387,6 +458,8 @@ async fn drive<R: RoleSession>(
         expires_at: resumed.map(rfc3339),
     });
     let mut alive = guarded(&out, c.id, role.start(&mut c)).await;
+    // A region that moved between the ticket and the socket: on to its node.
+    c.hand_off_if_elsewhere(kind).await;
 
     // Everything that ends a socket reaches it through its outbox (the session's own
     // closes, shutdown's `Sessions::close_all`, a panic's 1011), so the loop polls the
@@ -436,7 +509,14 @@ async fn drive<R: RoleSession>(
                         out.send(&ServerMsg::Pong);
                         true
                     }
-                    Ok(cmd) => guarded(&out, c.id, role.command(&mut c, cmd)).await,
+                    Ok(cmd) => {
+                        let was = c.zip;
+                        let ok = guarded(&out, c.id, role.command(&mut c, cmd)).await;
+                        if ok && c.zip != was {
+                            c.hand_off_if_elsewhere(kind).await;
+                        }
+                        ok
+                    }
                 }
             }
             Step::Msg(SessionMsg::Close {
@@ -449,6 +529,29 @@ async fn drive<R: RoleSession>(
                     out.send(&ServerMsg::error(e, reason.clone(), None));
                 }
                 out.close(code, &reason);
+                true
+            }
+            Step::Msg(SessionMsg::OpenedElsewhere) => {
+                // Handed off: the phone reached the other node. Otherwise a newer session
+                // of the account opened there: one session per account in the cluster.
+                let (code, error, reason) = if c.handed_to.is_some() {
+                    (close::HANDOFF, None, "handed off to another node")
+                } else {
+                    (
+                        close::REPLACED,
+                        Some("session_replaced"),
+                        "a newer session of this account opened",
+                    )
+                };
+                role.leave(&mut c);
+                if let Some(e) = error {
+                    out.send(&ServerMsg::error(e, reason, None));
+                }
+                out.close(code, reason);
+                true
+            }
+            Step::Msg(SessionMsg::CheckOwner) => {
+                c.hand_off_if_elsewhere(kind).await;
                 true
             }
             Step::Msg(SessionMsg::Crash) => {

@@ -51,9 +51,19 @@ impl Link {
             .map_err(|e| ClusterError::Request(node.to_owned(), format!("bad reply: {e}")))
     }
 
+    /// The subject of session openings.
+    pub(super) fn sessions_subject(&self) -> String {
+        format!("{}.sessions.opened", self.prefix)
+    }
+
     /// The subject of a unit's changes.
     fn changes_subject(&self, unit: placement::Unit) -> String {
         format!("{}.unit.{unit:03}.changed", self.prefix)
+    }
+
+    /// The NATS client.
+    pub(super) fn client(&self) -> &async_nats::Client {
+        &self.client
     }
 
     /// Subscribes to `verb` requests to this node.
@@ -109,6 +119,7 @@ impl Cluster {
         tokio::spawn(self.clone().watch_owners());
         tokio::spawn(self.clone().serve_nearby(regions));
         tokio::spawn(self.clone().reconcile());
+        tokio::spawn(self.clone().follow_sessions());
         if let Some(rx) = self.changes_rx.lock().expect("changes lock").take() {
             tokio::spawn(self.clone().publish_changes(rx));
         }
@@ -390,8 +401,8 @@ impl Cluster {
             }
             let ids: Vec<&str> = members.iter().map(|m| m.record.node_id.as_str()).collect();
             let incarnation = self.incarnation.load(Ordering::Relaxed);
-            // Attempts this round (bounded).
-            let mut moves = 0;
+            // Attempts this round (bounded), and units given up.
+            let (mut moves, mut released) = (0, 0);
             for &unit in &self.units {
                 let want = placement::owner(unit, ids.iter().copied()) == Some(self.id.as_str());
                 if moves >= self.cfg.moves_per_round {
@@ -457,6 +468,7 @@ impl Cluster {
                         // Placement moved it to another live member: give it up.
                         self.drop_unit(unit);
                         moves += 1;
+                        released += 1;
                         metrics::counter!("cluster_units_released_total").increment(1);
                         if let Err(e) = link.owners.delete_expect_revision(&key, Some(epoch)).await
                         {
@@ -465,6 +477,11 @@ impl Cluster {
                     }
                     (false, None) => {}
                 }
+            }
+            if released > 0
+                && let Some(f) = self.released.get()
+            {
+                f(&());
             }
             metrics::gauge!("cluster_units_owned").set(self.units_owned() as f64);
             metrics::gauge!("cluster_units_moving").set(self.ownership().1 as f64);
@@ -551,6 +568,29 @@ impl Cluster {
                 .filter_map(|&[lat, lon]| LatLon::new(lat, lon))
                 .collect();
             regions.remote_changed(zip, points).await;
+        }
+    }
+
+    /// Closes this node's session of an account that opened a session elsewhere.
+    async fn follow_sessions(self: Arc<Self>) {
+        let link = self.link.get().expect("linked");
+        let mut sub = match link.client.subscribe(link.sessions_subject()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cluster: cannot follow session openings: {e}");
+                return;
+            }
+        };
+        while let Some(msg) = sub.next().await {
+            let Ok(opened) = serde_json::from_slice::<super::wire::SessionOpened>(&msg.payload)
+            else {
+                continue;
+            };
+            if opened.node != self.id
+                && let Some(f) = self.elsewhere.get()
+            {
+                f(&opened.account);
+            }
         }
     }
 

@@ -37,6 +37,9 @@ pub use link::Link;
 use placement::{UNITS, Unit, unit_of};
 use wire::{MemberRecord, NearbyReply, NearbyRequest, NodeCounts, OwnerRecord};
 
+/// A callback the node's context installs.
+type Hook<A> = Box<dyn Fn(&A) + Send + Sync>;
+
 /// A window write: the key, and the value to put (`None` deletes).
 type WindowWrite = (String, Option<Vec<u8>>);
 
@@ -79,6 +82,10 @@ pub struct Cluster {
     interest: Vec<std::sync::atomic::AtomicU8>,
     /// The regions, once running (the subscriptions deliver changes to them).
     regions: OnceLock<Regions>,
+    /// Told the account of a session opened on another node.
+    elsewhere: OnceLock<Hook<str>>,
+    /// Told when this node released units.
+    released: OnceLock<Hook<()>>,
     /// The epoch of each unit this node serves; 0 when it does not.
     owned: Vec<AtomicU64>,
     owned_count: AtomicUsize,
@@ -166,6 +173,8 @@ impl Cluster {
                 .map(|_| std::sync::atomic::AtomicU8::new(0))
                 .collect(),
             regions: OnceLock::new(),
+            elsewhere: OnceLock::new(),
+            released: OnceLock::new(),
             owned: (0..UNITS).map(|_| AtomicU64::new(0)).collect(),
             owned_count: AtomicUsize::new(0),
             view: Mutex::new(View::default()),
@@ -362,6 +371,45 @@ impl Cluster {
                 })
                 .collect(),
         }
+    }
+
+    /// A ticket from `node` (another member) for the session `req` describes.
+    pub async fn ticket_at(
+        &self,
+        node: &str,
+        req: &wire::TicketRequest,
+    ) -> Result<String, ClusterError> {
+        let link = self.link.get().ok_or(ClusterError::NotLinked)?;
+        let reply: wire::TicketReply = link.request(node, "ticket", req).await?;
+        reply
+            .ticket
+            .ok_or_else(|| ClusterError::Request(node.to_owned(), reply.error.unwrap_or_default()))
+    }
+
+    /// Tells the other nodes that a session of `account` opened here (they close theirs).
+    pub fn session_opened(&self, account: &str) {
+        let Some(link) = self.link.get() else { return };
+        let msg = wire::SessionOpened {
+            account: account.to_owned(),
+            node: self.id.clone(),
+        };
+        let (client, subject) = (link.client().clone(), link.sessions_subject());
+        let body = serde_json::to_vec(&msg).expect("serialises");
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(subject, body.into()).await {
+                tracing::debug!("cluster: session opening not published: {e}");
+            }
+        });
+    }
+
+    /// What to do when a session of an account opened on another node.
+    pub fn on_session_elsewhere(&self, f: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.elsewhere.set(Box::new(f));
+    }
+
+    /// What to do when this node gave up units (its sessions there hand off).
+    pub fn on_units_released(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.released.set(Box::new(move |_: &()| f()));
     }
 
     /// One owner's answer for `zips` (all in units it owned at `epochs`).

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::placement::Unit;
+use crate::protocol::Role;
 
 /// A member's record in the members bucket, rewritten at every renewal.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,4 +118,42 @@ pub struct ChangeMsg {
     pub zip: String,
     /// The positions that changed (an officer's old and new one), `[lat, lon]`.
     pub points: Vec<[f64; 2]>,
+}
+
+/// Asks the owner of a region for a ticket for a session there.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TicketRequest {
+    /// Account id.
+    pub account: String,
+    /// Display name.
+    pub display_name: String,
+    /// Role.
+    pub role: Role,
+    /// Latitude of the first position.
+    pub lat: f64,
+    /// Longitude of the first position.
+    pub lon: f64,
+    /// Its region's zip code.
+    pub zip: String,
+    /// Distance from the position to the region's centroid.
+    pub d0: f64,
+}
+
+/// The owner's answer: the ticket id, or why not.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TicketReply {
+    /// The ticket, when issued.
+    pub ticket: Option<String>,
+    /// Why not, otherwise.
+    pub error: Option<String>,
+}
+
+/// A session opened on `node`: any other node holding a session of the account closes it
+/// (4003 after a handoff, else 4001: one session per account in the cluster).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionOpened {
+    /// Account id.
+    pub account: String,
+    /// The node it opened on.
+    pub node: String,
 }

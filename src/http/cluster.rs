@@ -5,33 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::auth::Ticket;
 use super::error::ApiError;
 use crate::cluster::Cluster;
+use crate::cluster::wire::{TicketReply, TicketRequest};
 use crate::geo::{LatLon, ZipId};
-use crate::protocol::Role;
-
-/// Asks the owner of a region for a ticket.
-#[derive(Debug, Serialize, Deserialize)]
-struct TicketRequest {
-    account: String,
-    display_name: String,
-    role: Role,
-    lat: f64,
-    lon: f64,
-    zip: String,
-    d0: f64,
-}
-
-/// The owner's answer: the ticket id, or why not.
-#[derive(Debug, Serialize, Deserialize)]
-struct TicketReply {
-    ticket: Option<String>,
-    error: Option<String>,
-}
 
 /// Where a session goes: the ws base URL, the ticket and the node.
 pub struct Route {
@@ -81,7 +61,6 @@ pub async fn route(st: &AppState, cluster: &Cluster, t: Ticket) -> Result<Route,
         let ticket = st.tickets.issue(t)?;
         return Ok(Route { base, ticket, node });
     }
-    let link = cluster.link().ok_or_else(|| not_ready("no link"))?;
     let req = TicketRequest {
         account: t.account.to_string(),
         display_name: t.display_name.to_string(),
@@ -91,14 +70,11 @@ pub async fn route(st: &AppState, cluster: &Cluster, t: Ticket) -> Result<Route,
         zip: st.ctx.zips.get(t.zip).code.to_string(),
         d0: t.d0,
     };
-    let reply: TicketReply = link
-        .request(&node, "ticket", &req)
+    let ticket = cluster
+        .ticket_at(&node, &req)
         .await
         .map_err(|e| not_ready(&e.to_string()))?;
-    match (reply.ticket, reply.error) {
-        (Some(ticket), _) => Ok(Route { base, ticket, node }),
-        (None, e) => Err(not_ready(&e.unwrap_or_default())),
-    }
+    Ok(Route { base, ticket, node })
 }
 
 /// Answers other nodes' ticket requests for sessions of this node, until the process ends.

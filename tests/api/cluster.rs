@@ -372,7 +372,9 @@ async fn a_killed_node_loses_its_regions_to_the_survivors_within_the_lease() {
     let victim = c.nodes.iter().position(|n| n.id == victim_id).unwrap();
     let survivor = (victim + 1) % 3;
     let (mut officer, _) = c.connect(survivor, Role::Officer, "o1", lat, lon).await;
-    officer.send(json!({"type":"available","window_s":900})).await;
+    officer
+        .send(json!({"type":"available","window_s":900}))
+        .await;
     let window_end = officer.recv_type("availability").await["expires_at"].clone();
 
     c.nodes[victim].signal("-KILL");
@@ -394,7 +396,11 @@ async fn a_killed_node_loses_its_regions_to_the_survivors_within_the_lease() {
     let (officer, grant) = c.connect(0, Role::Officer, "o1", lat, lon).await;
     assert_eq!(grant["node"], new_owner.as_str());
     assert_eq!(officer.welcome["available"], true, "{}", officer.welcome);
-    assert_eq!(officer.welcome["expires_at"], window_end, "{}", officer.welcome);
+    assert_eq!(
+        officer.welcome["expires_at"], window_end,
+        "{}",
+        officer.welcome
+    );
     let (mut citizen, _) = c.connect(1, Role::Citizen, "c1", lat + 0.001, lon).await;
     let n = citizen.recv_type("nearby").await;
     assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");
@@ -566,4 +572,46 @@ async fn pushes_cross_nodes_when_an_officer_moves_or_leaves() {
         ids(n).is_empty()
     })
     .await;
+}
+
+/// An officer walks into a region owned by another node: `handoff` with a ticket there,
+/// the phone connects and resumes its window, the old socket closes with 4003, and a
+/// citizen near the border sees the officer throughout (at the walk's every step its
+/// answer holds the officer, at most after the push that follows the reconnect).
+#[tokio::test]
+async fn an_officer_walking_across_a_border_is_handed_off_and_stays_visible() {
+    let c = TestCluster::start(3).await;
+    let (from, to) = across_a_border(&c, 3_000.0).await;
+    let (mut officer, og) = c.officer(0, "o1", from.lat, from.lon).await;
+    let mid = LatLon::new((from.lat + to.lat) / 2.0, (from.lon + to.lon) / 2.0).unwrap();
+    let (mut citizen, _) = c.connect(1, Role::Citizen, "c1", mid.lat, mid.lon).await;
+    citizen
+        .send(json!({"type":"watch","radius_m":5000,"limit":5}))
+        .await;
+    until_nearby(&mut citizen, "the officer before the walk", |n| {
+        ids(n) == ["o1"]
+    })
+    .await;
+
+    officer
+        .send(json!({"type":"location","lat":to.lat,"lon":to.lon}))
+        .await;
+    let h = officer.recv_type("handoff").await;
+    let target = c.owner(0, to.lat, to.lon).await;
+    assert_eq!(h["node"], target.as_str(), "{h}");
+    assert_ne!(og["node"], h["node"]);
+    let new = Client::open_url(h["ws_url"].as_str().unwrap()).await;
+    assert_eq!(new.welcome["available"], true, "{}", new.welcome);
+    // The old socket is closed with 4003 once the phone is there.
+    let (_, code) = officer.closed().await;
+    assert_eq!(code, Some(4003));
+    // The citizen's answers hold the officer at its new position.
+    citizen
+        .send(json!({"type":"location","lat":mid.lat,"lon":mid.lon}))
+        .await;
+    until_nearby(&mut citizen, "the officer after the handoff", |n| {
+        ids(n) == ["o1"] && n["officers"][0]["lat"].as_f64() == Some(to.lat)
+    })
+    .await;
+    drop(new);
 }

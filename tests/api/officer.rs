@@ -166,8 +166,7 @@ async fn moving_into_another_region_says_zip_changed() {
 async fn a_reconnecting_officer_resumes_its_window_with_the_same_end() {
     let app = spawn_app().await;
     let mut o = app.officer("o1", 40.7506, -73.9972).await;
-    o.send(json!({"type":"available","window_s":300}))
-        .await;
+    o.send(json!({"type":"available","window_s":300})).await;
     let a = o.recv_type("availability").await;
     let end = a["expires_at"].as_str().unwrap().to_owned();
     drop(o);
@@ -183,7 +182,10 @@ async fn a_reconnecting_officer_resumes_its_window_with_the_same_end() {
             break;
         }
     }
-    assert!(left, "the officer stayed in results after its socket closed");
+    assert!(
+        left,
+        "the officer stayed in results after its socket closed"
+    );
 
     let mut o = app.connect(Role::Officer, "o1", 40.7506, -73.9972).await;
     assert_eq!(o.welcome["available"], true, "{}", o.welcome);
@@ -191,7 +193,10 @@ async fn a_reconnecting_officer_resumes_its_window_with_the_same_end() {
     c.send(json!({"type":"location","lat":40.7510,"lon":-73.9972}))
         .await;
     let n = c.recv_type("nearby").await;
-    assert_eq!(n["officers"][0]["officer_id"], "o1", "visible without `available`: {n}");
+    assert_eq!(
+        n["officers"][0]["officer_id"], "o1",
+        "visible without `available`: {n}"
+    );
 
     o.send(json!({"type":"unavailable"})).await;
     o.recv_type("availability").await;
