@@ -62,6 +62,7 @@ pub async fn start_on(
     let app = http::router(state.clone());
     if let Some(c) = &ctx.cluster {
         tokio::spawn(http::cluster::serve_tickets(state.clone(), c.clone()));
+        tokio::spawn(crate::actors::relay::serve(ctx.clone(), c.clone()));
     }
 
     let (stop, stopped) = oneshot::channel::<()>();

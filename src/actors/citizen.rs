@@ -230,17 +230,58 @@ impl Citizen {
             let msg = format!("in-person connections need {} m or less", cfg.in_person_m);
             return refuse("too_far", &msg);
         }
-        let Some(officer) = c
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let officer = match self
+            .offer(c, &officer_id, &request_id, distance_m, mode)
+            .await
+        {
+            Ok(h) => h,
+            Err(code) => {
+                let msg = match code {
+                    "officer_busy" => "that officer is answering another request",
+                    _ => "that officer is not available",
+                };
+                return refuse(code, msg);
+            }
+        };
+        c.out.accepted();
+        let expires_at = Utc::now() + chrono::Duration::seconds(cfg.request_timeout_s as i64);
+        self.pending = Some(Open {
+            request_id: request_id.clone(),
+            officer,
+            give_up: Instant::now() + Duration::from_secs(cfg.request_timeout_s + 5),
+        });
+        metrics::counter!("connection_requests_total").increment(1);
+        c.out.send(&ServerMsg::ConnectionPending {
+            request_id,
+            officer_id,
+            expires_at: rfc3339(expires_at),
+        });
+    }
+
+    /// Offers the request to the officer's session — here, or in a cluster on the node
+    /// that serves the officer's region — and waits for it to take or refuse it. On `Ok`,
+    /// the handle reaches the officer's session (for a cancel).
+    async fn offer(
+        &self,
+        c: &Common,
+        officer_id: &str,
+        request_id: &str,
+        distance_m: f64,
+        mode: Mode,
+    ) -> Result<SessionHandle, &'static str> {
+        let local = c
             .ctx
             .sessions
-            .get(&officer_id)
-            .filter(|e| e.role == Role::Officer)
-        else {
-            return refuse("officer_unavailable", "that officer is no longer online");
+            .get(officer_id)
+            .filter(|e| e.role == Role::Officer);
+        let Some(officer) = local else {
+            return self
+                .offer_remote(c, officer_id, request_id, distance_m, mode)
+                .await;
         };
-        let request_id = uuid::Uuid::new_v4().to_string();
         let offer = OfferedRequest {
-            request_id: request_id.clone(),
+            request_id: request_id.to_owned(),
             citizen_id: c.account.clone(),
             citizen_name: c.name.clone(),
             citizen: self.watch.signal.session().clone(),
@@ -252,40 +293,45 @@ impl Citizen {
             Ok(()) => {}
             Err(SendError::Full(_)) => {
                 metrics::counter!("session_mailbox_full_total", "msg" => "offer").increment(1);
-                return refuse("officer_busy", "that officer is answering another request");
+                return Err("officer_busy");
             }
-            Err(SendError::Closed(_)) => {
-                return refuse("officer_unavailable", "that officer is no longer online");
-            }
+            Err(SendError::Closed(_)) => return Err("officer_unavailable"),
         }
         let timeout = Duration::from_millis(c.ctx.settings.regions.call_timeout_ms);
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(()))) => {
-                c.out.accepted();
-                let expires_at =
-                    Utc::now() + chrono::Duration::seconds(cfg.request_timeout_s as i64);
-                self.pending = Some(Open {
-                    request_id: request_id.clone(),
-                    officer: officer.handle,
-                    give_up: Instant::now() + Duration::from_secs(cfg.request_timeout_s + 5),
-                });
-                metrics::counter!("connection_requests_total").increment(1);
-                c.out.send(&ServerMsg::ConnectionPending {
-                    request_id,
-                    officer_id,
-                    expires_at: rfc3339(expires_at),
-                });
-            }
-            Ok(Ok(Err(code))) => {
-                let msg = if code == "officer_busy" {
-                    "that officer is answering another request"
-                } else {
-                    "that officer is not available"
-                };
-                refuse(code, msg);
-            }
-            _ => refuse("officer_unavailable", "that officer did not answer"),
+            Ok(Ok(r)) => r.map(|()| officer.handle),
+            _ => Err("officer_unavailable"),
         }
+    }
+
+    /// [`Citizen::offer`] to an officer on another node of the cluster: the node serving
+    /// the officer's region (as the `nearby` answer placed it).
+    async fn offer_remote(
+        &self,
+        c: &Common,
+        officer_id: &str,
+        request_id: &str,
+        distance_m: f64,
+        mode: Mode,
+    ) -> Result<SessionHandle, &'static str> {
+        let cluster = c.ctx.cluster.as_ref().ok_or("officer_unavailable")?;
+        let zip = self
+            .last
+            .iter()
+            .find(|n| *n.id == *officer_id)
+            .and_then(|n| c.ctx.zips.by_code(n.data.card.zip()))
+            .ok_or("officer_unavailable")?;
+        let node = cluster.owner_of(zip).ok_or("officer_unavailable")?;
+        let req = crate::cluster::wire::OfferRequest {
+            request_id: request_id.to_owned(),
+            officer_id: officer_id.to_owned(),
+            citizen_id: c.account.to_string(),
+            citizen_name: c.name.to_string(),
+            distance_m,
+            mode,
+            citizen_node: cluster.node_id().to_owned(),
+        };
+        super::relay::offer(&c.ctx, cluster, &node.record.node_id, req).await
     }
 
     /// The officer's side decided.

@@ -8,6 +8,7 @@ pub mod officer;
 pub mod outbox;
 pub mod region;
 pub mod region_index;
+pub mod relay;
 pub mod session;
 pub mod socket;
 pub mod windows;

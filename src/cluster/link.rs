@@ -30,7 +30,7 @@ pub struct Link {
 
 impl Link {
     /// The subject of `verb` requests to `node`.
-    fn subject(&self, node: &str, verb: &str) -> String {
+    pub(crate) fn subject(&self, node: &str, verb: &str) -> String {
         format!("{}.node.{node}.{verb}", self.prefix)
     }
 
@@ -62,7 +62,7 @@ impl Link {
     }
 
     /// The NATS client.
-    pub(super) fn client(&self) -> &async_nats::Client {
+    pub(crate) fn client(&self) -> &async_nats::Client {
         &self.client
     }
 

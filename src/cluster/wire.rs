@@ -157,3 +157,68 @@ pub struct SessionOpened {
     /// The node it opened on.
     pub node: String,
 }
+
+/// A citizen on another node asks an officer of this node for a connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OfferRequest {
+    /// Request id.
+    pub request_id: String,
+    /// The officer asked.
+    pub officer_id: String,
+    /// The citizen.
+    pub citizen_id: String,
+    /// Its display name.
+    pub citizen_name: String,
+    /// Distance when asked.
+    pub distance_m: f64,
+    /// Mode.
+    pub mode: crate::protocol::Mode,
+    /// The node of the citizen's session (answers go there).
+    pub citizen_node: String,
+}
+
+/// The officer's session took the request, or the error code it refused it with.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OfferReply {
+    /// `None`: taken.
+    pub refused: Option<String>,
+}
+
+/// A connection message for a session on the receiving node.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RelayMsg {
+    /// The citizen withdrew its request (it disconnected).
+    Cancel {
+        /// The officer's account.
+        officer_id: String,
+        /// Request id.
+        request_id: String,
+    },
+    /// How the citizen's request ended.
+    Decided {
+        /// The citizen's account.
+        citizen_id: String,
+        /// Request id.
+        request_id: String,
+        /// declined, expired, cancelled, or accepted (then `established`).
+        status: String,
+        /// The citizen's side of an accepted connection.
+        established: Option<Established>,
+    },
+}
+
+/// The citizen's side of an accepted connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Established {
+    /// The connection.
+    pub connection_id: String,
+    /// The officer.
+    pub officer_id: String,
+    /// Mode.
+    pub mode: crate::protocol::Mode,
+    /// Points the citizen earned.
+    pub points_awarded: i64,
+    /// The citizen's balance.
+    pub balance: i64,
+}

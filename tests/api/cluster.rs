@@ -615,3 +615,55 @@ async fn an_officer_walking_across_a_border_is_handed_off_and_stays_visible() {
     .await;
     drop(new);
 }
+
+/// A citizen on one node asks an officer on another: the officer is offered the request,
+/// accepts, both sides get `connection_established` with their points, and the store has
+/// the connection once; a citizen who disconnects cancels its request across nodes.
+#[tokio::test]
+async fn a_connection_across_nodes_is_recorded_once_and_cancels_cross_too() {
+    let c = TestCluster::start(3).await;
+    let (at_officer, at_citizen) = across_a_border(&c, 3_000.0).await;
+    let (mut officer, og) = c.officer(0, "o1", at_officer.lat, at_officer.lon).await;
+    let (mut citizen, cg) = c
+        .connect(1, Role::Citizen, "c1", at_citizen.lat, at_citizen.lon)
+        .await;
+    assert_ne!(og["node"], cg["node"]);
+    citizen
+        .send(json!({"type":"watch","radius_m":5000,"limit":5}))
+        .await;
+    until_nearby(&mut citizen, "the officer", |n| ids(n) == ["o1"]).await;
+
+    let pending = citizen.request("o1", "virtual").await;
+    assert_eq!(pending["type"], "connection_pending", "{pending}");
+    let asked = officer.recv_type("connection_requested").await;
+    assert_eq!(asked["citizen"]["citizen_id"], "c1", "{asked}");
+    let id = asked["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(pending["request_id"], id.as_str());
+    officer
+        .send(json!({"type":"respond","request_id":id,"accept":true}))
+        .await;
+    let o = officer.recv_type("connection_established").await;
+    assert_eq!(o["points_awarded"], 10, "{o}");
+    let ce = citizen.recv_type("connection_established").await;
+    assert_eq!(
+        (ce["points_awarded"].as_i64(), ce["balance"].as_i64()),
+        (Some(10), Some(10)),
+        "{ce}"
+    );
+    assert_eq!(ce["connection_id"], o["connection_id"]);
+    // Recorded once: the citizen's history, read from any node, has one connection.
+    let token = c.token(Role::Citizen, "c1");
+    for i in 0..3 {
+        let (status, h) = c.get(i, "/v1/me/connections", Some(&token)).await;
+        assert_eq!(status, 200, "{h}");
+        assert_eq!(h["connections"].as_array().map(Vec::len), Some(1), "{h}");
+    }
+
+    // A second request; the citizen disconnects: the officer hears it was cancelled.
+    let pending = citizen.request("o1", "virtual").await;
+    assert_eq!(pending["type"], "connection_pending", "{pending}");
+    officer.recv_type("connection_requested").await;
+    drop(citizen);
+    let r = officer.recv_type("connection_response").await;
+    assert_eq!(r["status"], "cancelled", "{r}");
+}

@@ -1,0 +1,231 @@
+//! Connection messages between sessions on different nodes of a cluster. A citizen here
+//! asking an officer there sends an offer to the officer's node, which hands the officer's
+//! session an `Offer` whose citizen handle is a *proxy*: a mailbox here whose one message
+//! (how the request ended) a task forwards to the citizen's node. The citizen keeps a proxy
+//! of the officer the same way, for its one possible `CancelRequest`. A proxy lives until it
+//! forwarded its message or the request could no longer end (its timeout and a margin).
+//! The award is recorded by the officer's node in the one store, exactly once as on one
+//! node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+
+use super::mailbox;
+use super::session::{OfferedRequest, Outcome, SessionHandle, SessionMsg, tell};
+use crate::cluster::Cluster;
+use crate::cluster::wire::{Established, OfferReply, OfferRequest, RelayMsg};
+use crate::context::Context;
+use crate::protocol::Role;
+
+/// How long a proxy waits for its message: the request's timeout and a margin.
+fn proxy_life(ctx: &Context) -> Duration {
+    Duration::from_secs(ctx.settings.connections.request_timeout_s + 10)
+}
+
+/// A handle whose first message (within `life`) is given to `forward`.
+fn proxy(life: Duration, forward: impl FnOnce(SessionMsg) + Send + 'static) -> SessionHandle {
+    let (tx, mut rx) = mailbox::mailbox(1);
+    tokio::spawn(async move {
+        if let Ok(m) = tokio::time::timeout(life, rx.recv()).await {
+            forward(m);
+        }
+    });
+    tx
+}
+
+fn publish(cluster: &Arc<Cluster>, node: &str, msg: &RelayMsg) {
+    let Some(link) = cluster.link() else { return };
+    let (client, subject) = (link.client().clone(), link.subject(node, "relay"));
+    let body = serde_json::to_vec(msg).expect("relay messages serialise");
+    tokio::spawn(async move {
+        if let Err(e) = client.publish(subject, body.into()).await {
+            tracing::warn!("cluster: connection message not sent: {e}");
+        }
+    });
+}
+
+/// The citizen's side: offers `req` to the officer's session on `node`. On `Ok` the
+/// returned handle reaches that session (for a cancel).
+pub async fn offer(
+    ctx: &Arc<Context>,
+    cluster: &Arc<Cluster>,
+    node: &str,
+    req: OfferRequest,
+) -> Result<SessionHandle, &'static str> {
+    let reply: Result<OfferReply, _> = match cluster.link() {
+        Some(link) => link.request(node, "offer", &req).await,
+        None => return Err("officer_unavailable"),
+    };
+    match reply {
+        Ok(OfferReply { refused: None }) => {}
+        Ok(OfferReply {
+            refused: Some(code),
+        }) => {
+            return Err(if code == "officer_busy" {
+                "officer_busy"
+            } else {
+                "officer_unavailable"
+            });
+        }
+        Err(e) => {
+            tracing::warn!(%node, "cluster: offer not delivered: {e}");
+            return Err("officer_unavailable");
+        }
+    }
+    let (cluster, node, officer_id) = (cluster.clone(), node.to_owned(), req.officer_id);
+    Ok(proxy(proxy_life(ctx), move |m| {
+        if let SessionMsg::CancelRequest(request_id) = m {
+            publish(
+                &cluster,
+                &node,
+                &RelayMsg::Cancel {
+                    officer_id,
+                    request_id,
+                },
+            );
+        }
+    }))
+}
+
+/// Answers other nodes' offers and delivers their connection messages to this node's
+/// sessions, until the process ends.
+pub async fn serve(ctx: Arc<Context>, cluster: Arc<Cluster>) {
+    let link = cluster.wait_link().await;
+    let (mut offers, mut relayed) = match (
+        link.serve(cluster.node_id(), "offer").await,
+        link.serve(cluster.node_id(), "relay").await,
+    ) {
+        (Ok(o), Ok(r)) => (o, r),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cluster: cannot take connection messages: {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            Some(msg) = offers.next() => {
+                let refused = match serde_json::from_slice::<OfferRequest>(&msg.payload) {
+                    Ok(req) => take_offer(&ctx, &cluster, req).await.err(),
+                    Err(_) => Some("bad_request"),
+                };
+                let reply = OfferReply { refused: refused.map(str::to_owned) };
+                link.reply(&msg, &reply).await;
+            }
+            Some(msg) = relayed.next() => {
+                if let Ok(m) = serde_json::from_slice::<RelayMsg>(&msg.payload) {
+                    deliver(&ctx, m);
+                }
+            }
+            else => return,
+        }
+    }
+}
+
+/// The officer's side of [`offer`].
+async fn take_offer(
+    ctx: &Arc<Context>,
+    cluster: &Arc<Cluster>,
+    req: OfferRequest,
+) -> Result<(), &'static str> {
+    let officer = ctx
+        .sessions
+        .get(&req.officer_id)
+        .filter(|e| e.role == Role::Officer)
+        .ok_or("officer_unavailable")?;
+    let (cl, node, citizen_id) = (cluster.clone(), req.citizen_node, req.citizen_id.clone());
+    let citizen = proxy(proxy_life(ctx), move |m| {
+        if let SessionMsg::Decided(request_id, outcome) = m {
+            let (status, established) = match outcome {
+                Outcome::Status(s) => (s.to_owned(), None),
+                Outcome::Established {
+                    connection_id,
+                    officer_id,
+                    mode,
+                    points_awarded,
+                    balance,
+                } => (
+                    "accepted".to_owned(),
+                    Some(Established {
+                        connection_id,
+                        officer_id,
+                        mode,
+                        points_awarded,
+                        balance,
+                    }),
+                ),
+            };
+            let msg = RelayMsg::Decided {
+                citizen_id,
+                request_id,
+                status,
+                established,
+            };
+            publish(&cl, &node, &msg);
+        }
+    });
+    let offered = OfferedRequest {
+        request_id: req.request_id,
+        citizen_id: req.citizen_id.into(),
+        citizen_name: req.citizen_name.into(),
+        citizen,
+        distance_m: req.distance_m,
+        mode: req.mode,
+    };
+    let (tx, rx) = oneshot::channel();
+    if !tell(&officer.handle, SessionMsg::Offer(offered, tx), "offer") {
+        return Err("officer_busy");
+    }
+    let timeout = Duration::from_millis(ctx.settings.regions.call_timeout_ms);
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(r)) => r,
+        _ => Err("officer_unavailable"),
+    }
+}
+
+/// Hands a relayed message to the session it is for (if it is still here).
+fn deliver(ctx: &Context, m: RelayMsg) {
+    match m {
+        RelayMsg::Cancel {
+            officer_id,
+            request_id,
+        } => {
+            if let Some(e) = ctx.sessions.get(&officer_id) {
+                tell(
+                    &e.handle,
+                    SessionMsg::CancelRequest(request_id),
+                    "connection",
+                );
+            }
+        }
+        RelayMsg::Decided {
+            citizen_id,
+            request_id,
+            status,
+            established,
+        } => {
+            let Some(e) = ctx.sessions.get(&citizen_id) else {
+                return;
+            };
+            let outcome = match (status.as_str(), established) {
+                ("accepted", Some(x)) => Outcome::Established {
+                    connection_id: x.connection_id,
+                    officer_id: x.officer_id,
+                    mode: x.mode,
+                    points_awarded: x.points_awarded,
+                    balance: x.balance,
+                },
+                ("declined", _) => Outcome::Status("declined"),
+                ("expired", _) => Outcome::Status("expired"),
+                _ => Outcome::Status("cancelled"),
+            };
+            tell(
+                &e.handle,
+                SessionMsg::Decided(request_id, outcome),
+                "connection",
+            );
+        }
+    }
+}
