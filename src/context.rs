@@ -45,6 +45,17 @@ pub struct Sessions {
     pending: Arc<AtomicUsize>,
 }
 
+/// What [`Sessions::kick`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kick {
+    /// The session was told to close; its role.
+    Ended(Role),
+    /// No live session of the account here.
+    NoSession,
+    /// The session takes no messages now.
+    Busy,
+}
+
 /// Counts one thing while it lives: +1 when made, −1 when dropped (also when the session
 /// that owns it ends by a panic), so live counters cannot drift.
 #[derive(Debug)]
@@ -78,6 +89,30 @@ impl Sessions {
     /// The live session of an account.
     pub fn get(&self, account: &str) -> Option<SessionEntry> {
         self.map.get(account).map(|e| e.clone())
+    }
+
+    /// Ends the account's session here by an administrator's order: an `error` frame
+    /// `session_ended`, then close 4002.
+    pub fn kick(&self, account: &str) -> Kick {
+        let Some(entry) = self.get(account) else {
+            return Kick::NoSession;
+        };
+        let close = SessionMsg::Close {
+            code: close::KICKED,
+            error: Some("session_ended"),
+            reason: "ended by an administrator".into(),
+        };
+        match entry.handle.send(close) {
+            Ok(()) => {
+                metrics::counter!("sessions_ended_by_admin_total").increment(1);
+                Kick::Ended(entry.role)
+            }
+            Err(crate::actors::mailbox::SendError::Closed(_)) => Kick::NoSession,
+            Err(crate::actors::mailbox::SendError::Full(_)) => {
+                metrics::counter!("session_mailbox_full_total", "msg" => "kick").increment(1);
+                Kick::Busy
+            }
+        }
     }
 
     /// Every live session (a snapshot; for rare broadcasts).

@@ -16,8 +16,10 @@ use tokio::sync::oneshot;
 use super::mailbox;
 use super::session::{OfferedRequest, Outcome, SessionHandle, SessionMsg, tell};
 use crate::cluster::Cluster;
-use crate::cluster::wire::{Established, OfferReply, OfferRequest, RelayMsg};
-use crate::context::Context;
+use crate::cluster::wire::{
+    Established, KickReply, KickRequest, OfferReply, OfferRequest, RelayMsg,
+};
+use crate::context::{Context, Kick};
 use crate::protocol::Role;
 
 /// How long a proxy waits for its message: the request's timeout and a margin.
@@ -90,16 +92,42 @@ pub async fn offer(
     }))
 }
 
+/// Asks every other node to end the account's session (the one holding it answers);
+/// `NoSession` when none answers within the request timeout.
+pub async fn kick_elsewhere(cluster: &Arc<Cluster>, account: &str) -> Kick {
+    let Some(link) = cluster.link() else {
+        return Kick::NoSession;
+    };
+    let subject = link.kick_subject();
+    let body = serde_json::to_vec(&KickRequest {
+        account: account.to_owned(),
+    })
+    .expect("serialises");
+    match link.client().request(subject, body.into()).await {
+        Ok(msg) => match serde_json::from_slice::<KickReply>(&msg.payload) {
+            Ok(KickReply { role: Some(r) }) => Kick::Ended(r),
+            Ok(KickReply { role: None }) => Kick::Busy,
+            Err(_) => Kick::NoSession,
+        },
+        Err(_) => Kick::NoSession,
+    }
+}
+
 /// Answers other nodes' offers and delivers their connection messages to this node's
 /// sessions, until the process ends.
 pub async fn serve(ctx: Arc<Context>, cluster: Arc<Cluster>) {
     let link = cluster.wait_link().await;
-    let (mut offers, mut relayed) = match (
+    let (mut offers, mut relayed, mut kicks) = match (
         link.serve(cluster.node_id(), "offer").await,
         link.serve(cluster.node_id(), "relay").await,
+        link.client().subscribe(link.kick_subject()).await,
     ) {
-        (Ok(o), Ok(r)) => (o, r),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(o), Ok(r), Ok(k)) => (o, r, k),
+        (Err(e), _, _) | (_, Err(e), _) => {
+            tracing::error!("cluster: cannot take connection messages: {e}");
+            return;
+        }
+        (_, _, Err(e)) => {
             tracing::error!("cluster: cannot take connection messages: {e}");
             return;
         }
@@ -112,6 +140,18 @@ pub async fn serve(ctx: Arc<Context>, cluster: Arc<Cluster>) {
                     Err(_) => Some("bad_request"),
                 };
                 let reply = OfferReply { refused: refused.map(str::to_owned) };
+                link.reply(&msg, &reply).await;
+            }
+            Some(msg) = kicks.next() => {
+                let Ok(req) = serde_json::from_slice::<KickRequest>(&msg.payload) else {
+                    continue;
+                };
+                // Only the node holding the session answers.
+                let reply = match ctx.sessions.kick(&req.account) {
+                    Kick::Ended(role) => KickReply { role: Some(role) },
+                    Kick::Busy => KickReply { role: None },
+                    Kick::NoSession => continue,
+                };
                 link.reply(&msg, &reply).await;
             }
             Some(msg) = relayed.next() => {

@@ -51,6 +51,11 @@ impl Link {
             .map_err(|e| ClusterError::Request(node.to_owned(), format!("bad reply: {e}")))
     }
 
+    /// The subject of administrators' kicks (every node listens).
+    pub(crate) fn kick_subject(&self) -> String {
+        format!("{}.sessions.kick", self.prefix)
+    }
+
     /// The subject of session openings.
     pub(super) fn sessions_subject(&self) -> String {
         format!("{}.sessions.opened", self.prefix)

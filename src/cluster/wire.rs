@@ -222,3 +222,18 @@ pub struct Established {
     /// The citizen's balance.
     pub balance: i64,
 }
+
+/// An administrator ends an account's session, wherever it is.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KickRequest {
+    /// The account.
+    pub account: String,
+}
+
+/// From the node holding the session: its role (told to close), or `None` when it takes
+/// no messages now.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct KickReply {
+    /// The session's role.
+    pub role: Option<Role>,
+}

@@ -1,8 +1,8 @@
 //! The admin API (role `admin`): bulk imports, live state, ending sessions, metrics.
 
-use axum::Json;
 use std::collections::HashMap;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
@@ -15,10 +15,8 @@ use super::auth::Caller;
 use super::error::ErrorBody;
 use super::error::{ApiError, Body};
 use super::rewards::idempotency_key;
-use crate::actors::mailbox::SendError;
-use crate::actors::outbox::close;
 use crate::actors::region::RegionSnapshot;
-use crate::actors::session::SessionMsg;
+use crate::context::Kick;
 use crate::import::{Kind, Rejected};
 use crate::protocol::Role;
 use crate::store::imports::ImportRefused;
@@ -312,7 +310,8 @@ pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<St
 }
 
 /// `DELETE /admin/v1/sessions/{account_id}`: the live session gets an `error` frame
-/// `session_ended` and close 4002; 404 `no_session` if the account has none here.
+/// `session_ended` and close 4002; 404 `no_session` if the account has none (in a cluster:
+/// on any node).
 #[utoipa::path(
     delete,
     path = "/admin/v1/sessions/{account_id}",
@@ -335,33 +334,33 @@ pub async fn end_session(
     Path(account): Path<String>,
 ) -> Result<Json<EndedSession>, ApiError> {
     let admin = caller.require(Role::Admin)?;
-    let entry = st
-        .ctx
-        .sessions
-        .get(&account)
-        .ok_or_else(|| ApiError::not_found("no_session", "that account has no live session"))?;
-    entry
-        .handle
-        .send(SessionMsg::Close {
-            code: close::KICKED,
-            error: Some("session_ended"),
-            reason: "ended by an administrator".into(),
-        })
-        .map_err(|e| match e {
-            SendError::Closed(_) => {
-                ApiError::not_found("no_session", "that account has no live session")
-            }
-            SendError::Full(_) => {
-                metrics::counter!("session_mailbox_full_total", "msg" => "kick").increment(1);
-                ApiError::unavailable(&"the session is not taking messages; try again")
-            }
-        })?;
+    let ctx = &st.ctx;
+    let mut kicked = ctx.sessions.kick(&account);
+    if kicked == Kick::NoSession
+        && let Some(cluster) = &ctx.cluster
+    {
+        // Not here: whichever node holds it ends it.
+        kicked = crate::actors::relay::kick_elsewhere(cluster, &account).await;
+    }
+    let role = match kicked {
+        Kick::Ended(role) => role,
+        Kick::NoSession => {
+            return Err(ApiError::not_found(
+                "no_session",
+                "that account has no live session",
+            ));
+        }
+        Kick::Busy => {
+            return Err(ApiError::unavailable(
+                &"the session is not taking messages; try again",
+            ));
+        }
+    };
     tracing::info!(account = %account, by = %admin.sub, "session ended by an admin");
-    metrics::counter!("sessions_ended_by_admin_total").increment(1);
     Ok(Json(EndedSession {
         account_id: account,
         ended: true,
-        role: entry.role.as_str().to_owned(),
+        role: role.as_str().to_owned(),
     }))
 }
 

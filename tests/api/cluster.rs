@@ -300,6 +300,37 @@ async fn three_nodes_own_every_region_once_and_route_sessions_to_the_owner() {
         owners.insert(owner);
     }
     assert!(owners.len() >= 2, "the places fall on one node: {owners:?}");
+
+    // An administrator ends a session from a node that does not hold it.
+    let (lat, lon) = places[0];
+    let owner = c.owner(0, lat, lon).await;
+    let (mut kept, _) = c.connect(0, Role::Citizen, "kept", lat, lon).await;
+    let other = c.nodes.iter().position(|n| n.id != owner).unwrap();
+    let admin = c.token(Role::Admin, "admin");
+    let resp = c
+        .http
+        .delete(format!("{}/admin/v1/sessions/kept", c.nodes[other].base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["role"], "citizen", "{body}");
+    let (frames, code) = kept.closed().await;
+    assert_eq!(code, Some(4002));
+    assert!(
+        frames.iter().any(|f| f["code"] == "session_ended"),
+        "{frames:?}"
+    );
+    let resp = c
+        .http
+        .delete(format!("{}/admin/v1/sessions/nobody", c.nodes[other].base))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
 }
 
 #[tokio::test]
@@ -666,4 +697,49 @@ async fn a_connection_across_nodes_is_recorded_once_and_cancels_cross_too() {
     drop(citizen);
     let r = officer.recv_type("connection_response").await;
     assert_eq!(r["status"], "cancelled", "{r}");
+}
+
+/// A node frozen (SIGSTOP) past its lease loses its regions to the others; resumed
+/// (SIGCONT), it finds its lease lapsed, serves nothing it lost (its sessions are closed
+/// with 1012) and rejoins as a fresh member, with every region served once.
+#[tokio::test]
+async fn a_frozen_node_fences_itself_when_it_wakes_and_rejoins() {
+    let mut c = TestCluster::start(3).await;
+    let (lat, lon) = (40.7506, -73.9927);
+    let frozen_id = c.owner(0, lat, lon).await;
+    let frozen = c.nodes.iter().position(|n| n.id == frozen_id).unwrap();
+    let (mut citizen, grant) = c
+        .connect((frozen + 1) % 3, Role::Citizen, "c1", lat, lon)
+        .await;
+    assert_eq!(grant["node"], frozen_id.as_str());
+    citizen.recv_type("nearby").await;
+
+    c.nodes[frozen].signal("-STOP");
+    let node = c.nodes.remove(frozen);
+    // The others own every region without it.
+    c.settled().await;
+    let new_owner = c.owner(0, lat, lon).await;
+    assert_ne!(new_owner, frozen_id);
+    let (mut officer, og) = c.officer(0, "o1", lat, lon).await;
+    assert_eq!(og["node"], new_owner.as_str());
+
+    node.signal("-CONT");
+    // Awake, its lease is stale: it closes its sessions with 1012 rather than answer for
+    // regions that are not its own any more.
+    let (_, code) = citizen.closed().await;
+    assert_eq!(code, Some(1012));
+    // It rejoins as a fresh member; every region is served once again. The region goes
+    // back to it (placement depends on the id), so the officer is handed off there.
+    c.nodes.insert(frozen, node);
+    c.settled().await;
+    let h = officer.recv_type("handoff").await;
+    assert_eq!(h["node"], frozen_id.as_str(), "{h}");
+    let moved = Client::open_url(h["ws_url"].as_str().unwrap()).await;
+    assert_eq!(moved.welcome["available"], true, "{}", moved.welcome);
+    // A citizen placed through the rejoined node sees the officer.
+    let (mut again, _) = c
+        .connect(frozen, Role::Citizen, "c2", lat + 0.001, lon)
+        .await;
+    let n = again.recv_type("nearby").await;
+    assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");
 }
