@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::actors::session::{SessionMsg, tell};
 use crate::config::Settings;
 use crate::context::Context;
 use crate::geo::ZipTable;
@@ -147,13 +148,29 @@ impl Running {
         &self.state.ctx
     }
 
-    /// Stops accepting, closes every socket with 1001 (waiting up to the grace period for
-    /// them to flush), then stops the actors.
+    /// Stops accepting; in a cluster, gives its regions to the other nodes and hands its
+    /// sessions off to them (waiting up to the grace period for the phones to move); closes
+    /// every socket left with 1001 (waiting up to the grace period for them to flush); then
+    /// stops the actors.
     pub async fn shutdown(self) {
         let ctx = self.state.ctx.clone();
         let _ = self.stop.send(());
-        ctx.begin_shutdown();
         let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
+        if let Some(cl) = ctx.cluster.as_ref().filter(|c| c.ready()) {
+            cl.leave().await;
+            for e in ctx.sessions.all() {
+                tell(&e.handle, SessionMsg::CheckOwner, "owner");
+            }
+            let deadline = Instant::now() + grace;
+            while ctx.sessions.sockets() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            tracing::info!(
+                sockets_left = ctx.sessions.sockets(),
+                "cluster: sessions handed off"
+            );
+        }
+        ctx.begin_shutdown();
         let deadline = Instant::now() + grace + Duration::from_millis(500);
         while ctx.sessions.sockets() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -177,7 +177,7 @@ impl Common {
         let Some(cl) = self.ctx.cluster.clone() else {
             return;
         };
-        if cl.serving(cl.unit(self.zip)).is_some() || !cl.ready() {
+        if cl.serving(cl.unit(self.zip)).is_some() || !(cl.ready() || cl.is_leaving()) {
             return;
         }
         let Some(owner) = cl.owner_of(self.zip) else {

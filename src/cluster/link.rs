@@ -51,6 +51,20 @@ impl Link {
             .map_err(|e| ClusterError::Request(node.to_owned(), format!("bad reply: {e}")))
     }
 
+    /// Gives a unit up (its key goes if it is still at `epoch`).
+    pub(super) async fn release(&self, unit: placement::Unit, epoch: u64) -> anyhow::Result<()> {
+        self.owners
+            .delete_expect_revision(unit_key(unit), Some(epoch))
+            .await?;
+        Ok(())
+    }
+
+    /// Removes a member's record.
+    pub(super) async fn forget_member(&self, node: &str) -> anyhow::Result<()> {
+        self.members.delete(node).await?;
+        Ok(())
+    }
+
     /// The subject of administrators' kicks (every node listens).
     pub(crate) fn kick_subject(&self) -> String {
         format!("{}.sessions.kick", self.prefix)
@@ -216,6 +230,9 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.is_leaving() {
+                return;
+            }
             let last = self.view.lock().expect("view lock").lease;
             // A renewal that comes too late (the process was frozen, the link was down)
             // cannot be trusted: others may have taken our units already.
@@ -382,7 +399,7 @@ impl Cluster {
         metrics::counter!("cluster_epoch_changes_total").increment(1);
     }
 
-    fn drop_unit(&self, unit: placement::Unit) {
+    pub(super) fn drop_unit(&self, unit: placement::Unit) {
         if self.owned[unit as usize].swap(0, Ordering::AcqRel) != 0 {
             self.owned_count.fetch_sub(1, Ordering::Relaxed);
         }
@@ -396,6 +413,9 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            if self.is_leaving() {
+                return;
+            }
             if !self.lease_fresh() {
                 continue;
             }

@@ -100,6 +100,8 @@ pub struct Cluster {
     incarnation: AtomicU64,
     /// Whether this node's lease is known fresh (cleared at fencing).
     live: AtomicBool,
+    /// Set when the node leaves (SIGTERM): it renews and takes nothing more.
+    leaving: AtomicBool,
     /// Told when this node fenced itself (its sessions must close with 1012).
     pub fenced: tokio::sync::Notify,
     /// This node's live counts, for the member record.
@@ -183,6 +185,7 @@ impl Cluster {
             linked_at: OnceLock::new(),
             incarnation: AtomicU64::new(rand::random()),
             live: AtomicBool::new(false),
+            leaving: AtomicBool::new(false),
             fenced: tokio::sync::Notify::new(),
             counts: OnceLock::new(),
         })
@@ -230,6 +233,34 @@ impl Cluster {
             }
             up.await;
         }
+    }
+
+    /// Whether this node is leaving the cluster.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Acquire)
+    }
+
+    /// Leaves the cluster gracefully (SIGTERM): stops renewing and reconciling, gives every
+    /// unit up (the others take them at their next round) and removes its member record, so
+    /// the others place without it at once instead of after the lease TTL. Its sessions
+    /// then hand off (the caller tells them).
+    pub async fn leave(&self) {
+        self.leaving.store(true, Ordering::Release);
+        let Some(link) = self.link.get() else { return };
+        let mut released = 0;
+        for &u in &self.units {
+            if let Some(epoch) = self.serving(u) {
+                self.drop_unit(u);
+                released += 1;
+                if let Err(e) = link.release(u, epoch).await {
+                    tracing::debug!(unit = u, "cluster: release on leaving: {e}");
+                }
+            }
+        }
+        if let Err(e) = link.forget_member(&self.id).await {
+            tracing::warn!("cluster: member record not removed: {e}");
+        }
+        tracing::info!(node = %self.id, units = released, "cluster: left");
     }
 
     /// Whether NATS is reached and this node's lease is fresh.
@@ -310,9 +341,13 @@ impl Cluster {
 
     /// The member that serves `zip` now (its recorded owner if alive), else the one
     /// placement names (it takes the unit within a reconcile round); `None` with no member.
+    /// A node that is leaving names the others only.
     pub fn owner_of(&self, zip: ZipId) -> Option<Member> {
         let unit = self.unit(zip);
-        let members = self.members();
+        let mut members = self.members();
+        if self.is_leaving() {
+            members.retain(|m| m.record.node_id != self.id);
+        }
         let recorded = self
             .view
             .lock()

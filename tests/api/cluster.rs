@@ -743,3 +743,41 @@ async fn a_frozen_node_fences_itself_when_it_wakes_and_rejoins() {
     let n = again.recv_type("nearby").await;
     assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");
 }
+
+/// SIGTERM: the node gives its regions to the others at once (not after the lease), its
+/// officer is handed off and resumes its window there, and it exits 0 within the grace
+/// period and a few seconds.
+#[tokio::test]
+async fn a_node_stopped_with_sigterm_hands_its_sessions_over_and_exits_0() {
+    let mut c = TestCluster::start(3).await;
+    let (lat, lon) = (40.7506, -73.9927);
+    let leaving_id = c.owner(0, lat, lon).await;
+    let leaving = c.nodes.iter().position(|n| n.id == leaving_id).unwrap();
+    let (mut officer, _) = c.officer((leaving + 1) % 3, "o1", lat, lon).await;
+
+    c.nodes[leaving].signal("-TERM");
+    let asked = Instant::now();
+    let h = officer.recv_type("handoff").await;
+    assert_ne!(h["node"], leaving_id.as_str(), "{h}");
+    let moved = Client::open_url(h["ws_url"].as_str().unwrap()).await;
+    assert_eq!(moved.welcome["available"], true, "{}", moved.welcome);
+    let (_, code) = officer.closed().await;
+    assert_eq!(code, Some(4003));
+    let mut node = c.nodes.remove(leaving);
+    let status = eventually("the node exits", || {
+        let exited = node.child.try_wait().unwrap();
+        async move { exited }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    // Grace (1 s in these tests) and a few seconds.
+    assert!(
+        asked.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        asked.elapsed()
+    );
+    c.settled().await;
+    let (mut citizen, _) = c.connect(0, Role::Citizen, "c1", lat + 0.001, lon).await;
+    let n = citizen.recv_type("nearby").await;
+    assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");
+}
