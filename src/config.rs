@@ -89,6 +89,10 @@ pub struct ClusterSettings {
     /// Region changes queued for publishing to the other nodes; beyond it a change is
     /// dropped (counted) and the receivers, seeing the gap, read again.
     pub change_queue: usize,
+    /// How long the events stream keeps an event (and the projection its id).
+    pub events_max_age_s: u64,
+    /// Bytes the events stream keeps at most (the oldest go first).
+    pub events_max_bytes: i64,
     /// Longest time a session that was handed off keeps its old socket.
     pub handoff_grace_s: u64,
     /// JetStream replicas of the buckets and the event stream (3 on a three-server NATS).
@@ -355,6 +359,11 @@ impl Settings {
                 ("cluster.request_attempts", u64::from(cl.request_attempts)),
                 ("cluster.replicas", cl.replicas as u64),
                 ("cluster.change_queue", cl.change_queue as u64),
+                ("cluster.events_max_age_s", cl.events_max_age_s),
+                (
+                    "cluster.events_max_bytes",
+                    cl.events_max_bytes.max(0) as u64,
+                ),
             ] {
                 if v == 0 {
                     bad.push(format!("{name} must be > 0"));

@@ -263,11 +263,7 @@ impl Context {
         let events_capacity = settings.events.capacity;
         let vouchers = VoucherSigner::new(settings.rewards.voucher_key.expose());
         let events = EventBus::new(events_capacity);
-        let publisher = Arc::new(Publisher::new(
-            store.clone(),
-            events.clone(),
-            settings.events.batch,
-        ));
+
         let (regions, _join) = Regions::start(zips.clone(), sessions.clone(), timeout).await?;
         let cluster = settings.cluster.enabled().then(|| {
             let c = Cluster::new(
@@ -293,7 +289,7 @@ impl Context {
             });
             let (counted, alive) = (sessions.clone(), regions.clone());
             c.count_with(move || node_counts(&counted, &alive));
-            tokio::spawn(c.clone().run(regions.clone()));
+            tokio::spawn(c.clone().run(regions.clone(), store.clone()));
             // A node that fenced itself serves none of its regions: its phones reconnect
             // through a live node.
             let (fenced, sessions) = (c.clone(), sessions.clone());
@@ -304,6 +300,11 @@ impl Context {
                 }
             });
             c
+        });
+        let publisher = Publisher::new(store.clone(), events.clone(), settings.events.batch);
+        let publisher = Arc::new(match &cluster {
+            Some(c) => publisher.with_stream(c.clone()),
+            None => publisher,
         });
         let windows: Arc<dyn WindowStore> = match &cluster {
             Some(c) => c.clone(),

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -161,11 +162,29 @@ pub fn skip_malformed(id: i64, e: &MalformedEvent) {
     tracing::error!(event = id, "skipping an outbox row: {e}");
 }
 
-/// Moves committed outbox rows onto the bus.
+/// A durable stream the events go to in a cluster (JetStream): at least once, each with
+/// its unique `event_id`; the profile projection is then fed from the stream, not here.
+pub trait EventStream: Send + Sync {
+    /// Sends `events`, returning once the stream has stored every one.
+    fn send<'a>(&'a self, events: &'a [Event]) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// An event as the cluster's stream carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamEvent {
+    /// Unique over the cluster (the outbox id in the one shared store); consumers
+    /// deduplicate by it.
+    pub event_id: String,
+    /// What happened.
+    pub event: DomainEvent,
+}
+
+/// Moves committed outbox rows onto the bus (and, in a cluster, the durable stream).
 pub struct Publisher {
     store: Store,
     bus: EventBus,
     batch: u64,
+    stream: Option<Arc<dyn EventStream>>,
 }
 
 impl Publisher {
@@ -175,14 +194,41 @@ impl Publisher {
             store,
             bus,
             batch: batch.max(1),
+            stream: None,
         }
+    }
+
+    /// A publisher whose events go to `stream` first (cluster mode): a row is marked
+    /// published only once the stream stored it, and the projection is folded by the
+    /// stream's consumer.
+    pub fn with_stream(mut self, stream: Arc<dyn EventStream>) -> Self {
+        self.stream = Some(stream);
+        self
     }
 
     /// Publishes what is pending now; returns how many events went out.
     pub async fn publish_pending(&self) -> Result<usize, crate::store::StoreError> {
         let mut total = 0;
         loop {
-            let rows = self.store.publish_batch(self.batch).await?;
+            let rows = match &self.stream {
+                None => self.store.publish_batch(self.batch).await?,
+                Some(stream) => {
+                    let sent = self
+                        .store
+                        .publish_batch_with(self.batch, async |evs: &[Event]| {
+                            stream.send(evs).await
+                        })
+                        .await?;
+                    match sent {
+                        Ok(rows) => rows,
+                        Err(e) => {
+                            metrics::counter!("event_publish_failures_total").increment(1);
+                            tracing::warn!("events not stored by the stream (will retry): {e}");
+                            return Ok(total);
+                        }
+                    }
+                }
+            };
             if rows.is_empty() {
                 return Ok(total);
             }

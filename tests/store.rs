@@ -488,3 +488,58 @@ async fn racing_publishers_project_each_event_once() {
     })
     .await;
 }
+
+/// The cluster's projection path: events read from the stream (at least once) are folded
+/// once each, however often one is delivered; events sent to the stream are marked
+/// published only when the stream stored them.
+#[tokio::test]
+async fn stream_events_fold_once_and_publish_only_when_stored() {
+    use heyblue::events::{DomainEvent, Event};
+    both(|s| async move {
+        let e = |account: &str| DomainEvent::PointsAwarded {
+            account_id: account.into(),
+            delta: 10,
+            reference: "c1".into(),
+            kind: "connection".into(),
+        };
+        let batch = vec![("7".to_owned(), e("a")), ("8".to_owned(), e("a"))];
+        assert_eq!(s.apply_events(&batch).await.unwrap(), 2);
+        // Delivered again, with one new event: only the new one counts.
+        let again = vec![("8".to_owned(), e("a")), ("9".to_owned(), e("b"))];
+        assert_eq!(s.apply_events(&again).await.unwrap(), 1);
+        assert_eq!(s.stats("a").await.unwrap().earned, 20);
+        assert_eq!(s.stats("b").await.unwrap().earned, 10);
+
+        // An accept writes an outbox event; a failing stream leaves it unpublished and
+        // unfolded, a working one marks it published (and still does not fold it: the
+        // stream's consumer does).
+        s.record_accepted(&accepted("r1", "o1", "c1"))
+            .await
+            .unwrap();
+        let failed = s
+            .publish_batch_with(10, async |_: &[Event]| Err("down".to_owned()))
+            .await
+            .unwrap();
+        assert!(failed.is_err());
+        let sent = s
+            .publish_batch_with(10, async |evs: &[Event]| {
+                assert!(!evs.is_empty());
+                Ok(())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !sent.is_empty(),
+            "the events left after the failure are sent"
+        );
+        let none = s
+            .publish_batch_with(10, async |_: &[Event]| Ok(()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(none.is_empty(), "published once");
+        assert_eq!(s.stats("o1").await.unwrap().connections, 0);
+    })
+    .await;
+}

@@ -25,6 +25,10 @@ pub struct Link {
     owners: kv::Store,
     /// Officers' running windows (key: the account id in lower-case hex).
     pub(super) windows: kv::Store,
+    /// JetStream, for the domain events.
+    pub(super) js: jetstream::Context,
+    /// The domain events' stream.
+    pub(super) events: jetstream::stream::Stream,
     prefix: String,
 }
 
@@ -117,7 +121,7 @@ impl Cluster {
 
     /// Connects (retrying, and logging why, until NATS answers), then keeps the lease,
     /// the view and the ownership up to date, and answers reads, until the process ends.
-    pub async fn run(self: Arc<Self>, regions: Regions) {
+    pub async fn run(self: Arc<Self>, regions: Regions, store: crate::store::Store) {
         let mut backoff = Duration::from_millis(250);
         let link = loop {
             match self.connect().await {
@@ -139,6 +143,7 @@ impl Cluster {
         tokio::spawn(self.clone().serve_nearby(regions));
         tokio::spawn(self.clone().reconcile());
         tokio::spawn(self.clone().follow_sessions());
+        tokio::spawn(self.clone().project_events(store));
         if let Some(rx) = self.changes_rx.lock().expect("changes lock").take() {
             tokio::spawn(self.clone().publish_changes(rx));
         }
@@ -198,11 +203,26 @@ impl Cluster {
             ))
             .await
             .context("creating the windows bucket")?;
+        let events = js
+            .get_or_create_stream(jetstream::stream::Config {
+                name: format!("{ns}_events"),
+                subjects: vec![format!("{ns}.events.>")],
+                num_replicas: self.cfg.replicas,
+                max_age: Duration::from_secs(self.cfg.events_max_age_s),
+                max_bytes: self.cfg.events_max_bytes,
+                duplicate_window: Duration::from_secs(120),
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .context("creating the events stream")?;
         Ok(Link {
             client,
             members,
             owners,
             windows,
+            js,
+            events,
             prefix: ns.clone(),
         })
     }
@@ -593,6 +613,93 @@ impl Cluster {
                 .filter_map(|&[lat, lon]| LatLon::new(lat, lon))
                 .collect();
             regions.remote_changed(zip, points).await;
+        }
+    }
+
+    /// Folds the domain events of the cluster's stream into the profile projection: one
+    /// durable consumer shared by every node (each event goes to one of them), acked after
+    /// the store committed; an event delivered again is skipped by its id.
+    async fn project_events(self: Arc<Self>, store: crate::store::Store) {
+        use jetstream::consumer::{AckPolicy, pull};
+        let link = self.link.get().expect("linked");
+        let consumer = loop {
+            let made = link
+                .events
+                .get_or_create_consumer(
+                    "projection",
+                    pull::Config {
+                        durable_name: Some("projection".into()),
+                        ack_policy: AckPolicy::Explicit,
+                        max_ack_pending: 1024,
+                        ack_wait: Duration::from_secs(30),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            match made {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!("cluster: events consumer: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let mut rounds = 0u64;
+        loop {
+            rounds += 1;
+            if rounds.is_multiple_of(3600) {
+                let age = Duration::from_secs(self.cfg.events_max_age_s);
+                if let Err(e) = store.forget_processed_events(age).await {
+                    tracing::warn!("forgetting processed event ids: {e}");
+                }
+            }
+            let batch = consumer
+                .fetch()
+                .max_messages(256)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await;
+            let mut messages = match batch {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("cluster: fetching events: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            let mut got = Vec::new();
+            while let Some(Ok(m)) = messages.next().await {
+                got.push(m);
+            }
+            if got.is_empty() {
+                continue;
+            }
+            let events: Vec<(String, crate::events::DomainEvent)> = got
+                .iter()
+                .filter_map(|m| {
+                    let e = serde_json::from_slice::<crate::events::StreamEvent>(&m.payload);
+                    match e {
+                        Ok(e) => Some((e.event_id, e.event)),
+                        Err(err) => {
+                            metrics::counter!("events_malformed_total").increment(1);
+                            tracing::error!("cluster: skipping an unreadable event: {err}");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            match store.apply_events(&events).await {
+                Ok(n) => {
+                    metrics::counter!("events_projected_total").increment(n as u64);
+                    for m in &got {
+                        if let Err(e) = m.ack().await {
+                            tracing::debug!("cluster: event ack: {e}");
+                        }
+                    }
+                }
+                // Not acked: redelivered after ack_wait.
+                Err(e) => tracing::warn!("cluster: projecting events (will retry): {e}"),
+            }
         }
     }
 

@@ -656,3 +656,36 @@ impl Cluster {
         }
     }
 }
+
+impl crate::events::EventStream for Cluster {
+    fn send<'a>(
+        &'a self,
+        events: &'a [crate::events::Event],
+    ) -> futures_util::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let link = self.link.get().ok_or("the cluster link is not up")?;
+            let mut acks = Vec::with_capacity(events.len());
+            for e in events {
+                let body = serde_json::to_vec(&crate::events::StreamEvent {
+                    event_id: e.id.to_string(),
+                    event: e.event.clone(),
+                })
+                .expect("events serialise");
+                let subject = format!("{}.events.{}", self.cfg.namespace, e.event.kind());
+                let msg = async_nats::jetstream::message::PublishMessage::build()
+                    .payload(body.into())
+                    .message_id(e.id.to_string());
+                let ack = link
+                    .js
+                    .send_publish(subject, msg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -59,87 +59,84 @@ impl Store {
     pub async fn publish_batch(&self, limit: u64) -> Result<Vec<Event>, StoreError> {
         let _timed = super::timed("publish_batch");
         let txn = self.db.begin().await?;
-        let q = Query::select()
-            .columns(["id", "kind", "payload"])
-            .from("events")
-            .and_where(Expr::col("published_at").is_null())
-            .order_by("id", Order::Asc)
-            .limit(limit)
-            .lock(LockType::Update)
-            .to_owned();
-        let rows: Vec<OutboxRow> = txn
-            .query_all(&q)
-            .await?
-            .into_iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("", "id")?,
-                    r.try_get("", "kind")?,
-                    r.try_get("", "payload")?,
-                ))
-            })
-            .collect::<Result<_, DbErr>>()?;
-        if rows.is_empty() {
-            txn.commit().await?;
-            return Ok(Vec::new());
+        let events = claim(&txn, limit).await?;
+        if !events.is_empty() {
+            add_stats(&txn, &events).await?;
+            mark_published(&txn, &events).await?;
         }
-        let mut deltas = HashMap::new();
-        let mut events = Vec::with_capacity(rows.len());
-        for (id, kind, payload) in &rows {
-            match DomainEvent::from_row(kind, payload) {
-                Ok(event) => {
-                    fold(&event, &mut deltas);
-                    events.push(Event { id: *id, event });
-                }
-                // Marked published with the rest: a row no consumer can read is not retried.
-                Err(e) => crate::events::skip_malformed(*id, &e),
-            }
-        }
-        let mut deltas: Vec<_> = deltas.into_iter().collect();
-        // A fixed order: concurrent publishers lock stats rows without deadlocking.
-        deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        for chunk in deltas.chunks(500) {
-            let mut insert = Query::insert();
-            insert.into_table("account_stats").columns([
-                "account_id",
-                "earned",
-                "spent",
-                "connections",
-            ]);
-            for (account, d) in chunk {
-                insert.values_panic([
-                    account.clone().into(),
-                    d.earned.into(),
-                    d.spent.into(),
-                    d.connections.into(),
-                ]);
-            }
-            insert.on_conflict(
-                OnConflict::column("account_id")
-                    .values([
-                        (
-                            "earned",
-                            Expr::cust("account_stats.earned + excluded.earned"),
-                        ),
-                        ("spent", Expr::cust("account_stats.spent + excluded.spent")),
-                        (
-                            "connections",
-                            Expr::cust("account_stats.connections + excluded.connections"),
-                        ),
-                    ])
-                    .to_owned(),
-            );
-            txn.execute(&insert).await?;
-        }
-        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let mark = Query::update()
-            .table("events")
-            .value("published_at", chrono::Utc::now())
-            .and_where(Expr::col("id").is_in(ids))
-            .to_owned();
-        txn.execute(&mark).await?;
         txn.commit().await?;
         Ok(events)
+    }
+
+    /// Claims up to `limit` unpublished events oldest first and hands them to `send` (the
+    /// cluster's durable stream) without folding them; marks them published only when
+    /// `send` succeeded, in the claim's transaction. A failed `send` leaves them for the
+    /// next round; a crash after `send` publishes them again (with the same ids, which the
+    /// stream and its consumers deduplicate).
+    pub async fn publish_batch_with<F>(
+        &self,
+        limit: u64,
+        send: F,
+    ) -> Result<Result<Vec<Event>, String>, StoreError>
+    where
+        F: AsyncFnOnce(&[Event]) -> Result<(), String>,
+    {
+        let _timed = super::timed("publish_batch");
+        let txn = self.db.begin().await?;
+        let events = claim(&txn, limit).await?;
+        if events.is_empty() {
+            txn.commit().await?;
+            return Ok(Ok(events));
+        }
+        if let Err(e) = send(&events).await {
+            txn.rollback().await?;
+            return Ok(Err(e));
+        }
+        mark_published(&txn, &events).await?;
+        txn.commit().await?;
+        Ok(Ok(events))
+    }
+
+    /// Folds events read from the cluster's stream into the projection, each once: an
+    /// event id already recorded in `processed_events` is skipped. Returns how many were
+    /// new.
+    pub async fn apply_events(
+        &self,
+        events: &[(String, DomainEvent)],
+    ) -> Result<usize, StoreError> {
+        let _timed = super::timed("apply_events");
+        let txn = self.db.begin().await?;
+        let mut fresh = Vec::new();
+        for (id, event) in events {
+            let insert = Query::insert()
+                .into_table("processed_events")
+                .columns(["event_id", "processed_at"])
+                .values_panic([id.clone().into(), chrono::Utc::now().into()])
+                .on_conflict(OnConflict::column("event_id").do_nothing().to_owned())
+                .to_owned();
+            if txn.execute(&insert).await?.rows_affected() == 1 {
+                fresh.push(Event {
+                    id: 0,
+                    event: event.clone(),
+                });
+            }
+        }
+        add_stats(&txn, &fresh).await?;
+        txn.commit().await?;
+        Ok(fresh.len())
+    }
+
+    /// Forgets processed ids older than `age` (the stream cannot redeliver them any more).
+    pub async fn forget_processed_events(
+        &self,
+        age: std::time::Duration,
+    ) -> Result<u64, StoreError> {
+        let before = chrono::Utc::now() - chrono::Duration::from_std(age).unwrap_or_default();
+        let q = Query::delete()
+            .from_table("processed_events")
+            .and_where(Expr::col("processed_at").lt(before))
+            .to_owned();
+        Ok(self.db.execute(&q).await?.rows_affected())
     }
 
     /// The projected statistics of an account (zeros before its first event).
@@ -159,4 +156,104 @@ impl Store {
             None => StatsDelta::default(),
         })
     }
+}
+
+/// Claims up to `limit` unpublished events, oldest first (rows locked until the
+/// transaction ends; a concurrent publisher waits, then skips them). Malformed rows are
+/// logged, counted and claimed with the rest: a row no consumer can read is not retried.
+async fn claim<C: ConnectionTrait>(txn: &C, limit: u64) -> Result<Vec<Event>, StoreError> {
+    let q = Query::select()
+        .columns(["id", "kind", "payload"])
+        .from("events")
+        .and_where(Expr::col("published_at").is_null())
+        .order_by("id", Order::Asc)
+        .limit(limit)
+        .lock(LockType::Update)
+        .to_owned();
+    let rows: Vec<OutboxRow> = txn
+        .query_all(&q)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r.try_get("", "id")?,
+                r.try_get("", "kind")?,
+                r.try_get("", "payload")?,
+            ))
+        })
+        .collect::<Result<_, DbErr>>()?;
+    let mut events = Vec::with_capacity(rows.len());
+    let mut malformed = Vec::new();
+    for (id, kind, payload) in &rows {
+        match DomainEvent::from_row(kind, payload) {
+            Ok(event) => events.push(Event { id: *id, event }),
+            Err(e) => {
+                crate::events::skip_malformed(*id, &e);
+                malformed.push(*id);
+            }
+        }
+    }
+    if !malformed.is_empty() {
+        mark_ids(txn, malformed).await?;
+    }
+    Ok(events)
+}
+
+async fn mark_published<C: ConnectionTrait>(txn: &C, events: &[Event]) -> Result<(), StoreError> {
+    mark_ids(txn, events.iter().map(|e| e.id).collect()).await
+}
+
+async fn mark_ids<C: ConnectionTrait>(txn: &C, ids: Vec<i64>) -> Result<(), StoreError> {
+    let mark = Query::update()
+        .table("events")
+        .value("published_at", chrono::Utc::now())
+        .and_where(Expr::col("id").is_in(ids))
+        .to_owned();
+    txn.execute(&mark).await?;
+    Ok(())
+}
+
+/// Adds what `events` change to `account_stats`.
+async fn add_stats<C: ConnectionTrait>(txn: &C, events: &[Event]) -> Result<(), StoreError> {
+    let mut deltas = HashMap::new();
+    for e in events {
+        fold(&e.event, &mut deltas);
+    }
+    let mut deltas: Vec<_> = deltas.into_iter().collect();
+    // A fixed order: concurrent publishers lock stats rows without deadlocking.
+    deltas.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for chunk in deltas.chunks(500) {
+        let mut insert = Query::insert();
+        insert.into_table("account_stats").columns([
+            "account_id",
+            "earned",
+            "spent",
+            "connections",
+        ]);
+        for (account, d) in chunk {
+            insert.values_panic([
+                account.clone().into(),
+                d.earned.into(),
+                d.spent.into(),
+                d.connections.into(),
+            ]);
+        }
+        insert.on_conflict(
+            OnConflict::column("account_id")
+                .values([
+                    (
+                        "earned",
+                        Expr::cust("account_stats.earned + excluded.earned"),
+                    ),
+                    ("spent", Expr::cust("account_stats.spent + excluded.spent")),
+                    (
+                        "connections",
+                        Expr::cust("account_stats.connections + excluded.connections"),
+                    ),
+                ])
+                .to_owned(),
+        );
+        txn.execute(&insert).await?;
+    }
+    Ok(())
 }

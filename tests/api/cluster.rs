@@ -690,6 +690,14 @@ async fn a_connection_across_nodes_is_recorded_once_and_cancels_cross_too() {
         assert_eq!(h["connections"].as_array().map(Vec::len), Some(1), "{h}");
     }
 
+    // The profile projection, fed from the events stream by whichever node consumed each
+    // event, counts the connection once.
+    eventually("the projection counts the connection", || async {
+        let (_, me) = c.get(2, "/v1/me", Some(&token)).await;
+        (me["connections"] == 1 && me["points"]["earned"] == 10).then_some(())
+    })
+    .await;
+
     // A second request; the citizen disconnects: the officer hears it was cancelled.
     let pending = citizen.request("o1", "virtual").await;
     assert_eq!(pending["type"], "connection_pending", "{pending}");

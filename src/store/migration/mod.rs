@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 mod m20261128_000001_core;
 mod m20261128_000002_rewards;
 mod m20261128_000003_account_stats;
+mod m20261130_000004_processed_events;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_core::Migration),
             Box::new(m20261128_000002_rewards::Migration),
             Box::new(m20261128_000003_account_stats::Migration),
+            Box::new(m20261130_000004_processed_events::Migration),
         ]
     }
 }
