@@ -44,6 +44,17 @@ pub async fn open(
     auth: &Auth,
     who: Who<'_>,
 ) -> anyhow::Result<Ws> {
+    Ok(open_placed(http, target, auth, who).await?.0)
+}
+
+/// [`open`], also returning the node the orchestrator placed the session on (in a
+/// cluster, the owner of its region; alone, the one node).
+pub async fn open_placed(
+    http: &reqwest::Client,
+    target: &str,
+    auth: &Auth,
+    who: Who<'_>,
+) -> anyhow::Result<(Ws, String)> {
     let token = auth.mint(who.role, who.sub, None, Duration::from_secs(3600));
     let path = if who.role == Role::Officer {
         "officers"
@@ -57,7 +68,8 @@ pub async fn open(
     }
     let body: Value = resp.json().await?;
     let ws_url = body["ws_url"].as_str().context("ws_url")?;
-    open_url(ws_url, who.i).await
+    let node = body["node"].as_str().unwrap_or("").to_owned();
+    Ok((open_url(ws_url, who.i).await?, node))
 }
 
 /// Read buffer of every client socket (frames larger than this are read in pieces).

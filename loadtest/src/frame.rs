@@ -20,6 +20,9 @@ pub struct Frame<'a> {
     pub code: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub status: Option<Cow<'a, str>>,
+    /// A `handoff`'s URL.
+    #[serde(borrow, default)]
+    pub ws_url: Option<Cow<'a, str>>,
 }
 
 #[derive(serde::Deserialize, Debug, PartialEq)]
@@ -83,6 +86,7 @@ fn scan_nearby(t: &str) -> Option<Frame<'_>> {
         request_id: None,
         code: None,
         status: None,
+        ws_url: None,
     })
 }
 

@@ -36,8 +36,9 @@ use tokio::sync::Semaphore;
     about = "Load generator for the Hey Blue! server"
 )]
 struct Args {
-    /// Server base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    /// Server base URL; in a cluster, several nodes' URLs separated by commas (sessions ask
+    /// their orchestrators in turn; each session goes to the node its answer names).
+    #[arg(long, alias = "targets", default_value = "http://127.0.0.1:8080")]
     target: String,
     /// HS256 secret the server verifies tokens with.
     #[arg(
@@ -111,6 +112,18 @@ struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+impl Args {
+    /// The first of the `--target` URLs (the modes that talk to one node).
+    fn first_target(&self) -> String {
+        self.target
+            .split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    }
+}
+
 /// `process_resident_memory_bytes` from the server's /metrics, in kB (None if absent).
 async fn metric_rss_kb(
     http: &reqwest::Client,
@@ -158,7 +171,7 @@ async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
         let (http, auth, target, pid) = (
             http.clone(),
             auth.clone(),
-            args.target.clone(),
+            args.first_target(),
             args.server_pid,
         );
         move || {
@@ -192,7 +205,7 @@ async fn idle(args: Args, n: usize) -> anyhow::Result<()> {
                 lon,
                 i,
             };
-            let r = client::open(&http, &args.target, &auth, who).await;
+            let r = client::open(&http, &args.first_target(), &auth, who).await;
             drop(permit);
             match r {
                 Ok(mut ws) => {
@@ -248,7 +261,7 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(pairs) = args.accepts {
         let auth = Auth::new(&args.jwt_secret);
-        let out = accepts::run(&args.target, &auth, pairs, args.duration).await?;
+        let out = accepts::run(&args.first_target(), &auth, pairs, args.duration).await?;
         if let Some(f) = &args.json {
             std::fs::write(f, serde_json::to_string_pretty(&out)?)?;
         }
@@ -280,7 +293,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.officers + args.citizens > 0 {
         let target = match args.against.as_deref() {
-            None => scenario::Target::Server(args.target.clone()),
+            None => scenario::Target::Server(
+                args.target
+                    .split(',')
+                    .map(|t| t.trim().to_owned())
+                    .collect(),
+            ),
             Some("echo") => scenario::Target::Echo(echo::start()?),
             Some(other) => bail!("--against {other}: only echo is built in"),
         };

@@ -46,8 +46,9 @@ use crate::stats;
 /// What the scenario runs against.
 #[derive(Debug, Clone)]
 pub enum Target {
-    /// A Hey Blue! server: orchestrator, then WebSocket.
-    Server(String),
+    /// Hey Blue! orchestrators (one node, or several nodes of a cluster, used in turn),
+    /// then the WebSocket each names.
+    Server(Vec<String>),
     /// A bare echo WebSocket endpoint (`ws://…`).
     Echo(String),
 }
@@ -99,6 +100,10 @@ struct Shared {
     /// officer id → the last few (lat bits, lon bits, sent at) it sent.
     officer_sends: DashMap<String, VecDeque<(u64, u64, Instant)>>,
     connected_over_time: std::sync::Mutex<Vec<(f64, i64)>>,
+    /// Sessions opened per node (as the orchestrator placed them).
+    nodes: std::sync::Mutex<BTreeMap<String, u64>>,
+    /// `handoff` frames followed (a new socket opened to the node named).
+    handoffs: AtomicU64,
     hists: Recorder,
 }
 
@@ -319,7 +324,7 @@ fn report(
         .sum();
     let closes = shared.closes.lock().expect("not poisoned").clone();
     let target = match &cfg.target {
-        Target::Server(u) => format!("server {u}"),
+        Target::Server(u) => format!("server {}", u.join(",")),
         Target::Echo(u) => format!("echo {u}"),
     };
     println!(
@@ -352,6 +357,11 @@ fn report(
     if !closes.is_empty() {
         println!("closes by code: {closes:?}");
     }
+    let nodes = shared.nodes.lock().expect("not poisoned").clone();
+    let handoffs = shared.handoffs.load(Ordering::Relaxed);
+    if nodes.len() > 1 || handoffs > 0 {
+        println!("sessions opened per node: {nodes:?}; handoffs followed: {handoffs}");
+    }
     println!("{}", stats::header());
     println!("{}", stats::row("location → nearby (citizen)", &h.reply));
     println!("{}", stats::row("officer move → push (citizen)", &h.push));
@@ -368,6 +378,7 @@ fn report(
         "protocol_errors": protocol_errors,
         "unanswered_locations": unanswered,
         "errors_by_code": errors, "closes_by_code": closes,
+        "sessions_per_node": nodes, "handoffs": handoffs,
         "location_to_nearby": stats::json(&h.reply),
         "move_to_push": stats::json(&h.push),
         "request_to_established": stats::json(&h.connect),
@@ -389,7 +400,7 @@ struct Session {
 impl Session {
     async fn open(&self, http: &reqwest::Client, auth: &Auth) -> anyhow::Result<Ws> {
         match &self.cfg.target {
-            Target::Server(base) => {
+            Target::Server(bases) => {
                 let who = Who {
                     role: self.role,
                     sub: &self.sub,
@@ -397,10 +408,57 @@ impl Session {
                     lon: self.walker.pos.lon,
                     i: self.i,
                 };
-                client::open(http, base, auth, who).await
+                let base = &bases[self.i % bases.len()];
+                let (ws, node) = client::open_placed(http, base, auth, who).await?;
+                Shared::count(&self.shared.nodes, node);
+                Ok(ws)
             }
             Target::Echo(url) => client::open_url(url, self.i).await,
         }
+    }
+
+    /// Reads a socket's frames until it closes, answering what needs an answer through
+    /// `to_writer`; a `handoff` leaves its URL in `handoff` for the writer to follow.
+    fn spawn_reader(
+        &self,
+        mut rx: futures_util::stream::SplitStream<Ws>,
+        ctx: ReaderCtx,
+    ) -> tokio::task::JoinHandle<()> {
+        let echo = matches!(self.cfg.target, Target::Echo(_));
+        let (shared, role, shard) = (self.shared.clone(), self.role, self.i);
+        tokio::spawn(async move {
+            let mut r = Reader {
+                shared,
+                role,
+                echo,
+                shard,
+                asking: ctx.asking,
+                handoff: ctx.handoff,
+                seen: FxHashMap::default(),
+            };
+            while let Some(m) = rx.next().await {
+                match m {
+                    Ok(Message::Text(t)) => {
+                        let Some(v) = Frame::parse(&t) else {
+                            // Counted as a protocol error: the server broke the contract.
+                            Shared::count(&r.shared.errors, "unparsable_frame".into());
+                            continue;
+                        };
+                        if let Some(out) = r.on_frame(v, &ctx.outstanding, &ctx.answered) {
+                            let _ = ctx.to_writer.try_send(out);
+                        }
+                    }
+                    Ok(Message::Close(c)) => {
+                        let code = c.map_or("none".into(), |c| u16::from(c.code).to_string());
+                        Shared::count(&r.shared.closes, code);
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            r.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        })
     }
 
     /// Sends at the rate and reads until `stop`; then waits for the replies it is owed and
@@ -413,7 +471,7 @@ impl Session {
     ) -> anyhow::Result<()> {
         let echo = matches!(self.cfg.target, Target::Echo(_));
         self.shared.connected.fetch_add(1, Ordering::Relaxed);
-        let (mut tx, mut rx) = ws.split();
+        let (mut tx, rx) = ws.split();
         let (to_writer, mut from_reader) = mpsc::channel::<Value>(16);
         if self.role == Role::Officer && !echo {
             let available = json!({"type":"available","window_s":900}).to_string();
@@ -426,43 +484,15 @@ impl Session {
         let outstanding = Arc::new(std::sync::Mutex::new(VecDeque::<Instant>::new()));
         let answered = Arc::new(tokio::sync::Notify::new());
         let asking = Arc::new(std::sync::Mutex::new(Asking::default()));
-        let reader = {
-            let (shared, outstanding, answered) =
-                (self.shared.clone(), outstanding.clone(), answered.clone());
-            let (role, shard, asking) = (self.role, self.i, asking.clone());
-            tokio::spawn(async move {
-                let mut r = Reader {
-                    shared,
-                    role,
-                    echo,
-                    shard,
-                    asking,
-                    seen: FxHashMap::default(),
-                };
-                while let Some(m) = rx.next().await {
-                    match m {
-                        Ok(Message::Text(t)) => {
-                            let Some(v) = Frame::parse(&t) else {
-                                // Counted as a protocol error: the server broke the contract.
-                                Shared::count(&r.shared.errors, "unparsable_frame".into());
-                                continue;
-                            };
-                            if let Some(out) = r.on_frame(v, &outstanding, &answered) {
-                                let _ = to_writer.try_send(out);
-                            }
-                        }
-                        Ok(Message::Close(c)) => {
-                            let code = c.map_or("none".into(), |c| u16::from(c.code).to_string());
-                            Shared::count(&r.shared.closes, code);
-                            break;
-                        }
-                        Ok(_) => {}
-                        Err(_) => break,
-                    }
-                }
-                r.shared.connected.fetch_sub(1, Ordering::Relaxed);
-            })
+        let handoff = Arc::new(std::sync::Mutex::new(None::<String>));
+        let ctx = ReaderCtx {
+            outstanding: outstanding.clone(),
+            answered: answered.clone(),
+            asking: asking.clone(),
+            handoff: handoff.clone(),
+            to_writer: to_writer.clone(),
         };
+        let mut readers = vec![self.spawn_reader(rx, ctx.clone())];
         let closed_loop = self.cfg.rate_hz <= 0.0 && self.role == Role::Citizen;
         // Closed-loop runs still move their officers once a second.
         let hz = if self.cfg.rate_hz > 0.0 {
@@ -480,6 +510,17 @@ impl Session {
         let mut next_request = Instant::now() + Duration::from_secs(2);
         let sent: anyhow::Result<()> = async {
             while Instant::now() < stop {
+                // Handed off: open the socket the server named, then go on through it (the
+                // server closes the old one with 4003, which its reader counts).
+                let follow = handoff.lock().expect("not poisoned").take();
+                if let Some(url) = follow {
+                    let ws = client::open_url(&url, self.i).await?;
+                    let (ntx, nrx) = ws.split();
+                    tx = ntx;
+                    self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                    self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
+                    readers.push(self.spawn_reader(nrx, ctx.clone()));
+                }
                 if closed_loop {
                     let waiting = !outstanding.lock().expect("not poisoned").is_empty();
                     if waiting {
@@ -559,17 +600,28 @@ impl Session {
         self.shared.unanswered.fetch_add(left, Ordering::Relaxed);
         drained(drained_all, stop).await;
         let _ = tx.send(Message::Close(None)).await;
-        // The reader ends when the server's close arrives.
-        let mut reader = reader;
-        if tokio::time::timeout(Duration::from_secs(3), &mut reader)
-            .await
-            .is_err()
-        {
-            reader.abort();
-            self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        // A reader ends when the server's close arrives.
+        for mut reader in readers {
+            if tokio::time::timeout(Duration::from_secs(3), &mut reader)
+                .await
+                .is_err()
+            {
+                reader.abort();
+                self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         sent
     }
+}
+
+/// What a session's readers share with its writer.
+#[derive(Clone)]
+struct ReaderCtx {
+    outstanding: Arc<std::sync::Mutex<VecDeque<Instant>>>,
+    answered: Arc<tokio::sync::Notify>,
+    asking: Arc<std::sync::Mutex<Asking>>,
+    handoff: Arc<std::sync::Mutex<Option<String>>>,
+    to_writer: mpsc::Sender<Value>,
 }
 
 /// What a session's reader keeps.
@@ -580,6 +632,8 @@ struct Reader {
     /// Which of the run's histogram shards this session records into.
     shard: usize,
     asking: Arc<std::sync::Mutex<Asking>>,
+    /// Where a `handoff` sends the session.
+    handoff: Arc<std::sync::Mutex<Option<String>>>,
     /// officer id → position last shown to this citizen.
     seen: FxHashMap<Box<str>, (u64, u64)>,
 }
@@ -634,6 +688,12 @@ impl Reader {
                 None
             }
             "window_expiring" => Some(json!({"type":"available","window_s":900})),
+            "handoff" => {
+                if let Some(url) = v.ws_url.as_deref() {
+                    *self.handoff.lock().expect("not poisoned") = Some(url.to_owned());
+                }
+                None
+            }
             "error" => {
                 let code = v.code.as_deref().unwrap_or("?").to_owned();
                 if REFUSALS.contains(&code.as_str()) {
