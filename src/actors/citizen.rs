@@ -34,6 +34,15 @@ use crate::protocol::{Command, Mode, NearbyOfficerRef, NearbyRef, Role, ServerMs
 /// Most officers announced by `officer_nearby` from one answer.
 const MAX_CLOSE: usize = 64;
 
+/// A request being offered: to whom, its id, how far the officer is, and how.
+#[derive(Clone, Copy)]
+struct Ask<'a> {
+    officer_id: &'a str,
+    request_id: &'a str,
+    distance_m: f64,
+    mode: Mode,
+}
+
 /// The request a citizen has open.
 struct Open {
     request_id: String,
@@ -231,10 +240,13 @@ impl Citizen {
             return refuse("too_far", &msg);
         }
         let request_id = uuid::Uuid::new_v4().to_string();
-        let officer = match self
-            .offer(c, &officer_id, &request_id, distance_m, mode)
-            .await
-        {
+        let ask = Ask {
+            officer_id: &officer_id,
+            request_id: &request_id,
+            distance_m,
+            mode,
+        };
+        let officer = match self.offer(c, &ask).await {
             Ok(h) => h,
             Err(code) => {
                 let msg = match code {
@@ -262,31 +274,22 @@ impl Citizen {
     /// Offers the request to the officer's session — here, or in a cluster on the node
     /// that serves the officer's region — and waits for it to take or refuse it. On `Ok`,
     /// the handle reaches the officer's session (for a cancel).
-    async fn offer(
-        &self,
-        c: &Common,
-        officer_id: &str,
-        request_id: &str,
-        distance_m: f64,
-        mode: Mode,
-    ) -> Result<SessionHandle, &'static str> {
+    async fn offer(&self, c: &Common, ask: &Ask<'_>) -> Result<SessionHandle, &'static str> {
         let local = c
             .ctx
             .sessions
-            .get(officer_id)
+            .get(ask.officer_id)
             .filter(|e| e.role == Role::Officer);
         let Some(officer) = local else {
-            return self
-                .offer_remote(c, officer_id, request_id, distance_m, mode)
-                .await;
+            return self.offer_remote(c, ask).await;
         };
         let offer = OfferedRequest {
-            request_id: request_id.to_owned(),
+            request_id: ask.request_id.to_owned(),
             citizen_id: c.account.clone(),
             citizen_name: c.name.clone(),
             citizen: self.watch.signal.session().clone(),
-            distance_m,
-            mode,
+            distance_m: ask.distance_m,
+            mode: ask.mode,
         };
         let (tx, rx) = oneshot::channel();
         match officer.handle.send(SessionMsg::Offer(offer, tx)) {
@@ -306,14 +309,13 @@ impl Citizen {
 
     /// [`Citizen::offer`] to an officer on another node of the cluster: the node serving
     /// the officer's region (as the `nearby` answer placed it).
-    async fn offer_remote(
-        &self,
-        c: &Common,
-        officer_id: &str,
-        request_id: &str,
-        distance_m: f64,
-        mode: Mode,
-    ) -> Result<SessionHandle, &'static str> {
+    async fn offer_remote(&self, c: &Common, ask: &Ask<'_>) -> Result<SessionHandle, &'static str> {
+        let Ask {
+            officer_id,
+            request_id,
+            distance_m,
+            mode,
+        } = *ask;
         let cluster = c.ctx.cluster.as_ref().ok_or("officer_unavailable")?;
         let zip = self
             .last
@@ -346,24 +348,18 @@ impl Citizen {
                     status: status.to_owned(),
                 });
             }
-            Outcome::Established {
-                connection_id,
-                officer_id,
-                mode,
-                points_awarded,
-                balance,
-            } => {
+            Outcome::Established(e) => {
                 c.out.send(&ServerMsg::ConnectionResponse {
                     request_id: id,
                     status: "accepted".to_owned(),
                 });
                 c.out.send(&ServerMsg::ConnectionEstablished {
-                    connection_id,
-                    officer_id,
+                    connection_id: e.connection_id,
+                    officer_id: e.officer_id,
                     citizen_id: c.account.to_string(),
-                    mode,
-                    points_awarded,
-                    balance,
+                    mode: e.mode,
+                    points_awarded: e.points_awarded,
+                    balance: e.balance,
                 });
             }
         }

@@ -3,7 +3,9 @@
 
 pub mod citizen;
 pub mod directory;
+pub mod handoff;
 pub mod mailbox;
+pub mod offer;
 pub mod officer;
 pub mod outbox;
 pub mod region;
@@ -11,4 +13,5 @@ pub mod region_index;
 pub mod relay;
 pub mod session;
 pub mod socket;
+pub mod supervisor;
 pub mod windows;

@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use super::directory::RegionError;
 use super::region::OfficerData;
 use super::session::{
-    Common, Moved, OfferedRequest, Outcome, RoleSession, SessionHandle, SessionMsg, rfc3339, tell,
+    Common, Established, Moved, OfferedRequest, Outcome, RoleSession, SessionHandle, SessionMsg,
+    rfc3339, tell,
 };
 use super::windows::Window as StoredWindow;
 use crate::context::Counted;
@@ -235,13 +236,13 @@ impl Officer {
         };
         c.out.send(&officer_frame);
         self.last_accepted = Some((request_id.clone(), officer_frame));
-        let outcome = Outcome::Established {
+        let outcome = Outcome::Established(Established {
             connection_id: rec.connection_id,
             officer_id: c.account.to_string(),
             mode: p.mode,
             points_awarded: rec.points_awarded,
             balance: rec.citizen_balance,
-        };
+        });
         // A citizen who left meanwhile still has its points; it sees them in its profile.
         let decided = SessionMsg::Decided(request_id, outcome);
         tell(&p.citizen, decided, "connection");

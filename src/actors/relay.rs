@@ -16,9 +16,7 @@ use tokio::sync::oneshot;
 use super::mailbox;
 use super::session::{OfferedRequest, Outcome, SessionHandle, SessionMsg, tell};
 use crate::cluster::Cluster;
-use crate::cluster::wire::{
-    Established, KickReply, KickRequest, OfferReply, OfferRequest, RelayMsg,
-};
+use crate::cluster::wire::{KickReply, KickRequest, OfferReply, OfferRequest, RelayMsg};
 use crate::context::{Context, Kick};
 use crate::protocol::Role;
 
@@ -180,22 +178,7 @@ async fn take_offer(
         if let SessionMsg::Decided(request_id, outcome) = m {
             let (status, established) = match outcome {
                 Outcome::Status(s) => (s.to_owned(), None),
-                Outcome::Established {
-                    connection_id,
-                    officer_id,
-                    mode,
-                    points_awarded,
-                    balance,
-                } => (
-                    "accepted".to_owned(),
-                    Some(Established {
-                        connection_id,
-                        officer_id,
-                        mode,
-                        points_awarded,
-                        balance,
-                    }),
-                ),
+                Outcome::Established(e) => ("accepted".to_owned(), Some(e)),
             };
             let msg = RelayMsg::Decided {
                 citizen_id,
@@ -250,13 +233,7 @@ fn deliver(ctx: &Context, m: RelayMsg) {
                 return;
             };
             let outcome = match (status.as_str(), established) {
-                ("accepted", Some(x)) => Outcome::Established {
-                    connection_id: x.connection_id,
-                    officer_id: x.officer_id,
-                    mode: x.mode,
-                    points_awarded: x.points_awarded,
-                    balance: x.balance,
-                },
+                ("accepted", Some(e)) => Outcome::Established(e),
                 ("declined", _) => Outcome::Status("declined"),
                 ("expired", _) => Outcome::Status("expired"),
                 _ => Outcome::Status("cancelled"),

@@ -37,11 +37,11 @@ use super::citizen::Citizen;
 use super::mailbox::{self, Receiver};
 use super::officer::Officer;
 use super::outbox::{Outbox, close};
-use super::socket::{Event, Writer, arm};
+use super::socket::{Event, Timer, Writer, arm};
 use crate::context::{Context, SessionEntry};
 use crate::geo::{LatLon, ZipId};
 use crate::http::auth::Ticket;
-use crate::protocol::{Command, DecodeLimits, Mode, Role, ServerMsg, WireError, decode};
+use crate::protocol::{Command, DecodeLimits, Role, ServerMsg, WireError, decode};
 
 /// The sending side of a session's mailbox: all that other tasks hold of a session.
 pub type SessionHandle = mailbox::Sender<SessionMsg>;
@@ -76,42 +76,7 @@ pub enum SessionMsg {
     Crash,
 }
 
-/// A connection request as the officer's session receives it.
-#[derive(Debug)]
-pub struct OfferedRequest {
-    /// Request id.
-    pub request_id: String,
-    /// The citizen.
-    pub citizen_id: Arc<str>,
-    /// Its display name.
-    pub citizen_name: Arc<str>,
-    /// Its session, for the answer.
-    pub citizen: SessionHandle,
-    /// Distance when asked.
-    pub distance_m: f64,
-    /// Mode.
-    pub mode: Mode,
-}
-
-/// How a request ended, for the citizen.
-#[derive(Debug)]
-pub enum Outcome {
-    /// Declined, expired or cancelled (the wire status).
-    Status(&'static str),
-    /// Accepted and recorded.
-    Established {
-        /// The connection.
-        connection_id: String,
-        /// The officer.
-        officer_id: String,
-        /// Mode.
-        mode: Mode,
-        /// Points the citizen earned.
-        points_awarded: i64,
-        /// The citizen's balance.
-        balance: i64,
-    },
-}
+pub use super::offer::{Established, OfferedRequest, Outcome};
 
 /// What both roles keep: who the session is, where it is, and its outbox.
 pub struct Common {
@@ -166,64 +131,6 @@ impl Common {
         metrics::counter!("ws_errors_total", "code" => "unavailable").increment(1);
         self.out
             .send(&ServerMsg::error("unavailable", message, Some(reference)));
-    }
-
-    /// Cluster: when this session's region is served by another node, tells the client
-    /// to connect there (`handoff` with a ticket of that node) and closes this socket
-    /// with 4003 after `cluster.handoff_grace_s` unless the client went first. Nothing
-    /// happens alone, when the region is served here, or when the client was already
-    /// sent to that node; a failed ticket request is logged and tried on the next move.
-    pub async fn hand_off_if_elsewhere(&mut self, role: Role) {
-        let Some(cl) = self.ctx.cluster.clone() else {
-            return;
-        };
-        if cl.serving(cl.unit(self.zip)).is_some() || !(cl.ready() || cl.is_leaving()) {
-            return;
-        }
-        let Some(owner) = cl.owner_of(self.zip) else {
-            return;
-        };
-        let node = owner.record.node_id;
-        if node == cl.node_id() || self.handed_to.as_deref() == Some(node.as_str()) {
-            return;
-        }
-        let req = crate::cluster::wire::TicketRequest {
-            account: self.account.to_string(),
-            display_name: self.name.to_string(),
-            role,
-            lat: self.pos.lat,
-            lon: self.pos.lon,
-            zip: self.code(self.zip),
-            d0: self.d0,
-        };
-        let ticket = match cl.ticket_at(&node, &req).await {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(session = self.id, %node, "handoff postponed: {e}");
-                return;
-            }
-        };
-        let base = crate::http::cluster::ws_base(&owner.record.advertise_url);
-        self.out.send(&ServerMsg::Handoff {
-            ws_url: format!("{base}/v1/ws?ticket={ticket}"),
-            node: node.clone(),
-        });
-        metrics::counter!("cluster_handoffs_total").increment(1);
-        tracing::info!(session = self.id, account = %self.account, %node, "handed off");
-        self.handed_to = Some(node);
-        let (me, grace) = (
-            self.me.clone(),
-            Duration::from_secs(cl.settings().handoff_grace_s),
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let close = SessionMsg::Close {
-                code: close::HANDOFF,
-                error: None,
-                reason: "handed off to another node".into(),
-            };
-            tell(&me, close, "handoff");
-        });
     }
 
     /// Takes a new position: finds its region, and tells the client when it changed.
@@ -389,33 +296,6 @@ async fn guarded(out: &Outbox, id: u64, f: BoxFuture<'_, ()>) -> bool {
             );
             out.abort(close::INTERNAL, "internal error");
             false
-        }
-    }
-}
-
-/// The one timer of a session: the role's earliest deadline, re-armed only when it moves.
-#[derive(Default)]
-struct Timer(Option<(Instant, Pin<Box<Sleep>>)>);
-
-impl Timer {
-    fn set(&mut self, want: Option<Instant>) {
-        if self.0.as_ref().map(|(t, _)| *t) == want {
-            return;
-        }
-        self.0 = match (want, self.0.take()) {
-            (None, _) => None,
-            (Some(t), Some((_, mut s))) => {
-                s.as_mut().reset(t);
-                Some((t, s))
-            }
-            (Some(t), None) => Some((t, Box::pin(tokio::time::sleep_until(t)))),
-        };
-    }
-
-    async fn fired(&mut self) {
-        match &mut self.0 {
-            Some((_, s)) => s.as_mut().await,
-            None => std::future::pending().await,
         }
     }
 }

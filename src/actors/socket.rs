@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::{Sink, StreamExt};
+use tokio::time::{Instant, Sleep};
 
 use super::outbox::{Next, Outbox};
 
@@ -143,4 +144,33 @@ impl Writer {
 /// Starts the grace period of a closing socket (once: a later close does not extend it).
 pub fn arm(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>, grace: Duration) {
     deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
+}
+
+/// The one timer of a session: the role's earliest deadline, re-armed only when it moves.
+#[derive(Default)]
+pub struct Timer(Option<(Instant, Pin<Box<Sleep>>)>);
+
+impl Timer {
+    /// Aims the timer at `want` (none: it never fires).
+    pub fn set(&mut self, want: Option<Instant>) {
+        if self.0.as_ref().map(|(t, _)| *t) == want {
+            return;
+        }
+        self.0 = match (want, self.0.take()) {
+            (None, _) => None,
+            (Some(t), Some((_, mut s))) => {
+                s.as_mut().reset(t);
+                Some((t, s))
+            }
+            (Some(t), None) => Some((t, Box::pin(tokio::time::sleep_until(t)))),
+        };
+    }
+
+    /// Waits for the timer to fire.
+    pub async fn fired(&mut self) {
+        match &mut self.0 {
+            Some((_, s)) => s.as_mut().await,
+            None => std::future::pending().await,
+        }
+    }
 }

@@ -204,23 +204,8 @@ pub enum RelayMsg {
         /// declined, expired, cancelled, or accepted (then `established`).
         status: String,
         /// The citizen's side of an accepted connection.
-        established: Option<Established>,
+        established: Option<crate::actors::session::Established>,
     },
-}
-
-/// The citizen's side of an accepted connection.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Established {
-    /// The connection.
-    pub connection_id: String,
-    /// The officer.
-    pub officer_id: String,
-    /// Mode.
-    pub mode: crate::protocol::Mode,
-    /// Points the citizen earned.
-    pub points_awarded: i64,
-    /// The citizen's balance.
-    pub balance: i64,
 }
 
 /// An administrator ends an account's session, wherever it is.

@@ -137,6 +137,18 @@ impl TestCluster {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    async fn delete(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .delete(format!("{}{path}", self.nodes[node].base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     async fn stats(&self, node: usize) -> Value {
         let admin = self.token(Role::Admin, "admin");
         let (status, body) = self.get(node, "/admin/v1/stats", Some(&admin)).await;
@@ -307,15 +319,8 @@ async fn three_nodes_own_every_region_once_and_route_sessions_to_the_owner() {
     let (mut kept, _) = c.connect(0, Role::Citizen, "kept", lat, lon).await;
     let other = c.nodes.iter().position(|n| n.id != owner).unwrap();
     let admin = c.token(Role::Admin, "admin");
-    let resp = c
-        .http
-        .delete(format!("{}/admin/v1/sessions/kept", c.nodes[other].base))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = c.delete(other, "/admin/v1/sessions/kept", &admin).await;
+    assert_eq!(status, 200, "{body}");
     assert_eq!(body["role"], "citizen", "{body}");
     let (frames, code) = kept.closed().await;
     assert_eq!(code, Some(4002));
@@ -323,14 +328,8 @@ async fn three_nodes_own_every_region_once_and_route_sessions_to_the_owner() {
         frames.iter().any(|f| f["code"] == "session_ended"),
         "{frames:?}"
     );
-    let resp = c
-        .http
-        .delete(format!("{}/admin/v1/sessions/nobody", c.nodes[other].base))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    let (status, _) = c.delete(other, "/admin/v1/sessions/nobody", &admin).await;
+    assert_eq!(status, 404);
 }
 
 #[tokio::test]
@@ -569,11 +568,12 @@ async fn across_a_border(c: &TestCluster, max_m: f64) -> (LatLon, LatLon) {
     panic!("no border within {max_m} m around {centre:?}: {owners:?}");
 }
 
-#[tokio::test]
-async fn pushes_cross_nodes_when_an_officer_moves_or_leaves() {
-    let c = TestCluster::start(3).await;
-    let (at_officer, at_citizen) = across_a_border(&c, 3_000.0).await;
-    let (mut officer, og) = c.officer(0, "o1", at_officer.lat, at_officer.lon).await;
+/// Officer `o1` (available) and citizen `c1` (watching 5 km) on different nodes, within
+/// 3 km of each other across a border, once the citizen sees the officer; and where the
+/// officer is.
+async fn pair_across_a_border(c: &TestCluster) -> (Client, Client, LatLon) {
+    let (at_officer, at_citizen) = across_a_border(c, 3_000.0).await;
+    let (officer, og) = c.officer(0, "o1", at_officer.lat, at_officer.lon).await;
     let (mut citizen, cg) = c
         .connect(1, Role::Citizen, "c1", at_citizen.lat, at_citizen.lon)
         .await;
@@ -585,6 +585,13 @@ async fn pushes_cross_nodes_when_an_officer_moves_or_leaves() {
         ids(n) == ["o1"]
     })
     .await;
+    (officer, citizen, at_officer)
+}
+
+#[tokio::test]
+async fn pushes_cross_nodes_when_an_officer_moves_or_leaves() {
+    let c = TestCluster::start(3).await;
+    let (mut officer, mut citizen, at_officer) = pair_across_a_border(&c).await;
 
     // The officer moves (staying in its region): the citizen is pushed the new position
     // without sending anything.
@@ -653,16 +660,7 @@ async fn an_officer_walking_across_a_border_is_handed_off_and_stays_visible() {
 #[tokio::test]
 async fn a_connection_across_nodes_is_recorded_once_and_cancels_cross_too() {
     let c = TestCluster::start(3).await;
-    let (at_officer, at_citizen) = across_a_border(&c, 3_000.0).await;
-    let (mut officer, og) = c.officer(0, "o1", at_officer.lat, at_officer.lon).await;
-    let (mut citizen, cg) = c
-        .connect(1, Role::Citizen, "c1", at_citizen.lat, at_citizen.lon)
-        .await;
-    assert_ne!(og["node"], cg["node"]);
-    citizen
-        .send(json!({"type":"watch","radius_m":5000,"limit":5}))
-        .await;
-    until_nearby(&mut citizen, "the officer", |n| ids(n) == ["o1"]).await;
+    let (mut officer, mut citizen, _) = pair_across_a_border(&c).await;
 
     let pending = citizen.request("o1", "virtual").await;
     assert_eq!(pending["type"], "connection_pending", "{pending}");
