@@ -104,6 +104,8 @@ struct Shared {
     nodes: std::sync::Mutex<BTreeMap<String, u64>>,
     /// `handoff` frames followed (a new socket opened to the node named).
     handoffs: AtomicU64,
+    /// Sockets lost mid-run and opened again through an orchestrator.
+    reopened: AtomicU64,
     hists: Recorder,
 }
 
@@ -126,6 +128,9 @@ struct Hists {
     reply: Histogram<u64>,
     push: Histogram<u64>,
     connect: Histogram<u64>,
+    /// From a socket lost mid-run (a node died) to the session being back: a citizen's
+    /// first `nearby`, an officer's `welcome`, on the socket opened again.
+    back: Histogram<u64>,
 }
 
 impl Hists {
@@ -134,6 +139,7 @@ impl Hists {
             reply: stats::histogram(),
             push: stats::histogram(),
             connect: stats::histogram(),
+            back: stats::histogram(),
         }
     }
 }
@@ -170,6 +176,7 @@ impl Recorder {
             all.reply.add(&h.reply)?;
             all.push.add(&h.push)?;
             all.connect.add(&h.connect)?;
+            all.back.add(&h.back)?;
         }
         Ok(all)
     }
@@ -239,7 +246,7 @@ pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
             match ws {
                 Ok(ws) => {
                     let shared = s.shared.clone();
-                    if let Err(e) = s.drive(ws, stop, &drained_all).await {
+                    if let Err(e) = s.drive(ws, stop, &http, &auth, &drained_all).await {
                         Shared::count(&shared.errors, format!("client: {e}"));
                     }
                 }
@@ -366,6 +373,11 @@ fn report(
     println!("{}", stats::row("location → nearby (citizen)", &h.reply));
     println!("{}", stats::row("officer move → push (citizen)", &h.push));
     println!("{}", stats::row("request → established", &h.connect));
+    let reopened = shared.reopened.load(Ordering::Relaxed);
+    if reopened > 0 {
+        println!("sockets lost and opened again: {reopened}");
+        println!("{}", stats::row("socket lost → back", &h.back));
+    }
     Ok(json!({
         "target": target,
         "officers": cfg.officers, "citizens": cfg.citizens, "metro": cfg.metro,
@@ -379,6 +391,7 @@ fn report(
         "unanswered_locations": unanswered,
         "errors_by_code": errors, "closes_by_code": closes,
         "sessions_per_node": nodes, "handoffs": handoffs,
+        "sockets_reopened": reopened, "lost_to_back": stats::json(&h.back),
         "location_to_nearby": stats::json(&h.reply),
         "move_to_push": stats::json(&h.push),
         "request_to_established": stats::json(&h.connect),
@@ -434,8 +447,10 @@ impl Session {
                 shard,
                 asking: ctx.asking,
                 handoff: ctx.handoff,
+                lost_at: ctx.lost_at,
                 seen: FxHashMap::default(),
             };
+            let mut handed_off = false;
             while let Some(m) = rx.next().await {
                 match m {
                     Ok(Message::Text(t)) => {
@@ -449,13 +464,27 @@ impl Session {
                         }
                     }
                     Ok(Message::Close(c)) => {
-                        let code = c.map_or("none".into(), |c| u16::from(c.code).to_string());
-                        Shared::count(&r.shared.closes, code);
+                        let code = c.map_or(0, |c| u16::from(c.code));
+                        Shared::count(
+                            &r.shared.closes,
+                            if code == 0 {
+                                "none".into()
+                            } else {
+                                code.to_string()
+                            },
+                        );
+                        // 4003: handed off (the writer follows the handoff).
+                        handed_off = code == 4003;
                         break;
                     }
                     Ok(_) => {}
                     Err(_) => break,
                 }
+            }
+            // Anything but a handoff is a lost socket (the writer opens it again while the
+            // run lasts).
+            if !handed_off {
+                ctx.lost.store(true, Ordering::Release);
             }
             r.shared.connected.fetch_sub(1, Ordering::Relaxed);
         })
@@ -467,6 +496,8 @@ impl Session {
         mut self,
         ws: Ws,
         stop: Instant,
+        http: &reqwest::Client,
+        auth: &Auth,
         drained_all: &tokio::sync::Barrier,
     ) -> anyhow::Result<()> {
         let echo = matches!(self.cfg.target, Target::Echo(_));
@@ -491,6 +522,8 @@ impl Session {
             asking: asking.clone(),
             handoff: handoff.clone(),
             to_writer: to_writer.clone(),
+            lost: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            lost_at: Arc::new(std::sync::Mutex::new(None)),
         };
         let mut readers = vec![self.spawn_reader(rx, ctx.clone())];
         let closed_loop = self.cfg.rate_hz <= 0.0 && self.role == Role::Citizen;
@@ -512,6 +545,29 @@ impl Session {
             while Instant::now() < stop {
                 // Handed off: open the socket the server named, then go on through it (the
                 // server closes the old one with 4003, which its reader counts).
+                if ctx.lost.swap(false, Ordering::AcqRel) {
+                    // The socket was lost (its node died or closed it): open the session
+                    // again through the orchestrators, as a phone does, until the run ends.
+                    let lost_at = Instant::now();
+                    *ctx.lost_at.lock().expect("not poisoned") = Some(lost_at);
+                    let ws = loop {
+                        match self.open(http, auth).await {
+                            Ok(ws) => break Some(ws),
+                            Err(_) if Instant::now() < stop => {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                            Err(_) => break None,
+                        }
+                    };
+                    let Some(ws) = ws else { break };
+                    let (ntx, nrx) = ws.split();
+                    tx = ntx;
+                    self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                    self.shared.reopened.fetch_add(1, Ordering::Relaxed);
+                    readers.push(self.spawn_reader(nrx, ctx.clone()));
+                    outstanding.lock().expect("not poisoned").clear();
+                    continue;
+                }
                 let follow = handoff.lock().expect("not poisoned").take();
                 if let Some(url) = follow {
                     let ws = client::open_url(&url, self.i).await?;
@@ -563,11 +619,12 @@ impl Session {
                     outstanding.lock().expect("not poisoned").push_back(now);
                 }
                 // Formatted directly: this is the hot path of a closed-loop run.
-                tx.send(Message::text(format!(
-                    r#"{{"type":"location","lat":{},"lon":{}}}"#,
-                    p.lat, p.lon
-                )))
-                .await?;
+                let frame = format!(r#"{{"type":"location","lat":{},"lon":{}}}"#, p.lat, p.lon);
+                if tx.send(Message::text(frame)).await.is_err() {
+                    // The socket is gone; its reader says so and the next round reopens.
+                    ctx.lost.store(true, Ordering::Release);
+                    continue;
+                }
                 self.shared.sent.fetch_add(1, Ordering::Relaxed);
                 if self.connects && !echo && now >= next_request {
                     next_request = now + Duration::from_secs(5);
@@ -622,6 +679,10 @@ struct ReaderCtx {
     asking: Arc<std::sync::Mutex<Asking>>,
     handoff: Arc<std::sync::Mutex<Option<String>>>,
     to_writer: mpsc::Sender<Value>,
+    /// Set by a reader whose socket ended without a handoff (the node died, or closed it).
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    /// When the socket was lost, until the session is back on a new one.
+    lost_at: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 /// What a session's reader keeps.
@@ -634,6 +695,8 @@ struct Reader {
     asking: Arc<std::sync::Mutex<Asking>>,
     /// Where a `handoff` sends the session.
     handoff: Arc<std::sync::Mutex<Option<String>>>,
+    /// When the session's socket was lost, until it is back.
+    lost_at: Arc<std::sync::Mutex<Option<Instant>>>,
     /// officer id → position last shown to this citizen.
     seen: FxHashMap<Box<str>, (u64, u64)>,
 }
@@ -652,6 +715,19 @@ impl Reader {
                 self.reply(outstanding, answered);
             }
             return None;
+        }
+        let back = match ty {
+            "nearby" => self.role == Role::Citizen,
+            "welcome" => self.role == Role::Officer,
+            _ => false,
+        };
+        if back && let Some(t) = self.lost_at.lock().expect("not poisoned").take() {
+            let _ = self
+                .shared
+                .hists
+                .shard(self.shard)
+                .back
+                .record(micros(t.elapsed()));
         }
         match ty {
             "nearby" => {
