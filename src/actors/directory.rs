@@ -33,6 +33,24 @@ pub enum RegionError {
     Unavailable(String),
 }
 
+/// One available officer, as the admin map shows it.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AvailableOfficer {
+    /// Account id.
+    pub officer_id: String,
+    /// Display name.
+    pub display_name: String,
+    /// Latitude.
+    pub lat: f64,
+    /// Longitude.
+    pub lon: f64,
+    /// The officer's region.
+    pub zip: String,
+    /// When the availability window ends (RFC 3339).
+    #[schema(value_type = String, format = DateTime)]
+    pub window_ends_at: chrono::DateTime<chrono::Utc>,
+}
+
 /// Regions this node does not own, in a cluster: their officers are read from their owners.
 /// A node running alone has none.
 pub trait RemoteRegions: Send + Sync {
@@ -144,6 +162,34 @@ impl Regions {
             }
         }
         best
+    }
+
+    /// The available officers indexed on this node (every region it ever ran), at most
+    /// `limit`: (id, display name, position, zip code, window end); and whether there were
+    /// more.
+    pub fn officers(&self, limit: usize) -> (Vec<AvailableOfficer>, bool) {
+        let mut out = Vec::new();
+        for (z, slot) in self.slots.indexes.iter().enumerate() {
+            let Some(index) = slot.get() else { continue };
+            if index.occupied() == 0 {
+                continue;
+            }
+            let code = &self.zips.get(z as ZipId).code;
+            for (id, pos, d) in index.read().index.iter() {
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push(AvailableOfficer {
+                    officer_id: id.to_string(),
+                    display_name: d.display_name.to_string(),
+                    lat: pos.lat,
+                    lon: pos.lon,
+                    zip: code.to_string(),
+                    window_ends_at: d.expires_at,
+                });
+            }
+        }
+        (out, false)
     }
 
     /// The zip table.

@@ -238,6 +238,49 @@ pub async fn region(
     Ok(Json(st.ctx.regions.snapshot(id).await?))
 }
 
+/// Officers a `GET /admin/v1/officers` returns at most (`limit`, default and maximum).
+const OFFICER_ROWS: (u64, u64) = (10_000, 100_000);
+
+/// `GET /admin/v1/officers`.
+#[derive(Serialize, ToSchema)]
+pub struct Officers {
+    /// The available officers (in a cluster: those indexed on this node).
+    pub officers: Vec<crate::actors::directory::AvailableOfficer>,
+    /// Whether `limit` cut the list.
+    pub truncated: bool,
+}
+
+/// `GET /admin/v1/officers?limit=N`: every available officer with position, zip and window
+/// end, for the dashboard's map (never a citizen's position).
+#[utoipa::path(
+    get,
+    path = "/admin/v1/officers",
+    tag = "admin",
+    params(
+        ("limit" = Option<u64>, Query, description = "Most officers returned, 1..=100000 (default 10000); more is 400 invalid_limit", minimum = 1, maximum = 100000),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The available officers", body = Officers),
+        (status = 400, description = "invalid_limit", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
+pub async fn officers(
+    State(st): State<AppState>,
+    caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Officers>, ApiError> {
+    caller.require(Role::Admin)?;
+    let limit = super::limit_param(&q, OFFICER_ROWS.0, OFFICER_ROWS.1)?;
+    let (officers, truncated) = st.ctx.regions.officers(limit as usize);
+    Ok(Json(Officers {
+        officers,
+        truncated,
+    }))
+}
+
 /// `GET /admin/v1/stats`: live counts over this node.
 #[utoipa::path(
     get,

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod rewards;
+pub mod web;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -134,6 +135,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(admin::metrics))
         .routes(routes!(admin::region))
         .routes(routes!(admin::stats))
+        .routes(routes!(admin::officers))
         .routes(routes!(admin::end_session))
         .routes(routes!(admin::connections_report))
         .layer(DefaultBodyLimit::max(
@@ -145,6 +147,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .openapi
         .set(serde_json::to_value(&doc).expect("the OpenAPI document serialises"));
     let router = router
+        .merge(web::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
         .with_state(state);
     (router, doc)

@@ -203,6 +203,7 @@ async fn openapi_describes_every_route() {
     let routes = [
         ("get", "/healthz"),
         ("get", "/readyz"),
+        ("get", "/admin/v1/officers"),
         ("get", "/openapi.json"),
         ("get", "/v1/zips/lookup"),
         ("get", "/v1/officers/session"),

@@ -7,6 +7,7 @@ mod bad_input;
 mod citizen;
 mod cluster;
 mod connections;
+mod dashboard;
 mod events;
 mod http_api;
 mod officer;

@@ -1,0 +1,140 @@
+// The administrators' dashboard: plain JS over the admin API, with the token kept for this
+// tab only (sessionStorage). Everything it loads is served by this server.
+"use strict";
+
+const REFRESH_MS = 1000;
+const HISTORY_S = 15 * 60;
+
+// Sign-in lives here alone (single sign-on will replace it).
+const auth = {
+  get token() { return sessionStorage.getItem("heyblue.token"); },
+  set token(t) { t ? sessionStorage.setItem("heyblue.token", t) : sessionStorage.removeItem("heyblue.token"); },
+};
+
+async function api(path, options = {}) {
+  const r = await fetch(path, { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${auth.token}` } });
+  if (!r.ok) {
+    let msg = `${r.status}`;
+    try { const b = await r.json(); msg = `${r.status} ${b.error.code}: ${b.error.message}`; } catch (_) {}
+    const e = new Error(msg); e.status = r.status; throw e;
+  }
+  return r.headers.get("content-type")?.includes("json") ? r.json() : r.text();
+}
+
+const $ = (s) => document.querySelector(s);
+const COUNTERS = ["officers_available", "officers_online", "citizens_online", "regions_active", "pending_requests", "sockets"];
+
+// Charts: sessions by role and messages per second, kept in the page for 15 minutes.
+const series = { t: [], officers: [], citizens: [], msgs: [] };
+let lastMsgs = null, charts = null;
+function makeCharts() {
+  const opts = (title, s) => ({ width: 420, height: 160, title, scales: { x: { time: true } }, series: [{}, ...s] });
+  charts = {
+    sessions: new uPlot(opts("", [{ label: "officers", stroke: "#0b3d91" }, { label: "citizens", stroke: "#2da44e" }]), [[], [], []], $("#chart-sessions")),
+    messages: new uPlot(opts("", [{ label: "messages/s", stroke: "#bf3989" }]), [[], []], $("#chart-messages")),
+  };
+}
+function pushSample(stats, msgsTotal) {
+  const now = Date.now() / 1000;
+  series.t.push(now); series.officers.push(stats.officers_online); series.citizens.push(stats.citizens_online);
+  const rate = lastMsgs ? Math.max(0, (msgsTotal - lastMsgs.v) / (now - lastMsgs.t)) : 0;
+  lastMsgs = { v: msgsTotal, t: now }; series.msgs.push(rate);
+  while (series.t.length && series.t[0] < now - HISTORY_S) { for (const k in series) series[k].shift(); }
+  charts.sessions.setData([series.t, series.officers, series.citizens]);
+  charts.messages.setData([series.t, series.msgs]);
+}
+function messagesTotal(metrics) {
+  let total = 0;
+  for (const line of metrics.split("\n")) if (line.startsWith("ws_messages_in_total")) total += Number(line.split(" ").pop()) || 0;
+  return total;
+}
+
+// The map: state outlines, officers as markers, grouped when close.
+let map = null, cluster = null;
+const markers = new Map();
+async function makeMap() {
+  map = L.map("map", { zoomSnap: 0.25, attributionControl: false }).fitBounds([[24.4, -125], [49.4, -66.9]]);
+  const us = await (await fetch("/admin/assets/vendor/us-atlas/states-10m.json")).json();
+  L.geoJSON(topojson.feature(us, us.objects.states), { style: { color: "#57606a", weight: 1, fillColor: "#f6f8fa", fillOpacity: 1 } }).addTo(map);
+  cluster = L.markerClusterGroup({
+    iconCreateFunction: (c) => L.divIcon({ html: `<div class="officer-cluster" data-count="${c.getChildCount()}">${c.getChildCount()}</div>`, className: "", iconSize: [30, 30] }),
+    chunkedLoading: true,
+  });
+  map.addLayer(cluster);
+  map.on("click", async (e) => {
+    const z = await (await fetch(`/v1/zips/lookup?lat=${e.latlng.lat}&lon=${e.latlng.lng}`)).json();
+    if (z.zip) { $("#zip").value = z.zip; showRegion(z.zip); }
+  });
+}
+function escapeHtml(s) { return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
+function drawOfficers(list) {
+  const seen = new Set(), add = [];
+  for (const o of list) {
+    seen.add(o.officer_id);
+    const m = markers.get(o.officer_id);
+    if (m) { m.setLatLng([o.lat, o.lon]); continue; }
+    const marker = L.marker([o.lat, o.lon], {
+      icon: L.divIcon({ html: `<div class="officer-marker" data-officer-id="${escapeHtml(o.officer_id)}"></div>`, className: "", iconSize: [12, 12] }),
+      title: `${o.display_name} (${o.zip})`, keyboard: true,
+    });
+    markers.set(o.officer_id, marker); add.push(marker);
+  }
+  const gone = [];
+  for (const [id, m] of markers) if (!seen.has(id)) { gone.push(m); markers.delete(id); }
+  if (gone.length) cluster.removeLayers(gone);
+  if (add.length) cluster.addLayers(add);
+}
+
+async function showRegion(zip) {
+  const box = $("#region");
+  try {
+    const r = await api(`/admin/v1/regions/${encodeURIComponent(zip)}`);
+    const rows = r.officers.map((o) => `<tr><td>${escapeHtml(o.officer_id)}</td><td>${escapeHtml(o.display_name)}</td><td>${escapeHtml(o.window_ends_at)}</td><td><button data-end="${escapeHtml(o.officer_id)}">End session</button></td></tr>`).join("");
+    box.innerHTML = `<p>Zip ${escapeHtml(r.zip)}: <span id="region-citizens">${r.citizens}</span> citizens watching</p><table><thead><tr><th>Officer</th><th>Name</th><th>Window ends</th><th></th></tr></thead><tbody>${rows}</tbody></table>`;
+  } catch (e) { box.textContent = e.message; }
+}
+$("#region-form").addEventListener("submit", (e) => { e.preventDefault(); showRegion($("#zip").value); });
+$("#region").addEventListener("click", async (e) => {
+  const id = e.target.dataset?.end;
+  if (!id || !confirm(`End the session of ${id}?`)) return;
+  try { await api(`/admin/v1/sessions/${encodeURIComponent(id)}`, { method: "DELETE" }); showRegion($("#zip").value); }
+  catch (err) { $("#region").prepend(err.message); }
+});
+
+function drawNodes(nodes) {
+  $("#nodes tbody").innerHTML = nodes.map((n) => `<tr><td>${escapeHtml(n.node_id)}</td><td>${escapeHtml(n.advertise_url)}</td><td>${n.sessions}</td><td>${n.regions_owned}</td><td>${n.units_moving}</td></tr>`).join("");
+}
+
+let timer = null;
+async function refresh() {
+  try {
+    const [stats, officers, metrics] = await Promise.all([api("/admin/v1/stats"), api("/admin/v1/officers"), api("/metrics")]);
+    for (const k of COUNTERS) $(`#${k.replaceAll("_", "-")}`).textContent = stats[k];
+    drawOfficers(officers.officers);
+    drawNodes(stats.nodes);
+    pushSample(stats, messagesTotal(metrics));
+    document.body.dataset.ready = "1";
+  } catch (e) {
+    if (e.status === 401 || e.status === 403) return signOut(e.message);
+    $("#signin-error").textContent = e.message;
+  }
+}
+
+async function signIn(token) {
+  auth.token = token;
+  try { await api("/admin/v1/stats"); }
+  catch (e) { return signOut(e.message); }
+  $("#signin-error").textContent = "";
+  $("#app").hidden = false; $("#signout").hidden = false; $("#token").value = "";
+  if (!map) { makeCharts(); await makeMap(); }
+  await refresh();
+  clearInterval(timer); timer = setInterval(refresh, REFRESH_MS);
+}
+function signOut(message) {
+  auth.token = null; clearInterval(timer);
+  $("#app").hidden = true; $("#signout").hidden = true;
+  $("#signin-error").textContent = message || "";
+}
+$("#signin").addEventListener("submit", (e) => { e.preventDefault(); signIn($("#token").value.trim()); });
+$("#signout").addEventListener("click", () => signOut(""));
+if (auth.token) signIn(auth.token);

@@ -1,0 +1,2 @@
+// The interactive view of /openapi.json (served by this server; nothing from elsewhere).
+window.ui = SwaggerUIBundle({ url: "/openapi.json", dom_id: "#swagger" });
