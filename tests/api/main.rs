@@ -4,6 +4,7 @@ mod helpers;
 
 mod admin;
 mod bad_input;
+mod browser;
 mod citizen;
 mod cluster;
 mod connections;

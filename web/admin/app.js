@@ -2,6 +2,11 @@
 // tab only (sessionStorage). Everything it loads is served by this server.
 "use strict";
 
+// Script errors, kept for whoever inspects the page (the browser tests report them).
+window.heyblueErrors = [];
+window.addEventListener("error", (e) => window.heyblueErrors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.heyblueErrors.push(String(e.reason)));
+
 const REFRESH_MS = 1000;
 const HISTORY_S = 15 * 60;
 
@@ -28,7 +33,8 @@ const COUNTERS = ["officers_available", "officers_online", "citizens_online", "r
 const series = { t: [], officers: [], citizens: [], msgs: [] };
 let lastMsgs = null, charts = null;
 function makeCharts() {
-  const opts = (title, s) => ({ width: 420, height: 160, title, scales: { x: { time: true } }, series: [{}, ...s] });
+  const width = Math.max(260, Math.floor($("#chart-sessions").parentElement.clientWidth - 8));
+  const opts = (title, s) => ({ width, height: 160, title, scales: { x: { time: true } }, series: [{}, ...s] });
   charts = {
     sessions: new uPlot(opts("", [{ label: "officers", stroke: "#0b3d91" }, { label: "citizens", stroke: "#2da44e" }]), [[], [], []], $("#chart-sessions")),
     messages: new uPlot(opts("", [{ label: "messages/s", stroke: "#bf3989" }]), [[], []], $("#chart-messages")),
@@ -53,7 +59,7 @@ function messagesTotal(metrics) {
 let map = null, cluster = null;
 const markers = new Map();
 async function makeMap() {
-  map = L.map("map", { zoomSnap: 0.25, attributionControl: false }).fitBounds([[24.4, -125], [49.4, -66.9]]);
+  map = L.map("map", { zoomSnap: 0.25, minZoom: 2, maxZoom: 14, attributionControl: false }).fitBounds([[24.4, -125], [49.4, -66.9]]);
   const us = await (await fetch("/admin/assets/vendor/us-atlas/states-10m.json")).json();
   L.geoJSON(topojson.feature(us, us.objects.states), { style: { color: "#57606a", weight: 1, fillColor: "#f6f8fa", fillOpacity: 1 } }).addTo(map);
   cluster = L.markerClusterGroup({

@@ -1,0 +1,296 @@
+//! The dashboard in a real browser: headless Chromium (the test command installs it; this
+//! test fails without it, it does not skip), driven over the DevTools protocol on a
+//! WebSocket — the browser picks its own port (`--remote-debugging-port=0`) and says which.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use heyblue::protocol::Role;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+/// A headless Chromium with one page, driven over the DevTools protocol.
+struct Browser {
+    child: Child,
+    dir: std::path::PathBuf,
+    ws: Ws,
+    next: u64,
+    session: String,
+    /// Every URL the page requested.
+    requests: Vec<String>,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Browser {
+    async fn launch() -> Self {
+        let bin = std::env::var("HEYBLUE_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+        let dir = std::env::temp_dir().join(format!("heyblue-chromium-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut child = Command::new(&bin)
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-extensions",
+                "--window-size=1280,800",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", dir.display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{bin} must be installed (scripts/test installs Chromium): {e}")
+            });
+        let stderr = child.stderr.take().unwrap();
+        let endpoint = tokio::task::spawn_blocking(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let line = line.ok()?;
+                if let Some(at) = line.find("ws://") {
+                    return Some(line[at..].trim().to_owned());
+                }
+            }
+            None
+        })
+        .await
+        .unwrap()
+        .expect("Chromium prints its DevTools endpoint");
+        let (ws, _) = tokio_tungstenite::connect_async(endpoint.as_str())
+            .await
+            .expect("DevTools connects");
+        let mut b = Self {
+            child,
+            dir,
+            ws,
+            next: 0,
+            session: String::new(),
+            requests: Vec::new(),
+        };
+        let target = b
+            .call("Target.createTarget", json!({"url":"about:blank"}))
+            .await;
+        let attached = b
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        b.session = attached["sessionId"].as_str().unwrap().to_owned();
+        b.call("Network.enable", json!({})).await;
+        b.call("Page.enable", json!({})).await;
+        b
+    }
+
+    /// A DevTools command (on the page once attached); its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next += 1;
+        let id = self.next;
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            msg["sessionId"] = json!(self.session);
+        }
+        self.ws.send(Message::text(msg.to_string())).await.unwrap();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.ws.next())
+                .await
+                .expect("DevTools answers")
+                .expect("DevTools open")
+                .expect("a frame");
+            let Message::Text(t) = m else { continue };
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["method"] == "Network.requestWillBeSent" {
+                let url = v["params"]["request"]["url"].as_str().unwrap_or("");
+                self.requests.push(url.to_owned());
+            }
+            if v["id"] == id {
+                assert!(v.get("error").is_none(), "{method}: {v}");
+                return v["result"].clone();
+            }
+        }
+    }
+
+    /// The value of a JavaScript expression in the page (promises awaited).
+    async fn eval(&mut self, expr: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(r.get("exceptionDetails").is_none(), "{expr}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Evaluates `expr` until it is truthy (10 s of real time at most) and returns it.
+    async fn wait_for(&mut self, what: &str, expr: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let v = self.eval(expr).await;
+            if !(v.is_null() || v == json!(false) || v == json!("") || v == json!(0)) {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                let seen = self
+                    .eval(
+                        "JSON.stringify({errors: window.heyblueErrors, shown: \
+                         document.querySelector('#signin-error')?.textContent})",
+                    )
+                    .await;
+                panic!("not within 10 s: {what} ({expr}); page: {seen}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn screenshot(&mut self, name: &str) {
+        let shot = self
+            .call("Page.captureScreenshot", json!({"format":"png"}))
+            .await;
+        let png = data_encoding::BASE64
+            .decode(shot["data"].as_str().unwrap().as_bytes())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+}
+
+/// The ids of the officers on the map, whether as markers or counted in groups.
+const MAP_OFFICERS: &str = "(() => { \
+    const ids = [...document.querySelectorAll('.officer-marker[data-officer-id]')] \
+      .map(e => e.dataset.officerId).sort(); \
+    const grouped = [...document.querySelectorAll('.officer-cluster[data-count]')] \
+      .reduce((n, e) => n + Number(e.dataset.count), 0); \
+    return JSON.stringify({ids, grouped}); })()";
+
+#[tokio::test]
+async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
+    let app = spawn_app().await;
+    // Officers far apart (one marker each at the first view), and a citizen.
+    let mut nyc = app.officer("o-nyc", 40.7506, -73.9972).await;
+    let _la = app.officer("o-la", 34.0522, -118.2437).await;
+    let _chi = app.officer("o-chi", 41.8781, -87.6298).await;
+    let _c = app.citizen("c1", 40.7510, -73.9972).await;
+
+    let mut b = Browser::launch().await;
+    b.call(
+        "Page.navigate",
+        json!({"url": format!("{}/admin/", app.base)}),
+    )
+    .await;
+    b.wait_for("the page loads", "document.readyState === 'complete'")
+        .await;
+
+    // A token of another role: the server's error, and nothing else.
+    let citizen = app.token(Role::Citizen, "c1");
+    b.eval(&format!(
+        "document.querySelector('input[name=token]').value = '{citizen}'; \
+         document.querySelector('#signin').requestSubmit(); true"
+    ))
+    .await;
+    let err = b
+        .wait_for(
+            "the refusal is shown",
+            "document.querySelector('#signin-error').textContent",
+        )
+        .await;
+    assert!(err.as_str().unwrap().contains("403"), "{err}");
+    assert_eq!(
+        b.eval("document.querySelector('#app').hidden").await,
+        json!(true)
+    );
+
+    // An admin token: the live picture.
+    let admin = app.token(Role::Admin, "admin");
+    b.eval(&format!(
+        "document.querySelector('input[name=token]').value = '{admin}'; \
+         document.querySelector('#signin').requestSubmit(); true"
+    ))
+    .await;
+    b.wait_for("data-ready", "document.body.dataset.ready === '1'")
+        .await;
+    let (_, stats) = app.get("/admin/v1/stats", Some(&admin)).await;
+    for field in [
+        "officers_available",
+        "officers_online",
+        "citizens_online",
+        "pending_requests",
+    ] {
+        let id = field.replace('_', "-");
+        let shown = b
+            .wait_for(
+                field,
+                &format!(
+                    "document.getElementById('{id}').textContent === '{}' && '{}'",
+                    stats[field], stats[field]
+                ),
+            )
+            .await;
+        assert_eq!(shown, json!(stats[field].to_string()), "{field}");
+    }
+    let on_map = b
+        .wait_for(
+            "three officers on the map",
+            &format!("(() => {{ const m = JSON.parse({MAP_OFFICERS}); return m.ids.length + m.grouped === 3 && JSON.stringify(m); }})()"),
+        )
+        .await;
+    let m: Value = serde_json::from_str(on_map.as_str().unwrap()).unwrap();
+    assert_eq!(m["ids"], json!(["o-chi", "o-la", "o-nyc"]), "{m}");
+    b.screenshot("admin-overview.png").await;
+
+    // An officer goes unavailable: its marker goes.
+    nyc.send(json!({"type":"unavailable"})).await;
+    nyc.recv_type("availability").await;
+    b.wait_for(
+        "the officer's marker is gone",
+        &format!("JSON.parse({MAP_OFFICERS}).ids.join() === 'o-chi,o-la'"),
+    )
+    .await;
+
+    // Region view: the LA officer in its zip.
+    let (_, z) = app
+        .get("/v1/zips/lookup?lat=34.0522&lon=-118.2437", None)
+        .await;
+    let zip = z["zip"].as_str().unwrap();
+    b.eval(&format!(
+        "document.querySelector('input[name=zip]').value = '{zip}'; \
+         document.querySelector('#region-form').requestSubmit(); true"
+    ))
+    .await;
+    b.wait_for(
+        "the region lists its officer",
+        "document.querySelector('#region').textContent.includes('o-la')",
+    )
+    .await;
+    b.screenshot("admin-region.png").await;
+
+    // Nothing was requested from another host.
+    let foreign: Vec<&String> = b
+        .requests
+        .iter()
+        .filter(|u| !u.starts_with(&app.base) && !u.starts_with("data:") && *u != "about:blank")
+        .collect();
+    assert!(foreign.is_empty(), "requests to other hosts: {foreign:?}");
+    assert!(
+        b.requests.iter().any(|u| u.ends_with("/admin/v1/officers")),
+        "{:?}",
+        b.requests
+    );
+}
