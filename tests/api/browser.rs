@@ -281,6 +281,64 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
     .await;
     b.screenshot("admin-region.png").await;
 
+    // Import: a file with one good row and one bad one; the page lists the rejected row.
+    let csv = b.dir.join("officers.csv");
+    std::fs::write(
+        &csv,
+        "officer_id,display_name,badge,precinct,email\nof-1,Ana,,,\nof-2,Bob,,,not-an-email\n",
+    )
+    .unwrap();
+    let doc = b.call("DOM.getDocument", json!({})).await;
+    let input = b
+        .call(
+            "DOM.querySelector",
+            json!({"nodeId": doc["root"]["nodeId"], "selector": "#import-file"}),
+        )
+        .await;
+    b.call(
+        "DOM.setFileInputFiles",
+        json!({"files": [csv.display().to_string()], "nodeId": input["nodeId"]}),
+    )
+    .await;
+    b.eval(
+        "document.querySelector('select[name=kind]').value = 'officers'; \
+         document.querySelector('#import-form').requestSubmit(); true",
+    )
+    .await;
+    let rejected = b
+        .wait_for(
+            "the import's rejected rows",
+            "document.querySelector('#import-rejected')?.textContent",
+        )
+        .await;
+    assert!(rejected.as_str().unwrap().contains("email"), "{rejected}");
+    assert_eq!(
+        b.eval("document.querySelector('#import-accepted').textContent")
+            .await,
+        json!("1")
+    );
+
+    // Report: a table, and the CSV saved (downloads denied: the link is what is checked).
+    b.call("Page.setDownloadBehavior", json!({"behavior": "deny"}))
+        .await;
+    b.eval("document.querySelector('#report-form').requestSubmit(); true")
+        .await;
+    b.wait_for(
+        "the report table",
+        "document.querySelector('#report-table') !== null",
+    )
+    .await;
+    b.eval("document.querySelector('#report-csv').click(); true")
+        .await;
+    let name = b
+        .wait_for(
+            "the CSV download",
+            "document.querySelector('#report-download')?.download",
+        )
+        .await;
+    assert_eq!(name, json!("connections.csv"));
+    b.screenshot("admin-imports-reports.png").await;
+
     // Nothing was requested from another host.
     let foreign: Vec<&String> = b
         .requests
@@ -290,6 +348,11 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
     assert!(foreign.is_empty(), "requests to other hosts: {foreign:?}");
     assert!(
         b.requests.iter().any(|u| u.ends_with("/admin/v1/officers")),
+        "{:?}",
+        b.requests
+    );
+    assert!(
+        b.requests.iter().any(|u| u.contains("format=csv")),
         "{:?}",
         b.requests
     );

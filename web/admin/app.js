@@ -107,6 +107,53 @@ $("#region").addEventListener("click", async (e) => {
   catch (err) { $("#region").prepend(err.message); }
 });
 
+// Imports: the file as it is, typed by its extension; the accepted count and every
+// rejected row, or the server's refusal (400, 413) as it words it.
+$("#import-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const file = $("#import-file").files[0], box = $("#import-result");
+  if (!file) return;
+  const type = file.name.toLowerCase().endsWith(".json") ? "application/json" : "text/csv";
+  try {
+    const r = await api(`/admin/v1/import/${encodeURIComponent($("#kind").value)}`, { method: "POST", headers: { "Content-Type": type }, body: file });
+    const rows = r.rejected.map((x) => `<tr><td>${x.row}</td><td>${escapeHtml(x.error)}</td></tr>`).join("");
+    box.innerHTML = `<p><span id="import-accepted">${r.accepted}</span> accepted, ${r.rejected.length} rejected</p>` +
+      (rows ? `<table id="import-rejected"><thead><tr><th>Row</th><th>Error</th></tr></thead><tbody>${rows}</tbody></table>` : "");
+  } catch (err) { box.textContent = err.message; }
+});
+
+// Reports: a table and a chart of the rows; the CSV is fetched with the token and saved.
+function reportQuery(format) {
+  const q = new URLSearchParams({ group_by: $("#report-group").value });
+  if ($("#report-from").value) q.set("from", $("#report-from").value);
+  if ($("#report-to").value) q.set("to", $("#report-to").value);
+  if (format) q.set("format", format);
+  return `/admin/v1/reports/connections?${q}`;
+}
+let reportChart = null;
+$("#report-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  try {
+    const r = await api(reportQuery());
+    $("#report").innerHTML = `<table id="report-table"><thead><tr><th>${escapeHtml($("#report-group").value)}</th><th>Connections</th><th>Points</th></tr></thead><tbody>` +
+      r.rows.map((x) => `<tr><td>${escapeHtml(x.key)}</td><td>${x.connections}</td><td>${x.points}</td></tr>`).join("") + "</tbody></table>";
+    if (reportChart) reportChart.destroy();
+    const xs = r.rows.map((_, i) => i);
+    reportChart = new uPlot({ width: Math.max(260, $("#report").clientWidth - 8), height: 160, scales: { x: { time: false } },
+      axes: [{ values: (u, v) => v.map((i) => r.rows[i]?.key ?? "") }, {}],
+      series: [{}, { label: "connections", stroke: "#0b3d91", paths: uPlot.paths.bars() }] }, [xs, r.rows.map((x) => x.connections)], $("#report-chart"));
+  } catch (err) { $("#report").textContent = err.message; }
+});
+$("#report-csv").addEventListener("click", async () => {
+  try {
+    const csv = await api(reportQuery("csv"));
+    const a = document.createElement("a");
+    a.href = URL.createObjectURL(new Blob([csv], { type: "text/csv" }));
+    a.download = "connections.csv"; a.id = "report-download";
+    document.body.append(a); a.click();
+  } catch (err) { $("#report").textContent = err.message; }
+});
+
 function drawNodes(nodes) {
   $("#nodes tbody").innerHTML = nodes.map((n) => `<tr><td>${escapeHtml(n.node_id)}</td><td>${escapeHtml(n.advertise_url)}</td><td>${n.sessions}</td><td>${n.regions_owned}</td><td>${n.units_moving}</td></tr>`).join("");
 }
