@@ -71,6 +71,8 @@ pub struct Citizen {
     last_radius: f64,
     close_by: HashSet<OfficerKey>,
     pending: Option<Open>,
+    /// The zip this session is counted in (the admin map's citizens per zip).
+    counted_in: Option<ZipId>,
 }
 
 impl Citizen {
@@ -88,6 +90,7 @@ impl Citizen {
             last_radius: cfg.default_radius_m,
             close_by: HashSet::new(),
             pending: None,
+            counted_in: None,
         }
     }
 
@@ -215,6 +218,14 @@ impl Citizen {
         } else {
             self.push_due = Some(due);
         }
+    }
+
+    /// Counts this session in its current zip (and out of the one it was counted in).
+    fn count_in(&mut self, c: &Common) {
+        if let Some(z) = self.counted_in.replace(c.zip) {
+            c.ctx.regions.citizen_in(z, false);
+        }
+        c.ctx.regions.citizen_in(c.zip, true);
     }
 
     /// Asks an officer of the current `nearby` set for a connection.
@@ -371,6 +382,7 @@ impl RoleSession for Citizen {
 
     fn start<'a>(&'a mut self, c: &'a mut Common) -> BoxFuture<'a, ()> {
         // The orchestrator's position is the first: its answer follows `welcome`.
+        self.count_in(c);
         Box::pin(self.refresh(c, true))
     }
 
@@ -378,7 +390,11 @@ impl RoleSession for Citizen {
         Box::pin(async move {
             match cmd {
                 Command::Location(p) => {
-                    if !matches!(c.relocate(p), Moved::Refused) {
+                    let moved = c.relocate(p);
+                    if matches!(moved, Moved::From(_)) {
+                        self.count_in(c);
+                    }
+                    if !matches!(moved, Moved::Refused) {
                         self.refresh(c, true).await;
                     }
                 }
@@ -439,6 +455,9 @@ impl RoleSession for Citizen {
     }
 
     fn leave(&mut self, c: &mut Common) {
+        if let Some(z) = self.counted_in.take() {
+            c.ctx.regions.citizen_in(z, false);
+        }
         if let Some(p) = self.pending.take() {
             // An officer that left has nothing to cancel.
             tell(

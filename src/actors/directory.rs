@@ -85,6 +85,8 @@ pub(super) struct Slots {
     /// Officers per zip, as each region's index publishes them.
     pub(super) occupancy: Occupancy,
     pub(super) restarts: Vec<AtomicU64>,
+    /// Citizen sessions whose position is in each zip (the admin map's counts).
+    pub(super) citizens: Vec<AtomicU32>,
     pub(super) remote: RemoteSlot,
 }
 
@@ -117,6 +119,7 @@ impl Regions {
             indexes: (0..zips.len()).map(|_| OnceLock::new()).collect(),
             occupancy: (0..zips.len()).map(|_| AtomicU32::new(0)).collect(),
             restarts: (0..zips.len()).map(|_| AtomicU64::new(0)).collect(),
+            citizens: (0..zips.len()).map(|_| AtomicU32::new(0)).collect(),
             remote: Arc::default(),
         });
         let (directory, join) = Actor::spawn(
@@ -190,6 +193,29 @@ impl Regions {
             }
         }
         (out, false)
+    }
+
+    /// A citizen session's position entered (`true`) or left `zip`.
+    pub fn citizen_in(&self, zip: ZipId, entered: bool) {
+        let n = &self.slots.citizens[zip as usize];
+        if entered {
+            n.fetch_add(1, Ordering::Relaxed);
+        } else {
+            n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Citizen sessions per zip, the zips that have any (never a citizen's position).
+    pub fn citizens_by_zip(&self) -> Vec<(ZipId, u32)> {
+        self.slots
+            .citizens
+            .iter()
+            .enumerate()
+            .filter_map(|(z, n)| {
+                let n = n.load(Ordering::Relaxed);
+                (n > 0).then_some((z as ZipId, n))
+            })
+            .collect()
     }
 
     /// The zip table.

@@ -33,6 +33,63 @@ pub struct ImportAnswer {
     pub rejected: Vec<Rejected>,
 }
 
+/// One zip of `GET /admin/v1/citizens/zips`.
+#[derive(Serialize, ToSchema)]
+pub struct ZipCitizens {
+    /// The zip code.
+    pub zip: String,
+    /// Its centroid (never a citizen's position).
+    pub lat: f64,
+    /// Its centroid.
+    pub lon: f64,
+    /// Citizen sessions whose position is in the zip.
+    pub citizens: u32,
+}
+
+/// `GET /admin/v1/citizens/zips`.
+#[derive(Serialize, ToSchema)]
+pub struct CitizensByZip {
+    /// The zips with at least one citizen (in a cluster: this node's sessions).
+    pub zips: Vec<ZipCitizens>,
+}
+
+/// `GET /admin/v1/citizens/zips`: citizens counted per zip, for the dashboard's map.
+#[utoipa::path(
+    get,
+    path = "/admin/v1/citizens/zips",
+    tag = "admin",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Citizen sessions per zip", body = CitizensByZip),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
+pub async fn citizens_by_zip(
+    State(st): State<AppState>,
+    caller: Caller,
+) -> Result<Json<CitizensByZip>, ApiError> {
+    caller.require(Role::Admin)?;
+    let zips = &st.ctx.zips;
+    Ok(Json(CitizensByZip {
+        zips: st
+            .ctx
+            .regions
+            .citizens_by_zip()
+            .into_iter()
+            .map(|(z, n)| {
+                let zip = zips.get(z);
+                ZipCitizens {
+                    zip: zip.code.to_string(),
+                    lat: zip.centroid.lat,
+                    lon: zip.centroid.lon,
+                    citizens: n,
+                }
+            })
+            .collect(),
+    }))
+}
+
 /// `GET /admin/v1/stats`: live counts over this node.
 #[derive(Serialize, ToSchema)]
 pub struct Stats {

@@ -136,6 +136,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(admin::region))
         .routes(routes!(admin::stats))
         .routes(routes!(admin::officers))
+        .routes(routes!(admin::citizens_by_zip))
         .routes(routes!(admin::end_session))
         .routes(routes!(admin::connections_report))
         .layer(DefaultBodyLimit::max(

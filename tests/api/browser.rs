@@ -253,6 +253,14 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
         .await;
     let m: Value = serde_json::from_str(on_map.as_str().unwrap()).unwrap();
     assert_eq!(m["ids"], json!(["o-chi", "o-la", "o-nyc"]), "{m}");
+    // The citizen as a count in its zip, not as a position.
+    let counted = b
+        .wait_for(
+            "the citizen counted in its zip",
+            "document.querySelector('.citizen-count[data-zip=\"10001\"]')?.dataset.count",
+        )
+        .await;
+    assert_eq!(counted, json!("1"));
     b.screenshot("admin-overview.png").await;
 
     // An officer goes unavailable: its marker goes.

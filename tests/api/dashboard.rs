@@ -126,10 +126,59 @@ async fn the_map_lists_every_available_officer_and_no_citizen() {
         (o1["lat"].as_f64(), o1["zip"].as_str()),
         (Some(40.7506), Some("10001"))
     );
+    // Citizens only as counts per zip, at the zip's centroid.
+    let (s, z) = app.get("/admin/v1/citizens/zips", Some(&admin)).await;
+    assert_eq!(s, 200, "{z}");
+    assert_eq!(z["zips"].as_array().unwrap().len(), 1, "{z}");
+    assert_eq!(
+        (
+            z["zips"][0]["zip"].as_str(),
+            z["zips"][0]["citizens"].as_u64()
+        ),
+        (Some("10001"), Some(1))
+    );
+    assert_ne!(
+        z["zips"][0]["lat"].as_f64(),
+        Some(40.7510),
+        "a citizen's position is never served"
+    );
     let (s, b) = app.get("/admin/v1/officers?limit=1", Some(&admin)).await;
     assert_eq!((s, b["truncated"].clone()), (200, Value::Bool(true)), "{b}");
     let (s, _) = app
         .get("/admin/v1/officers", Some(&app.token(Role::Citizen, "c1")))
         .await;
     assert_eq!(s, 403);
+}
+
+#[tokio::test]
+async fn citizens_per_zip_follow_moves_and_departures() {
+    let app = spawn_app().await;
+    let admin = app.token(Role::Admin, "admin");
+    let counts = || async {
+        let (_, z) = app.get("/admin/v1/citizens/zips", Some(&admin)).await;
+        z["zips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| {
+                (
+                    z["zip"].as_str().unwrap().to_owned(),
+                    z["citizens"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (mut c, _) = app.citizen("c1", 40.7506, -73.9972).await;
+    assert_eq!(counts().await, [("10001".to_owned(), 1)]);
+    c.send(serde_json::json!({"type":"location","lat":34.0522,"lon":-118.2437}))
+        .await;
+    c.recv_type("nearby").await;
+    let now = counts().await;
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0].0, "10001");
+    drop(c);
+    eventually("the citizen leaves the counts", || async {
+        counts().await.is_empty().then_some(())
+    })
+    .await;
 }

@@ -56,7 +56,7 @@ function messagesTotal(metrics) {
 }
 
 // The map: state outlines, officers as markers, grouped when close.
-let map = null, cluster = null;
+let map = null, cluster = null, citizenLayer = null;
 const markers = new Map();
 async function makeMap() {
   map = L.map("map", { zoomSnap: 0.25, minZoom: 2, maxZoom: 14, attributionControl: false }).fitBounds([[24.4, -125], [49.4, -66.9]]);
@@ -67,6 +67,7 @@ async function makeMap() {
     chunkedLoading: true,
   });
   map.addLayer(cluster);
+  citizenLayer = L.layerGroup().addTo(map);
   map.on("click", async (e) => {
     const z = await (await fetch(`/v1/zips/lookup?lat=${e.latlng.lat}&lon=${e.latlng.lng}`)).json();
     if (z.zip) { $("#zip").value = z.zip; showRegion(z.zip); }
@@ -89,6 +90,17 @@ function drawOfficers(list) {
   for (const [id, m] of markers) if (!seen.has(id)) { gone.push(m); markers.delete(id); }
   if (gone.length) cluster.removeLayers(gone);
   if (add.length) cluster.addLayers(add);
+}
+
+// Citizens only as counts per zip, at the zip's centroid (never a citizen's position).
+function drawCitizens(zips) {
+  citizenLayer.clearLayers();
+  for (const z of zips) {
+    L.marker([z.lat, z.lon], {
+      icon: L.divIcon({ html: `<div class="citizen-count" data-zip="${escapeHtml(z.zip)}" data-count="${z.citizens}">${z.citizens}</div>`, className: "", iconSize: [22, 22] }),
+      title: `${z.citizens} citizen(s) in ${z.zip}`, interactive: false,
+    }).addTo(citizenLayer);
+  }
 }
 
 async function showRegion(zip) {
@@ -161,9 +173,10 @@ function drawNodes(nodes) {
 let timer = null;
 async function refresh() {
   try {
-    const [stats, officers, metrics] = await Promise.all([api("/admin/v1/stats"), api("/admin/v1/officers"), api("/metrics")]);
+    const [stats, officers, citizens, metrics] = await Promise.all([api("/admin/v1/stats"), api("/admin/v1/officers"), api("/admin/v1/citizens/zips"), api("/metrics")]);
     for (const k of COUNTERS) $(`#${k.replaceAll("_", "-")}`).textContent = stats[k];
     drawOfficers(officers.officers);
+    drawCitizens(citizens.zips);
     drawNodes(stats.nodes);
     pushSample(stats, messagesTotal(metrics));
     document.body.dataset.ready = "1";
