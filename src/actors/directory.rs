@@ -327,45 +327,30 @@ impl Regions {
         let needs_watch = |z: ZipId| watch.is_some_and(|(_, watched)| !watched.contains(&z));
         // Sized once: about a dozen regions in a city, and never more than k officers.
         let mut best = Vec::with_capacity(k);
-        // In a cluster, the regions of the circle owned elsewhere are asked first; their
-        // answer seeds `best`, so the walk below shrinks the circle exactly as if they were
-        // read in place. (Remote regions are read in place too: an officer whose session is
-        // still here during a handoff stays visible.)
-        // The version a remote region's watch registers with is the one before the remote
-        // read: the owner's changes published after it bump the local version, so the
-        // watch is told of them. Before this node receives the unit's changes at all, the
-        // watch is told at once (u64::MAX matches no version) and reads again.
-        let mut far_versions: Vec<(ZipId, u64)> = Vec::new();
-        if let Some(remote) = self.slots.remote.get() {
-            let far: Vec<ZipId> = self
-                .zips
-                .regions_touching(at, own, d0, radius_m)
-                .into_iter()
-                .filter(|&z| remote.is_remote(z))
-                .collect();
-            if watch.is_some() {
-                for &z in far.iter().filter(|&&z| needs_watch(z)) {
-                    let v = if remote.interest(z) {
-                        self.version_of(z)
-                    } else {
-                        u64::MAX
-                    };
-                    far_versions.push((z, v));
-                }
-            }
-            if !far.is_empty() {
-                best = remote.read(at, radius_m, k, far).await;
-            }
-        }
         let mut touching = Vec::with_capacity(16);
         let mut to_watch = Vec::new();
+        // In a cluster, the regions owned elsewhere are read in place too (an officer whose
+        // session is still here during a handoff stays visible), noted, and asked from
+        // their owners once the walk is done: only those touching its last circle can hold
+        // one of the k nearest, as for the regions read here.
+        let remote = self.slots.remote.get();
+        let mut far = Vec::new();
         let reach = self.zips.walk_touching(centre, own, d0, radius_m, |z, r| {
             touching.push(z);
             let watch_it = needs_watch(z);
-            let version = self.read_into(z, at, r, k, &mut best, watch_it);
+            let mut version = self.read_into(z, at, r, k, &mut best, watch_it);
+            if let Some(remote) = remote.filter(|rm| rm.is_remote(z)) {
+                far.push(z);
+                // The version was read before the owner is asked: its changes published
+                // since bump it, and the watch is told of them. Before this node receives
+                // the unit's changes at all, the watch is told at once (u64::MAX matches
+                // no version) and reads again.
+                if watch_it && !remote.interest(z) {
+                    version = u64::MAX;
+                }
+            }
             if watch_it {
-                let before = far_versions.iter().find(|&&(f, _)| f == z);
-                to_watch.push((z, before.map_or(version, |&(_, v)| v)));
+                to_watch.push((z, version));
             }
             if k > 0 && best.len() >= k {
                 best[k - 1].distance_m.min(r)
@@ -373,6 +358,12 @@ impl Regions {
                 r
             }
         });
+        if let Some(remote) = remote
+            && !far.is_empty()
+        {
+            let theirs = remote.read(at, reach, k, far).await;
+            best = crate::geo::index::merge_nearest([best, theirs], k);
+        }
         if let Some((w, _)) = watch {
             w.signal.set_circle(centre, reach);
             for (z, version) in to_watch {
@@ -383,13 +374,6 @@ impl Regions {
             }
         }
         Ok((best, touching, reach))
-    }
-
-    /// The version of `zip`'s index (0 if its region never ran).
-    fn version_of(&self, zip: ZipId) -> u64 {
-        self.slots.indexes[zip as usize]
-            .get()
-            .map_or(0, |index| index.version())
     }
 
     /// Tells this node's watchers of `zip` (a region owned elsewhere) that its owner

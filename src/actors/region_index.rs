@@ -165,11 +165,6 @@ impl<T: Clone> RegionIndex<T> {
         self.zip
     }
 
-    /// The version now (bumped by every change; 0 before the region's actor first ran).
-    pub fn version(&self) -> u64 {
-        self.read().version
-    }
-
     /// An empty index for region `zip` (centroid `centroid`), counted in `occupancy`.
     pub fn new(centroid: LatLon, occupancy: Occupancy, zip: ZipId) -> Self {
         Self {

@@ -37,14 +37,9 @@ fn proxy(life: Duration, forward: impl FnOnce(SessionMsg) + Send + 'static) -> S
 }
 
 fn publish(cluster: &Arc<Cluster>, node: &str, msg: &RelayMsg) {
-    let Some(link) = cluster.link() else { return };
-    let (client, subject) = (link.client().clone(), link.subject(node, "relay"));
-    let body = serde_json::to_vec(msg).expect("relay messages serialise");
-    tokio::spawn(async move {
-        if let Err(e) = client.publish(subject, body.into()).await {
-            tracing::warn!("cluster: connection message not sent: {e}");
-        }
-    });
+    if let Some(link) = cluster.link() {
+        link.publish(link.subject(node, "relay"), msg, "connection message");
+    }
 }
 
 /// The citizen's side: offers `req` to the officer's session on `node`. On `Ok` the

@@ -91,6 +91,18 @@ impl Link {
         Ok(self.client.subscribe(self.subject(node, verb)).await?)
     }
 
+    /// Publishes `msg` as JSON on `subject` without waiting (core NATS: at most once; a
+    /// failure is logged as `what`).
+    pub(crate) fn publish<M: Serialize>(&self, subject: String, msg: &M, what: &'static str) {
+        let client = self.client.clone();
+        let body = serde_json::to_vec(msg).expect("cluster messages serialise");
+        tokio::spawn(async move {
+            if let Err(e) = client.publish(subject, body.into()).await {
+                tracing::warn!("cluster: {what} not sent: {e}");
+            }
+        });
+    }
+
     /// Answers a request message with JSON.
     pub async fn reply<A: Serialize>(&self, msg: &async_nats::Message, answer: &A) {
         if let Some(to) = &msg.reply {

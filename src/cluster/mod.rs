@@ -401,13 +401,7 @@ impl Cluster {
             account: account.to_owned(),
             node: self.id.clone(),
         };
-        let (client, subject) = (link.client().clone(), link.sessions_subject());
-        let body = serde_json::to_vec(&msg).expect("serialises");
-        tokio::spawn(async move {
-            if let Err(e) = client.publish(subject, body.into()).await {
-                tracing::debug!("cluster: session opening not published: {e}");
-            }
-        });
+        link.publish(link.sessions_subject(), &msg, "session opening");
     }
 
     /// What to do when a session of an account opened on another node.
