@@ -62,6 +62,23 @@ pub struct Settings {
     pub rewards: RewardSettings,
     /// Cluster membership (empty `nats_url`: this node runs alone).
     pub cluster: ClusterSettings,
+    /// The administrators' dashboard and its live feed.
+    pub admin: AdminSettings,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// How often the live feed samples the map and the counters while anyone watches.
+    pub live_interval_ms: u64,
+    /// Live feeds open at once on a node; one more is refused with 503.
+    pub live_max_watchers: usize,
+    /// Updates queued for a watcher; one that falls further behind is sent the whole map
+    /// again.
+    pub live_queue: usize,
+    /// Officers the live feed carries at most (the snapshot says when it was cut).
+    pub live_max_officers: usize,
 }
 
 /// `[cluster]`
@@ -317,6 +334,13 @@ impl Settings {
                 self.auth.max_outstanding_tickets,
             ),
             ("events.capacity", self.events.capacity),
+            ("admin.live_max_watchers", self.admin.live_max_watchers),
+            ("admin.live_queue", self.admin.live_queue),
+            ("admin.live_max_officers", self.admin.live_max_officers),
+            (
+                "admin.live_interval_ms",
+                self.admin.live_interval_ms as usize,
+            ),
         ] {
             if v == 0 {
                 bad.push(format!("{name} must be > 0"));

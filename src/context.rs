@@ -11,8 +11,8 @@ use crate::actors::directory::Regions;
 use crate::actors::outbox::{Outbox, close};
 use crate::actors::session::{SessionHandle, SessionMsg, tell};
 use crate::actors::windows::{LocalWindows, WindowStore};
-use crate::cluster::Cluster;
 use crate::cluster::wire::NodeCounts;
+use crate::cluster::{Cluster, ClusterError, MapData};
 use crate::config::Settings;
 use crate::events::{EventBus, Publisher};
 use crate::geo::ZipTable;
@@ -214,6 +214,7 @@ fn node_counts(sessions: &Sessions, regions: &Regions) -> NodeCounts {
         citizens_online: citizens,
         regions_active: regions.alive(),
         pending_requests: sessions.pending(),
+        messages_in: crate::telemetry::messages_in(),
     }
 }
 
@@ -339,6 +340,20 @@ impl Context {
     /// This node's live counts (what the admin stats sum over a cluster).
     pub fn counts(&self) -> NodeCounts {
         node_counts(&self.sessions, &self.regions)
+    }
+
+    /// Every available officer (at most `limit`) and the citizen sessions per zip: this
+    /// node's, or in a cluster every live member's.
+    pub async fn map(&self, limit: usize) -> Result<MapData, ClusterError> {
+        if let Some(cluster) = &self.cluster {
+            return cluster.map(&self.regions, limit).await;
+        }
+        let (officers, more) = self.regions.officers((0, 0), limit, |_| true);
+        Ok(MapData {
+            officers,
+            citizens: self.regions.citizens_by_zip(),
+            truncated: more.is_some(),
+        })
     }
 
     /// Stops the actors.

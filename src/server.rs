@@ -155,6 +155,7 @@ impl Running {
     pub async fn shutdown(self) {
         let ctx = self.state.ctx.clone();
         let _ = self.stop.send(());
+        self.state.live.close();
         let grace = Duration::from_millis(ctx.settings.server.shutdown_grace_ms);
         if let Some(cl) = ctx.cluster.as_ref().filter(|c| c.ready()) {
             cl.leave().await;

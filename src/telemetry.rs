@@ -52,6 +52,21 @@ pub fn nearby_query_seconds() -> &'static Histogram {
     })
 }
 
+/// WebSocket messages received by this process (also counted by type in
+/// `ws_messages_in_total`; this sum is what the admin stats report without reading the
+/// recorder).
+static MESSAGES_IN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts one WebSocket message received.
+pub fn message_in() {
+    MESSAGES_IN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// WebSocket messages received by this process.
+pub fn messages_in() -> u64 {
+    MESSAGES_IN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ pub enum RegionError {
 }
 
 /// One available officer, as the admin map shows it.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct AvailableOfficer {
     /// Account id.
     pub officer_id: String,
@@ -167,20 +167,30 @@ impl Regions {
         best
     }
 
-    /// The available officers indexed on this node (every region it ever ran), at most
-    /// `limit`: (id, display name, position, zip code, window end); and whether there were
-    /// more.
-    pub fn officers(&self, limit: usize) -> (Vec<AvailableOfficer>, bool) {
+    /// The available officers indexed on this node in the regions `keep` accepts, from
+    /// `cursor` on (a zip and how many of its officers were already taken; `(0, 0)` to
+    /// start), at most `limit`; and the cursor of the rest, if there is more.
+    pub fn officers(
+        &self,
+        cursor: (ZipId, usize),
+        limit: usize,
+        keep: impl Fn(ZipId) -> bool,
+    ) -> (Vec<AvailableOfficer>, Option<(ZipId, usize)>) {
         let mut out = Vec::new();
-        for (z, slot) in self.slots.indexes.iter().enumerate() {
-            let Some(index) = slot.get() else { continue };
-            if index.occupied() == 0 {
+        let (first, mut skip) = cursor;
+        for (z, slot) in self.slots.indexes.iter().enumerate().skip(first as usize) {
+            let Some(index) = slot.get() else {
+                skip = 0;
+                continue;
+            };
+            if index.occupied() == 0 || !keep(z as ZipId) {
+                skip = 0;
                 continue;
             }
             let code = &self.zips.get(z as ZipId).code;
-            for (id, pos, d) in index.read().index.iter() {
+            for (i, (id, pos, d)) in index.read().index.iter().enumerate().skip(skip) {
                 if out.len() == limit {
-                    return (out, true);
+                    return (out, Some((z as ZipId, i)));
                 }
                 out.push(AvailableOfficer {
                     officer_id: id.to_string(),
@@ -191,8 +201,9 @@ impl Regions {
                     window_ends_at: d.expires_at,
                 });
             }
+            skip = 0;
         }
-        (out, false)
+        (out, None)
     }
 
     /// A citizen session's position entered (`true`) or left `zip`.

@@ -486,5 +486,6 @@ fn input(
     };
     let cmd = decode(text.as_str(), role, dl)?;
     crate::telemetry::count("ws_messages_in_total", "type", cmd.type_name());
+    crate::telemetry::message_in();
     Ok(cmd)
 }

@@ -145,6 +145,7 @@ impl Cluster {
         tracing::info!(node = %self.id, url = %self.cfg.nats_url, "cluster: linked");
         tokio::spawn(self.clone().watch_members());
         tokio::spawn(self.clone().watch_owners());
+        tokio::spawn(self.clone().serve_map(regions.clone()));
         tokio::spawn(self.clone().serve_nearby(regions));
         tokio::spawn(self.clone().reconcile());
         tokio::spawn(self.clone().follow_sessions());

@@ -20,8 +20,11 @@
 pub mod placement;
 pub mod wire;
 
+pub use map::MapData;
+
 mod changes;
 mod link;
+mod map;
 mod ownership;
 mod reads;
 mod stream;

@@ -44,6 +44,9 @@ pub struct NodeCounts {
     pub regions_active: usize,
     /// Connection requests waiting for an officer's answer.
     pub pending_requests: usize,
+    /// WebSocket messages received since the process started.
+    #[serde(default)]
+    pub messages_in: u64,
 }
 
 /// A unit's record in the owners bucket. The entry's revision is the unit's epoch.
@@ -221,4 +224,24 @@ pub struct KickRequest {
 pub struct KickReply {
     /// The session's role.
     pub role: Option<Role>,
+}
+
+/// A page of the officers and citizen counts a node serves, for the admin map.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MapRequest {
+    /// Where the page starts: a zip index and how many of its officers came before.
+    pub cursor: (u32, usize),
+    /// Most officers in the page.
+    pub limit: usize,
+}
+
+/// The answer to a [`MapRequest`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MapReply {
+    /// The officers of the page.
+    pub officers: Vec<crate::actors::directory::AvailableOfficer>,
+    /// Citizen sessions per zip on the node (the first page only).
+    pub citizens: Vec<(String, u32)>,
+    /// The cursor of the next page, if there is more.
+    pub next: Option<(u32, usize)>,
 }

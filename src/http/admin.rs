@@ -16,7 +16,9 @@ use super::error::ErrorBody;
 use super::error::{ApiError, Body};
 use super::rewards::idempotency_key;
 use crate::actors::region::RegionSnapshot;
-use crate::context::Kick;
+use crate::cluster::wire::NodeCounts;
+use crate::context::{Context, Kick};
+use crate::geo::{ZipId, ZipTable};
 use crate::import::{Kind, Rejected};
 use crate::protocol::Role;
 use crate::store::imports::ImportRefused;
@@ -34,7 +36,7 @@ pub struct ImportAnswer {
 }
 
 /// One zip of `GET /admin/v1/citizens/zips`.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct ZipCitizens {
     /// The zip code.
     pub zip: String,
@@ -49,7 +51,7 @@ pub struct ZipCitizens {
 /// `GET /admin/v1/citizens/zips`.
 #[derive(Serialize, ToSchema)]
 pub struct CitizensByZip {
-    /// The zips with at least one citizen (in a cluster: this node's sessions).
+    /// The zips with at least one citizen (in a cluster: summed over the live nodes).
     pub zips: Vec<ZipCitizens>,
 }
 
@@ -61,6 +63,7 @@ pub struct CitizensByZip {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Citizen sessions per zip", body = CitizensByZip),
+        (status = 503, description = "cluster_unavailable: another node did not answer", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
@@ -70,28 +73,30 @@ pub async fn citizens_by_zip(
     caller: Caller,
 ) -> Result<Json<CitizensByZip>, ApiError> {
     caller.require(Role::Admin)?;
-    let zips = &st.ctx.zips;
+    let map = st.ctx.map(0).await?;
     Ok(Json(CitizensByZip {
-        zips: st
-            .ctx
-            .regions
-            .citizens_by_zip()
-            .into_iter()
-            .map(|(z, n)| {
-                let zip = zips.get(z);
-                ZipCitizens {
-                    zip: zip.code.to_string(),
-                    lat: zip.centroid.lat,
-                    lon: zip.centroid.lon,
-                    citizens: n,
-                }
-            })
-            .collect(),
+        zips: zip_counts(&st.ctx.zips, &map.citizens),
     }))
 }
 
+/// Citizen counts per zip with the zips' centroids.
+pub fn zip_counts(zips: &ZipTable, counts: &[(ZipId, u32)]) -> Vec<ZipCitizens> {
+    counts
+        .iter()
+        .map(|&(z, n)| {
+            let zip = zips.get(z);
+            ZipCitizens {
+                zip: zip.code.to_string(),
+                lat: zip.centroid.lat,
+                lon: zip.centroid.lon,
+                citizens: n,
+            }
+        })
+        .collect()
+}
+
 /// `GET /admin/v1/stats`: live counts over this node.
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct Stats {
     /// Officers with a running availability window.
     pub officers_available: usize,
@@ -105,12 +110,15 @@ pub struct Stats {
     pub pending_requests: usize,
     /// WebSockets open.
     pub sockets: usize,
+    /// WebSocket messages received since the nodes started (a rate is the difference of
+    /// two readings over their interval).
+    pub messages_in: u64,
     /// The nodes counted: this one alone, or every live member of the cluster.
     pub nodes: Vec<NodeStats>,
 }
 
 /// One node of [`Stats`].
-#[derive(Serialize, ToSchema)]
+#[derive(Clone, Serialize, ToSchema)]
 pub struct NodeStats {
     /// The node's id.
     pub node_id: String,
@@ -301,7 +309,7 @@ const OFFICER_ROWS: (u64, u64) = (10_000, 100_000);
 /// `GET /admin/v1/officers`.
 #[derive(Serialize, ToSchema)]
 pub struct Officers {
-    /// The available officers (in a cluster: those indexed on this node).
+    /// The available officers (in a cluster: on every live node).
     pub officers: Vec<crate::actors::directory::AvailableOfficer>,
     /// Whether `limit` cut the list.
     pub truncated: bool,
@@ -319,6 +327,7 @@ pub struct Officers {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The available officers", body = Officers),
+        (status = 503, description = "cluster_unavailable: another node did not answer", body = ErrorBody),
         (status = 400, description = "invalid_limit", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
@@ -331,10 +340,10 @@ pub async fn officers(
 ) -> Result<Json<Officers>, ApiError> {
     caller.require(Role::Admin)?;
     let limit = super::limit_param(&q, OFFICER_ROWS.0, OFFICER_ROWS.1)?;
-    let (officers, truncated) = st.ctx.regions.officers(limit as usize);
+    let map = st.ctx.map(limit as usize).await?;
     Ok(Json(Officers {
-        officers,
-        truncated,
+        officers: map.officers,
+        truncated: map.truncated,
     }))
 }
 
@@ -352,28 +361,12 @@ pub async fn officers(
 )]
 pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<Stats>, ApiError> {
     caller.require(Role::Admin)?;
-    let ctx = &st.ctx;
-    let Some(cluster) = &ctx.cluster else {
-        let c = ctx.counts();
-        return Ok(Json(Stats {
-            officers_available: c.officers_available,
-            officers_online: c.officers_online,
-            citizens_online: c.citizens_online,
-            regions_active: c.regions_active,
-            pending_requests: c.pending_requests,
-            sockets: c.sessions,
-            nodes: vec![NodeStats {
-                node_id: ctx.settings.server.node_id.clone(),
-                advertise_url: ctx.settings.server.public_url.clone(),
-                sessions: c.sessions,
-                regions_owned: c.regions_active,
-                units_moving: 0,
-                alive: true,
-            }],
-        }));
-    };
-    // Every live member's counts as of its last renewal (at most a renewal interval old);
-    // this node's own are read now.
+    Ok(Json(stats_of(&st.ctx)))
+}
+
+/// The live counts: this node's, or in a cluster every live member's as of its last
+/// renewal (at most a renewal interval old) with this node's read now.
+pub fn stats_of(ctx: &Context) -> Stats {
     let mut stats = Stats {
         officers_available: 0,
         officers_online: 0,
@@ -381,32 +374,55 @@ pub async fn stats(State(st): State<AppState>, caller: Caller) -> Result<Json<St
         regions_active: 0,
         pending_requests: 0,
         sockets: 0,
+        messages_in: 0,
         nodes: Vec::new(),
     };
-    for m in cluster.members() {
-        let own = m.record.node_id == cluster.node_id();
-        let c = if own { ctx.counts() } else { m.record.counts };
-        let (regions_owned, units_moving) = if own {
-            cluster.ownership()
-        } else {
-            (m.record.regions_owned, m.record.units_moving)
-        };
+    let mut add = |node_id: String, advertise_url: String, c: NodeCounts, owned: (usize, usize)| {
         stats.officers_available += c.officers_available;
         stats.officers_online += c.officers_online;
         stats.citizens_online += c.citizens_online;
         stats.regions_active += c.regions_active;
         stats.pending_requests += c.pending_requests;
         stats.sockets += c.sessions;
+        stats.messages_in += c.messages_in;
         stats.nodes.push(NodeStats {
-            node_id: m.record.node_id,
-            advertise_url: m.record.advertise_url,
+            node_id,
+            advertise_url,
             sessions: c.sessions,
-            regions_owned,
-            units_moving,
+            regions_owned: owned.0,
+            units_moving: owned.1,
             alive: true,
         });
+    };
+    let Some(cluster) = &ctx.cluster else {
+        let c = ctx.counts();
+        add(
+            ctx.settings.server.node_id.clone(),
+            ctx.settings.server.public_url.clone(),
+            c,
+            (c.regions_active, 0),
+        );
+        return stats;
+    };
+    for m in cluster.members() {
+        if m.record.node_id == cluster.node_id() {
+            add(
+                m.record.node_id,
+                m.record.advertise_url,
+                ctx.counts(),
+                cluster.ownership(),
+            );
+        } else {
+            let owned = (m.record.regions_owned, m.record.units_moving);
+            add(
+                m.record.node_id,
+                m.record.advertise_url,
+                m.record.counts,
+                owned,
+            );
+        }
     }
-    Ok(Json(stats))
+    stats
 }
 
 /// `DELETE /admin/v1/sessions/{account_id}`: the live session gets an `error` frame

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod error;
+pub mod live;
 pub mod rewards;
 pub mod web;
 pub mod ws;
@@ -45,6 +46,8 @@ pub struct HttpState {
     pub tickets: Tickets,
     /// `/openapi.json`, set when the router is built.
     pub openapi: OnceLock<Value>,
+    /// The dashboard's live feed.
+    pub live: Arc<live::LiveFeed>,
 }
 
 impl HttpState {
@@ -52,11 +55,13 @@ impl HttpState {
     pub fn new(ctx: Arc<Context>) -> AppState {
         let auth = Auth::new(ctx.settings.auth.jwt_secret.expose());
         let tickets = Tickets::new(ctx.settings.auth.max_outstanding_tickets);
+        let live = live::LiveFeed::new(ctx.settings.admin.live_queue);
         Arc::new(Self {
             ctx,
             auth,
             tickets,
             openapi: OnceLock::new(),
+            live,
         })
     }
 }
@@ -137,6 +142,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(admin::stats))
         .routes(routes!(admin::officers))
         .routes(routes!(admin::citizens_by_zip))
+        .routes(routes!(live::live))
         .routes(routes!(admin::end_session))
         .routes(routes!(admin::connections_report))
         .layer(DefaultBodyLimit::max(

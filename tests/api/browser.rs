@@ -185,7 +185,7 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
     let app = spawn_app().await;
     // Officers far apart (one marker each at the first view), and a citizen.
     let mut nyc = app.officer("o-nyc", 40.7506, -73.9972).await;
-    let _la = app.officer("o-la", 34.0522, -118.2437).await;
+    let mut la = app.officer("o-la", 34.0522, -118.2437).await;
     let _chi = app.officer("o-chi", 41.8781, -87.6298).await;
     let _c = app.citizen("c1", 40.7510, -73.9972).await;
 
@@ -272,9 +272,18 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
     )
     .await;
 
+    // An officer moves: its marker follows, from the live feed.
+    la.send(json!({"type":"location","lat":34.0610,"lon":-118.2500}))
+        .await;
+    b.wait_for(
+        "the moved officer's marker follows",
+        "markers.get('o-la')?.getLatLng().lat === 34.061",
+    )
+    .await;
+
     // Region view: the LA officer in its zip.
     let (_, z) = app
-        .get("/v1/zips/lookup?lat=34.0522&lon=-118.2437", None)
+        .get("/v1/zips/lookup?lat=34.0610&lon=-118.2500", None)
         .await;
     let zip = z["zip"].as_str().unwrap();
     b.eval(&format!(
@@ -354,11 +363,16 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
         .filter(|u| !u.starts_with(&app.base) && !u.starts_with("data:") && *u != "about:blank")
         .collect();
     assert!(foreign.is_empty(), "requests to other hosts: {foreign:?}");
-    assert!(
-        b.requests.iter().any(|u| u.ends_with("/admin/v1/officers")),
+    // The map moved from one live feed, never by polling.
+    let count = |needle: &str| b.requests.iter().filter(|u| u.contains(needle)).count();
+    assert_eq!(count("/admin/v1/live"), 1, "{:?}", b.requests);
+    assert_eq!(
+        (count("/admin/v1/officers"), count("/metrics")),
+        (0, 0),
         "{:?}",
         b.requests
     );
+    assert!(count("/admin/v1/stats") <= 2, "{:?}", b.requests);
     assert!(
         b.requests.iter().any(|u| u.contains("format=csv")),
         "{:?}",

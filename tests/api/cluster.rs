@@ -11,7 +11,7 @@ use heyblue::http::auth::Auth;
 use heyblue::protocol::Role;
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, eventually, postgres_database, serve_process, zips};
+use crate::helpers::{Client, LiveWatch, eventually, postgres_database, serve_process, zips};
 
 /// Lease TTL of the test clusters (the default is 5 s; shorter keeps failover tests short).
 const LEASE_TTL_S: u64 = 3;
@@ -359,6 +359,7 @@ async fn nearby_is_exact_across_nodes() {
     // against brute force over every officer of the cluster.
     let citizens = points(centre, 4_000.0, 6, 11);
     let mut citizen_nodes = std::collections::BTreeSet::new();
+    let mut held_citizens = Vec::new();
     for (i, at) in citizens.iter().enumerate() {
         let (mut cit, grant) = c
             .connect(i % 3, Role::Citizen, &format!("c{i}"), at.lat, at.lon)
@@ -386,11 +387,47 @@ async fn nearby_is_exact_across_nodes() {
             let d = o["distance_m"].as_f64().unwrap();
             assert!((d - haversine_m(*at, *p)).abs() < 0.01, "{o}");
         }
+        held_citizens.push(cit);
     }
     assert!(
         citizen_nodes.len() >= 2,
         "citizens all on one node: {citizen_nodes:?}"
     );
+
+    // The admin map is cluster-wide from any node: every officer once, citizens summed.
+    let admin = c.token(Role::Admin, "admin");
+    let mut want: Vec<String> = officers.iter().map(|(id, _)| id.clone()).collect();
+    want.sort();
+    for i in 0..3 {
+        let (status, b) = c.get(i, "/admin/v1/officers", Some(&admin)).await;
+        assert_eq!(status, 200, "{b}");
+        let mut got: Vec<String> = b["officers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["officer_id"].as_str().unwrap().to_owned())
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "officers as node {i} sees them");
+        let (_, z) = c.get(i, "/admin/v1/citizens/zips", Some(&admin)).await;
+        let total: u64 = z["zips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|z| z["citizens"].as_u64().unwrap())
+            .sum();
+        assert_eq!(total, citizens.len() as u64, "{z}");
+    }
+    let (_, cut) = c.get(1, "/admin/v1/officers?limit=5", Some(&admin)).await;
+    assert_eq!(cut["officers"].as_array().unwrap().len(), 5, "{cut}");
+    assert_eq!(cut["truncated"], true);
+    let mut feed = LiveWatch::open(&c.nodes[2].base, &admin).await.unwrap();
+    feed.until("the live map holds every officer of the cluster", |w| {
+        let mut ids: Vec<&String> = w.officers.keys().collect();
+        ids.sort();
+        ids == want.iter().collect::<Vec<_>>()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -514,3 +514,145 @@ pub async fn serve_process(
     .await;
     (child, base)
 }
+
+/// A reader of the dashboard's live feed (`GET /admin/v1/live`) that folds its events
+/// into the map they describe, checking that deltas follow each other without a gap.
+pub struct LiveWatch {
+    resp: reqwest::Response,
+    buf: String,
+    /// Officers on the map, by id.
+    pub officers: std::collections::HashMap<String, Value>,
+    /// Citizens per zip.
+    pub citizens: std::collections::HashMap<String, u64>,
+    /// The counters of the last event.
+    pub stats: Value,
+    /// Number of the last sample.
+    pub seq: u64,
+    /// `snapshot` events read.
+    pub snapshots: usize,
+}
+
+impl LiveWatch {
+    /// Opens the feed, or the error answer.
+    pub async fn open(base: &str, token: &str) -> Result<LiveWatch, (u16, Value)> {
+        let resp = reqwest::Client::new()
+            .get(format!("{base}/admin/v1/live"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("live feed request");
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err((status, resp.json().await.unwrap_or(Value::Null)));
+        }
+        assert_eq!(resp.headers()["content-type"], "text/event-stream");
+        Ok(LiveWatch {
+            resp,
+            buf: String::new(),
+            officers: Default::default(),
+            citizens: Default::default(),
+            stats: Value::Null,
+            seq: 0,
+            snapshots: 0,
+        })
+    }
+
+    /// The next event (name and data), keep-alive comments skipped.
+    pub async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut name = String::new();
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !name.is_empty() {
+                    return (
+                        name,
+                        serde_json::from_str(&data).expect("event data is JSON"),
+                    );
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
+                .await
+                .expect("a live event within 5 s")
+                .expect("the feed reads")
+                .expect("the feed is open");
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+    }
+
+    /// Reads and folds events until `done` holds for the map; fails naming `what` after 10
+    /// s of real time.
+    pub async fn until(&mut self, what: &str, done: impl Fn(&LiveWatch) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done(self) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not within 10 s: {what}"
+            );
+            let (name, ev) = self.next().await;
+            self.fold(&name, ev);
+        }
+    }
+
+    /// Folds one event into the map.
+    pub fn fold(&mut self, name: &str, ev: Value) {
+        let seq = ev["seq"].as_u64().expect("seq");
+        let zip_counts = |v: &Value| -> Vec<(String, u64)> {
+            v.as_array()
+                .unwrap()
+                .iter()
+                .map(|z| {
+                    assert!(z.get("lat").is_some(), "a zip count has its centroid");
+                    (
+                        z["zip"].as_str().unwrap().to_owned(),
+                        z["citizens"].as_u64().unwrap(),
+                    )
+                })
+                .collect()
+        };
+        match name {
+            "snapshot" => {
+                self.snapshots += 1;
+                self.officers = ev["officers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|o| (o["officer_id"].as_str().unwrap().to_owned(), o.clone()))
+                    .collect();
+                self.citizens = zip_counts(&ev["citizens"]).into_iter().collect();
+            }
+            "delta" => {
+                assert_eq!(seq, self.seq + 1, "deltas follow each other");
+                for o in ev["upsert"].as_array().unwrap() {
+                    self.officers
+                        .insert(o["officer_id"].as_str().unwrap().to_owned(), o.clone());
+                }
+                for id in ev["gone"].as_array().unwrap() {
+                    assert!(
+                        self.officers.remove(id.as_str().unwrap()).is_some(),
+                        "{id} went without having come"
+                    );
+                }
+                for (zip, n) in zip_counts(&ev["citizens"]) {
+                    if n == 0 {
+                        self.citizens.remove(&zip);
+                    } else {
+                        self.citizens.insert(zip, n);
+                    }
+                }
+            }
+            other => panic!("unknown live event {other}"),
+        }
+        self.seq = seq;
+        self.stats = ev["stats"].clone();
+    }
+}

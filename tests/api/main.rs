@@ -11,6 +11,7 @@ mod connections;
 mod dashboard;
 mod events;
 mod http_api;
+mod live;
 mod officer;
 mod outage;
 mod process;

@@ -7,8 +7,8 @@ window.heyblueErrors = [];
 window.addEventListener("error", (e) => window.heyblueErrors.push(String(e.message)));
 window.addEventListener("unhandledrejection", (e) => window.heyblueErrors.push(String(e.reason)));
 
-const REFRESH_MS = 1000;
 const HISTORY_S = 15 * 60;
+const RETRY_MS = [1000, 10000]; // the live feed's reconnection backoff, first and longest
 
 // Sign-in lives here alone (single sign-on will replace it).
 const auth = {
@@ -40,19 +40,14 @@ function makeCharts() {
     messages: new uPlot(opts("", [{ label: "messages/s", stroke: "#bf3989" }]), [[], []], $("#chart-messages")),
   };
 }
-function pushSample(stats, msgsTotal) {
-  const now = Date.now() / 1000;
+function pushSample(stats) {
+  const now = Date.now() / 1000, msgsTotal = stats.messages_in;
   series.t.push(now); series.officers.push(stats.officers_online); series.citizens.push(stats.citizens_online);
   const rate = lastMsgs ? Math.max(0, (msgsTotal - lastMsgs.v) / (now - lastMsgs.t)) : 0;
   lastMsgs = { v: msgsTotal, t: now }; series.msgs.push(rate);
   while (series.t.length && series.t[0] < now - HISTORY_S) { for (const k in series) series[k].shift(); }
   charts.sessions.setData([series.t, series.officers, series.citizens]);
   charts.messages.setData([series.t, series.msgs]);
-}
-function messagesTotal(metrics) {
-  let total = 0;
-  for (const line of metrics.split("\n")) if (line.startsWith("ws_messages_in_total")) total += Number(line.split(" ").pop()) || 0;
-  return total;
 }
 
 // The map: state outlines, officers as markers, grouped when close.
@@ -74,33 +69,54 @@ async function makeMap() {
   });
 }
 function escapeHtml(s) { return String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`); }
-function drawOfficers(list) {
-  const seen = new Set(), add = [];
-  for (const o of list) {
-    seen.add(o.officer_id);
+function officerMarker(o) {
+  return L.marker([o.lat, o.lon], {
+    icon: L.divIcon({ html: `<div class="officer-marker" data-officer-id="${escapeHtml(o.officer_id)}"></div>`, className: "", iconSize: [12, 12] }),
+    title: `${o.display_name} (${o.zip})`, keyboard: true,
+  });
+}
+// Officers that came or moved, and those gone, in three batches: the cluster group
+// re-clusters once per batch instead of once per marker.
+function updateOfficers(upsert, goneIds) {
+  const add = [], moved = [], gone = [];
+  for (const o of upsert) {
     const m = markers.get(o.officer_id);
-    if (m) { m.setLatLng([o.lat, o.lon]); continue; }
-    const marker = L.marker([o.lat, o.lon], {
-      icon: L.divIcon({ html: `<div class="officer-marker" data-officer-id="${escapeHtml(o.officer_id)}"></div>`, className: "", iconSize: [12, 12] }),
-      title: `${o.display_name} (${o.zip})`, keyboard: true,
-    });
+    if (m) { moved.push([m, o]); continue; }
+    const marker = officerMarker(o);
     markers.set(o.officer_id, marker); add.push(marker);
   }
-  const gone = [];
-  for (const [id, m] of markers) if (!seen.has(id)) { gone.push(m); markers.delete(id); }
+  for (const id of goneIds) { const m = markers.get(id); if (m) { gone.push(m); markers.delete(id); } }
+  if (moved.length) {
+    cluster.removeLayers(moved.map(([m]) => m));
+    for (const [m, o] of moved) m.setLatLng([o.lat, o.lon]);
+    add.push(...moved.map(([m]) => m));
+  }
   if (gone.length) cluster.removeLayers(gone);
   if (add.length) cluster.addLayers(add);
 }
+function drawOfficers(list) {
+  const now = new Set(list.map((o) => o.officer_id));
+  updateOfficers(list, [...markers.keys()].filter((id) => !now.has(id)));
+}
 
 // Citizens only as counts per zip, at the zip's centroid (never a citizen's position).
-function drawCitizens(zips) {
-  citizenLayer.clearLayers();
+const zipMarkers = new Map();
+function updateCitizens(zips) {
   for (const z of zips) {
-    L.marker([z.lat, z.lon], {
+    const old = zipMarkers.get(z.zip);
+    if (old) { citizenLayer.removeLayer(old); zipMarkers.delete(z.zip); }
+    if (!z.citizens) continue;
+    const m = L.marker([z.lat, z.lon], {
       icon: L.divIcon({ html: `<div class="citizen-count" data-zip="${escapeHtml(z.zip)}" data-count="${z.citizens}">${z.citizens}</div>`, className: "", iconSize: [22, 22] }),
       title: `${z.citizens} citizen(s) in ${z.zip}`, interactive: false,
     }).addTo(citizenLayer);
+    zipMarkers.set(z.zip, m);
   }
+}
+function drawCitizens(zips) {
+  const now = new Set(zips.map((z) => z.zip));
+  const gone = [...zipMarkers.keys()].filter((z) => !now.has(z)).map((zip) => ({ zip, citizens: 0 }));
+  updateCitizens([...zips, ...gone]);
 }
 
 async function showRegion(zip) {
@@ -170,19 +186,71 @@ function drawNodes(nodes) {
   $("#nodes tbody").innerHTML = nodes.map((n) => `<tr><td>${escapeHtml(n.node_id)}</td><td>${escapeHtml(n.advertise_url)}</td><td>${n.sessions}</td><td>${n.regions_owned}</td><td>${n.units_moving}</td></tr>`).join("");
 }
 
-let timer = null;
-async function refresh() {
-  try {
-    const [stats, officers, citizens, metrics] = await Promise.all([api("/admin/v1/stats"), api("/admin/v1/officers"), api("/admin/v1/citizens/zips"), api("/metrics")]);
-    for (const k of COUNTERS) $(`#${k.replaceAll("_", "-")}`).textContent = stats[k];
-    drawOfficers(officers.officers);
-    drawCitizens(citizens.zips);
-    drawNodes(stats.nodes);
-    pushSample(stats, messagesTotal(metrics));
-    document.body.dataset.ready = "1";
-  } catch (e) {
-    if (e.status === 401 || e.status === 403) return signOut(e.message);
-    $("#signin-error").textContent = e.message;
+function drawStats(stats) {
+  for (const k of COUNTERS) $(`#${k.replaceAll("_", "-")}`).textContent = stats[k];
+  drawNodes(stats.nodes);
+  pushSample(stats);
+}
+
+// What the page measured of itself, for whoever inspects it (docs/performance.md): when
+// the first data was drawn, and how long applying each live event took.
+window.heyblueLive = { firstDataMs: null, events: 0, applyMs: [] };
+function onLive(name, ev) {
+  const t0 = performance.now();
+  if (name === "snapshot") { drawOfficers(ev.officers); drawCitizens(ev.citizens); }
+  else if (name === "delta") { updateOfficers(ev.upsert, ev.gone); updateCitizens(ev.citizens); }
+  else return;
+  drawStats(ev.stats);
+  $("#map-truncated").hidden = !ev.truncated;
+  const m = window.heyblueLive;
+  m.events++; m.applyMs.push(performance.now() - t0);
+  if (m.applyMs.length > 600) m.applyMs.shift();
+  if (m.firstDataMs === null) m.firstDataMs = performance.now();
+  document.body.dataset.ready = "1";
+}
+
+// The live feed: Server-Sent Events read with fetch (EventSource cannot send the Bearer
+// header). The whole map first, then what changed; reconnected with backoff.
+let feed = null;
+async function follow() {
+  const mine = new AbortController();
+  feed?.abort(); feed = mine;
+  let wait = RETRY_MS[0];
+  while (feed === mine) {
+    try {
+      const r = await fetch("/admin/v1/live", { headers: { Authorization: `Bearer ${auth.token}` }, signal: mine.signal });
+      if (!r.ok) {
+        let msg = `${r.status}`;
+        try { const b = await r.json(); msg = `${r.status} ${b.error.code}: ${b.error.message}`; } catch (_) {}
+        if (r.status === 401 || r.status === 403) return signOut(msg);
+        throw new Error(msg);
+      }
+      $("#live-status").textContent = "live";
+      wait = RETRY_MS[0];
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const block = buf.slice(0, end); buf = buf.slice(end + 2);
+          let name = "", data = "";
+          for (const line of block.split("\n")) {
+            if (line.startsWith("event:")) name = line.slice(6).trim();
+            else if (line.startsWith("data:")) data += line.slice(5).trimStart();
+          }
+          if (name) onLive(name, JSON.parse(data));
+        }
+      }
+      throw new Error("the server closed the live feed");
+    } catch (e) {
+      if (feed !== mine) return;
+      $("#live-status").textContent = `reconnecting in ${wait / 1000} s (${e.message})`;
+    }
+    await new Promise((res) => setTimeout(res, wait));
+    wait = Math.min(wait * 2, RETRY_MS[1]);
   }
 }
 
@@ -193,11 +261,10 @@ async function signIn(token) {
   $("#signin-error").textContent = "";
   $("#app").hidden = false; $("#signout").hidden = false; $("#token").value = "";
   if (!map) { makeCharts(); await makeMap(); }
-  await refresh();
-  clearInterval(timer); timer = setInterval(refresh, REFRESH_MS);
+  follow();
 }
 function signOut(message) {
-  auth.token = null; clearInterval(timer);
+  auth.token = null; feed?.abort(); feed = null;
   $("#app").hidden = true; $("#signout").hidden = true;
   $("#signin-error").textContent = message || "";
 }
