@@ -379,3 +379,177 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
         b.requests
     );
 }
+
+impl Browser {
+    /// Presses a key on the focused element.
+    async fn key(&mut self, key: &str, code: u32) {
+        for kind in ["keyDown", "keyUp"] {
+            let mut ev =
+                json!({"type": kind, "key": key, "code": key, "windowsVirtualKeyCode": code});
+            if kind == "keyDown" && key == "Enter" {
+                // The character an Enter types is what submits a form.
+                ev["text"] = json!("\r");
+            }
+            self.call("Input.dispatchKeyEvent", ev).await;
+        }
+    }
+
+    /// Whether the page scrolls sideways at the current size.
+    async fn overflows(&mut self) -> bool {
+        self.eval("document.documentElement.scrollWidth > window.innerWidth")
+            .await
+            == json!(true)
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_works_from_the_keyboard_and_on_a_tablet() {
+    let app = spawn_app().await;
+    let _o = app.officer("o-la", 34.0522, -118.2437).await;
+    let mut b = Browser::launch().await;
+    b.call(
+        "Page.navigate",
+        json!({"url": format!("{}/admin/", app.base)}),
+    )
+    .await;
+    b.wait_for("the page loads", "document.readyState === 'complete'")
+        .await;
+    // The first Tab reaches the token; Enter signs in.
+    b.key("Tab", 9).await;
+    assert_eq!(b.eval("document.activeElement.name").await, json!("token"));
+    let admin = app.token(Role::Admin, "admin");
+    b.call("Input.insertText", json!({"text": admin})).await;
+    b.key("Enter", 13).await;
+    b.wait_for("data-ready", "document.body.dataset.ready === '1'")
+        .await;
+    // Every control has a label.
+    let unlabelled = b
+        .eval(
+            "[...document.querySelectorAll('input, select, button')]                .filter(e => !e.labels?.length && !e.getAttribute('aria-label') && !e.textContent.trim())                .map(e => e.outerHTML)",
+        )
+        .await;
+    assert_eq!(unlabelled, json!([]), "controls without a label");
+    // A zip typed and Enter: the region shows.
+    let (_, z) = app
+        .get("/v1/zips/lookup?lat=34.0522&lon=-118.2437", None)
+        .await;
+    b.eval("document.querySelector('input[name=zip]').focus(); true")
+        .await;
+    b.call("Input.insertText", json!({"text": z["zip"]})).await;
+    b.key("Enter", 13).await;
+    b.wait_for(
+        "the region from the keyboard",
+        "document.querySelector('#region').textContent.includes('o-la')",
+    )
+    .await;
+    assert!(!b.overflows().await, "no sideways scrolling at 1280x800");
+    // A tablet, portrait and landscape: one column, nothing wider than the screen.
+    for (w, h, shot) in [
+        (768, 1024, "admin-tablet-portrait.png"),
+        (1024, 768, "admin-tablet-landscape.png"),
+    ] {
+        b.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": w, "height": h, "deviceScaleFactor": 1, "mobile": true}),
+        )
+        .await;
+        let seen = b
+            .wait_for(
+                "the page takes the new width",
+                &format!(
+                    "window.innerWidth === {w} || `${{window.innerWidth}}x${{window.innerHeight}}`"
+                ),
+            )
+            .await;
+        assert_eq!(seen, json!(true), "at {w}x{h}");
+        assert!(!b.overflows().await, "no sideways scrolling at {w}x{h}");
+        let map_w = b
+            .eval("document.querySelector('#map').getBoundingClientRect().width")
+            .await;
+        assert!(map_w.as_f64().unwrap() > (w as f64) * 0.5, "{map_w}");
+        // The charts span the last 15 minutes up to the last sample.
+        let span = b
+            .eval("charts.sessions.scales.x.max === series.t.at(-1) && charts.sessions.scales.x.max - charts.sessions.scales.x.min")
+            .await;
+        assert_eq!(span, json!(900), "{span}");
+        b.eval("window.scrollTo(0, 0); true").await;
+        b.screenshot(shot).await;
+    }
+}
+
+/// The dashboard against a loaded server, measured (`scripts/dashboard-bench` runs it; it is
+/// not part of the test command): `HEYBLUE_BENCH_URL` names the server, whose available
+/// officers move at 1 Hz; `HEYBLUE_BENCH_SECONDS` how long updates are watched. Prints one
+/// JSON line of figures.
+#[tokio::test]
+#[ignore = "a measurement, run by scripts/dashboard-bench"]
+async fn dashboard_under_load() {
+    let base = std::env::var("HEYBLUE_BENCH_URL").expect("HEYBLUE_BENCH_URL");
+    let watch_s: u64 = std::env::var("HEYBLUE_BENCH_SECONDS")
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(30);
+    let admin = heyblue::http::auth::Auth::new(
+        heyblue::config::Settings::defaults()
+            .auth
+            .jwt_secret
+            .expose(),
+    )
+    .mint(Role::Admin, "bench", None, Duration::from_secs(3600));
+    let mut b = Browser::launch().await;
+    b.call("Page.navigate", json!({"url": format!("{base}/admin/")}))
+        .await;
+    b.wait_for("the page loads", "document.readyState === 'complete'")
+        .await;
+    // Cold: from the sign-in to the first data drawn.
+    b.eval(&format!(
+        "window.benchT0 = performance.now(); \
+         document.querySelector('input[name=token]').value = '{admin}'; \
+         document.querySelector('#signin').requestSubmit(); true"
+    ))
+    .await;
+    b.wait_for("data-ready", "document.body.dataset.ready === '1'")
+        .await;
+    let cold_ms = b
+        .eval("window.heyblueLive.firstDataMs - window.benchT0")
+        .await;
+    let bytes = b
+        .eval(
+            "(() => { const e = performance.getEntriesByType('navigation') \
+               .concat(performance.getEntriesByType('resource')) \
+               .filter(e => !e.name.includes('/admin/v1/')); \
+             return {requests: e.length, transferred: e.reduce((n, x) => n + x.transferSize, 0), \
+                     decoded: e.reduce((n, x) => n + x.decodedBodySize, 0)}; })()",
+        )
+        .await;
+    // Updates: the cost of applying each delta, frames drawn, long tasks.
+    b.eval(
+        "window.benchFrames = 0; (function f() { window.benchFrames++; requestAnimationFrame(f); })(); \
+         window.benchLong = {n: 0, ms: 0}; \
+         new PerformanceObserver(l => { for (const e of l.getEntries()) { benchLong.n++; benchLong.ms += e.duration; } }) \
+           .observe({type: 'longtask'}); \
+         window.heyblueLive.applyMs = []; window.benchEvents0 = window.heyblueLive.events; \
+         window.benchT1 = performance.now(); true",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(watch_s)).await;
+    let updates = b
+        .eval(
+            "(() => { const s = [...heyblueLive.applyMs].sort((a, b) => a - b); \
+               const q = (p) => s[Math.min(s.length - 1, Math.floor(p * s.length))]; \
+               const secs = (performance.now() - benchT1) / 1000; \
+               return {markers: markers.size, events: heyblueLive.events - benchEvents0, \
+                 apply_ms_p50: q(0.5), apply_ms_p99: q(0.99), apply_ms_max: s[s.length - 1], \
+                 fps: benchFrames / secs, long_tasks: benchLong.n, long_task_ms_per_s: benchLong.ms / secs}; })()",
+        )
+        .await;
+    // Warm: a reload with the token kept for the tab, assets from the cache.
+    b.call("Page.reload", json!({})).await;
+    b.wait_for("data-ready again", "document.body.dataset.ready === '1'")
+        .await;
+    let warm_ms = b.eval("window.heyblueLive.firstDataMs").await;
+    println!(
+        "{}",
+        json!({"cold_first_data_ms": cold_ms, "reload_first_data_ms": warm_ms,
+               "first_load": bytes, "updates": updates})
+    );
+}

@@ -33,12 +33,22 @@ const COUNTERS = ["officers_available", "officers_online", "citizens_online", "r
 const series = { t: [], officers: [], citizens: [], msgs: [] };
 let lastMsgs = null, charts = null;
 function makeCharts() {
-  const width = Math.max(260, Math.floor($("#chart-sessions").parentElement.clientWidth - 8));
-  const opts = (title, s) => ({ width, height: 160, title, scales: { x: { time: true } }, series: [{}, ...s] });
+  const box = (id) => $(id).parentElement;
+  const width = (id) => Math.max(260, Math.floor(box(id).clientWidth - 8));
+  // The x axis always spans the last 15 minutes, however few samples there are yet.
+  const span = (u) => { const t = u.data[0], end = t.length ? t[t.length - 1] : Date.now() / 1000; return [end - HISTORY_S, end]; };
+  const opts = (id, s) => ({ width: width(id), height: 160, scales: { x: { time: true, range: span } }, series: [{}, ...s] });
   charts = {
-    sessions: new uPlot(opts("", [{ label: "officers", stroke: "#0b3d91" }, { label: "citizens", stroke: "#2da44e" }]), [[], [], []], $("#chart-sessions")),
-    messages: new uPlot(opts("", [{ label: "messages/s", stroke: "#bf3989" }]), [[], []], $("#chart-messages")),
+    sessions: new uPlot(opts("#chart-sessions", [{ label: "officers", stroke: "#0b3d91" }, { label: "citizens", stroke: "#2da44e" }]), [[], [], []], $("#chart-sessions")),
+    messages: new uPlot(opts("#chart-messages", [{ label: "messages/s", stroke: "#bf3989" }]), [[], []], $("#chart-messages")),
   };
+  // Charts follow their boxes when the window (or a tablet) changes size.
+  // (Resized in the next frame: resizing inside the observer's callback would notify it
+  // again in the same frame.)
+  new ResizeObserver(() => requestAnimationFrame(() => {
+    charts.sessions.setSize({ width: width("#chart-sessions"), height: 160 });
+    charts.messages.setSize({ width: width("#chart-messages"), height: 160 });
+  })).observe($("main"));
 }
 function pushSample(stats) {
   const now = Date.now() / 1000, msgsTotal = stats.messages_in;
@@ -260,12 +270,14 @@ async function signIn(token) {
   catch (e) { return signOut(e.message); }
   $("#signin-error").textContent = "";
   $("#app").hidden = false; $("#signout").hidden = false; $("#token").value = "";
+  for (const e of $("#signin").querySelectorAll("label, input, button[type=submit]")) e.hidden = true;
   if (!map) { makeCharts(); await makeMap(); }
   follow();
 }
 function signOut(message) {
   auth.token = null; feed?.abort(); feed = null;
   $("#app").hidden = true; $("#signout").hidden = true;
+  for (const e of $("#signin").querySelectorAll("label, input, button[type=submit]")) e.hidden = false;
   $("#signin-error").textContent = message || "";
 }
 $("#signin").addEventListener("submit", (e) => { e.preventDefault(); signIn($("#token").value.trim()); });
