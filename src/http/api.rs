@@ -107,14 +107,12 @@ pub async fn patch_me(
     body: Result<Json<PatchMe>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Profile>, ApiError> {
     let Json(body) = body.map_err(|e| super::error::body_rejected(e.status(), e.body_text()))?;
-    let name = body.display_name.trim();
-    let chars = name.chars().count();
-    if !(1..=60).contains(&chars) {
+    let Some(name) = super::auth::display_name(&body.display_name) else {
         return Err(ApiError::bad_request(
             "invalid_display_name",
-            "display_name must be 1..=60 characters",
+            "display_name must be 1..=60 characters without control characters",
         ));
-    }
+    };
     let c = me_account(&st, &caller).await?;
     st.ctx.store.set_display_name(&c.sub, name).await?;
     get_me(State(st), caller).await

@@ -30,6 +30,20 @@ pub struct Claims {
     /// Display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Not valid before (seconds since the epoch), if present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// Most characters of a display name, once trimmed (`PATCH /v1/me` and a token's `name`).
+pub const DISPLAY_NAME_MAX: usize = 60;
+
+/// A display name as stored and shown: trimmed, 1..=60 characters, no control characters;
+/// `None` when it breaks the rule.
+pub fn display_name(raw: &str) -> Option<&str> {
+    let name = raw.trim();
+    let chars = name.chars().count();
+    ((1..=DISPLAY_NAME_MAX).contains(&chars) && !name.chars().any(char::is_control)).then_some(name)
 }
 
 /// Signs and verifies tokens.
@@ -45,6 +59,7 @@ impl Auth {
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
+        validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {
             enc: EncodingKey::from_secret(secret.as_bytes()),
@@ -61,6 +76,7 @@ impl Auth {
             role,
             exp,
             name: name.map(str::to_owned),
+            nbf: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.enc)
             .expect("HS256 signing cannot fail")
@@ -75,15 +91,28 @@ impl Auth {
                     ErrorKind::ExpiredSignature => {
                         ApiError::unauthorized("token_expired", "the token has expired")
                     }
+                    ErrorKind::ImmatureSignature => ApiError::unauthorized(
+                        "token_not_yet_valid",
+                        "the token's nbf is in the future",
+                    ),
                     _ => ApiError::unauthorized("invalid_token", "the token is not valid"),
                 }
             })?;
-        let c = data.claims;
+        let mut c = data.claims;
         if c.sub.is_empty() || c.sub.len() > 128 {
             return Err(ApiError::unauthorized(
                 "invalid_token",
                 "sub must be 1..=128 bytes",
             ));
+        }
+        if let Some(raw) = &c.name {
+            let Some(name) = display_name(raw) else {
+                return Err(ApiError::unauthorized(
+                    "invalid_token",
+                    "name must be 1..=60 characters without control characters",
+                ));
+            };
+            c.name = Some(name.to_owned());
         }
         Ok(c)
     }
@@ -121,9 +150,11 @@ impl FromRequestParts<AppState> for Caller {
                     "an Authorization: Bearer token is required",
                 )
             })?;
+        // The scheme is case-insensitive (RFC 7235).
         let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token)
             .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected a Bearer token"))?;
         state.auth.verify(token.trim()).map(Caller)
     }

@@ -18,3 +18,4 @@ mod process;
 mod profile;
 mod rewards;
 mod supervision;
+mod tokens;
