@@ -89,6 +89,8 @@ fn main() {
     let codes: Vec<String> = (0..2000u32)
         .map(|i| zips.get(i * 15).code.to_string())
         .collect();
+    let limits =
+        heyblue::import::ImportLimits::from_settings(&heyblue::config::Settings::defaults().limits);
     rt.block_on(async {
         for (name, url) in databases().await {
             let store = Store::connect(&url).await.unwrap();
@@ -98,7 +100,7 @@ fn main() {
                 retailers.push_str(&format!("r{r},Retailer {r},\n"));
             }
             store
-                .import_file(Kind::Retailers, retailers.into_bytes().into(), Some(true), None)
+                .import_file(Kind::Retailers, retailers.into_bytes().into(), Some(true), limits, None)
                 .await
                 .unwrap()
                 .unwrap();
@@ -107,7 +109,7 @@ fn main() {
             for pass in ["insert", "re-import (upsert)"] {
                 let t = Instant::now();
                 let r = store
-                    .import_file(Kind::Offers, csv.clone().into_bytes().into(), Some(true), None)
+                    .import_file(Kind::Offers, csv.clone().into_bytes().into(), Some(true), limits, None)
                     .await
                     .unwrap()
                     .unwrap();

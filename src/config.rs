@@ -208,6 +208,10 @@ pub struct LimitSettings {
     pub max_body_bytes: usize,
     /// Body limit of the import endpoints; larger gets 413.
     pub import_max_bytes: usize,
+    /// Data rows of one import file at most; more gets 413 `too_many_rows`.
+    pub import_max_rows: usize,
+    /// Rejected rows listed in an import's answer at most (all are counted).
+    pub import_max_rejected: usize,
 }
 
 /// `[regions]`
@@ -334,6 +338,7 @@ impl Settings {
                 self.auth.max_outstanding_tickets,
             ),
             ("events.capacity", self.events.capacity),
+            ("limits.import_max_rows", l.import_max_rows),
             ("admin.live_max_watchers", self.admin.live_max_watchers),
             ("admin.live_queue", self.admin.live_queue),
             ("admin.live_max_officers", self.admin.live_max_officers),

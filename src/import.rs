@@ -11,7 +11,6 @@ use std::collections::HashMap;
 
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// What is being imported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -68,10 +67,76 @@ impl Kind {
     }
 }
 
-/// A file that cannot be imported at all (400, nothing changed).
+/// A file that cannot be imported at all (nothing changed).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct StructureError(pub String);
+pub enum StructureError {
+    /// Not UTF-8, not CSV with the kind's header, not a JSON array (400 `invalid_import`).
+    #[error("{0}")]
+    Invalid(String),
+    /// More data rows than `limits.import_max_rows` (413 `too_many_rows`).
+    #[error("the file has more than {0} rows (limits.import_max_rows); split it")]
+    TooManyRows(usize),
+}
+
+fn invalid(msg: impl Into<String>) -> StructureError {
+    StructureError::Invalid(msg.into())
+}
+
+/// The bounds of one import.
+#[derive(Debug, Clone, Copy)]
+pub struct ImportLimits {
+    /// Most data rows in a file (valid or not); more refuses the file.
+    pub max_rows: usize,
+    /// Most rejected rows listed in the answer (all are counted).
+    pub max_rejected: usize,
+}
+
+impl ImportLimits {
+    /// The limits in force.
+    pub fn from_settings(l: &crate::config::LimitSettings) -> Self {
+        Self {
+            max_rows: l.import_max_rows,
+            max_rejected: l.import_max_rejected,
+        }
+    }
+}
+
+/// Rejected rows: the first `max` listed (lowest row numbers first), all counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rejections {
+    /// The rows listed.
+    pub listed: Vec<Rejected>,
+    /// Every rejected row.
+    pub total: usize,
+    max: usize,
+}
+
+impl Rejections {
+    /// None yet; at most `max` to be listed.
+    pub fn new(max: usize) -> Self {
+        Self {
+            listed: Vec::new(),
+            total: 0,
+            max,
+        }
+    }
+
+    /// One more.
+    pub fn push(&mut self, r: Rejected) {
+        self.total += 1;
+        if self.listed.len() < self.max {
+            self.listed.push(r);
+        }
+    }
+
+    /// Adds `other`'s, keeping the lowest row numbers listed.
+    pub fn merge(&mut self, other: Rejections) {
+        self.total += other.total;
+        self.listed.extend(other.listed);
+        self.listed.sort_by_key(|r| r.row);
+        self.listed.truncate(self.max);
+    }
+}
 
 /// A refused row.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -87,8 +152,11 @@ pub struct Rejected {
 pub struct Report {
     /// Rows upserted.
     pub accepted: usize,
-    /// Rows refused, by row number.
+    /// Rows refused, by row number: the first `limits.import_max_rejected`.
     pub rejected: Vec<Rejected>,
+    /// Every row refused (more than `rejected` lists when the limit cut it).
+    #[serde(default)]
+    pub rejected_count: usize,
 }
 
 /// An officer profile.
@@ -167,40 +235,43 @@ impl Rows {
 const MAX_POINTS: i64 = 1_000_000;
 const MAX_STOCK: i64 = 1_000_000_000;
 
-/// Parses and validates a file. `csv`: the body is CSV (else it is sniffed: a body whose
-/// first non-blank character is `[` is JSON, anything else CSV).
+/// Parses and validates a file, one record at a time (memory stays with the rows kept and
+/// the rejections listed, whatever the file holds). `csv`: the body is CSV (else it is
+/// sniffed: a body whose first non-blank character is `[` is JSON, anything else CSV).
 pub fn parse(
     kind: Kind,
     body: &[u8],
     csv: Option<bool>,
-) -> Result<(Rows, Vec<Rejected>), StructureError> {
+    limits: ImportLimits,
+) -> Result<(Rows, Rejections), StructureError> {
     let text = std::str::from_utf8(body)
-        .map_err(|e| StructureError(format!("the file is not UTF-8 text: {e}")))?;
+        .map_err(|e| invalid(format!("the file is not UTF-8 text: {e}")))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let is_csv = csv.unwrap_or_else(|| !text.trim_start().starts_with('['));
-    let records = if is_csv {
-        csv_records(kind, text)?
+    let mut v = Validator::new(kind, limits);
+    if is_csv {
+        csv_records(kind, text, &mut v)?;
     } else {
-        json_records(text)?
-    };
-    Ok(validate(kind, records))
+        json_records(text, &mut v)?;
+    }
+    Ok(v.finish())
 }
 
-/// One data record: its number and its fields (absent or null = None).
-type Record = (usize, Result<HashMap<String, Option<String>>, String>);
+/// One data record's fields (absent or null = None), or why it is not a record.
+type Record = Result<HashMap<String, Option<String>>, String>;
 
-fn csv_records(kind: Kind, text: &str) -> Result<Vec<Record>, StructureError> {
+fn csv_records(kind: Kind, text: &str, v: &mut Validator) -> Result<(), StructureError> {
     let mut r = csv::ReaderBuilder::new()
         .flexible(true)
         .from_reader(text.as_bytes());
     let header: Vec<String> = r
         .headers()
-        .map_err(|e| StructureError(format!("not CSV: {e}")))?
+        .map_err(|e| invalid(format!("not CSV: {e}")))?
         .iter()
         .map(|h| h.trim().to_owned())
         .collect();
     if header.iter().all(String::is_empty) {
-        return Err(StructureError("the CSV has no header row".into()));
+        return Err(invalid("the CSV has no header row"));
     }
     let missing: Vec<&str> = kind
         .columns()
@@ -209,64 +280,212 @@ fn csv_records(kind: Kind, text: &str) -> Result<Vec<Record>, StructureError> {
         .filter(|c| !header.iter().any(|h| h == c))
         .collect();
     if !missing.is_empty() {
-        return Err(StructureError(format!(
+        return Err(invalid(format!(
             "the header lacks column(s) {}; expected {}",
             missing.join(", "),
             kind.columns().join(",")
         )));
     }
-    let mut out = Vec::new();
-    for (i, rec) in r.records().enumerate() {
-        let row = i + 1;
-        let rec = rec.map_err(|e| StructureError(format!("not CSV at record {row}: {e}")))?;
+    let mut rec = csv::StringRecord::new();
+    let mut row = 0;
+    let mut last_start = 0;
+    loop {
+        let start = r.position().byte() as usize;
+        let more = r
+            .read_record(&mut rec)
+            .map_err(|e| invalid(format!("not CSV at record {}: {e}", row + 1)))?;
+        if !more {
+            break;
+        }
+        row += 1;
+        last_start = start;
         if rec.len() != header.len() {
-            out.push((
-                row,
-                Err(format!(
-                    "{} fields where the header has {}",
-                    rec.len(),
-                    header.len()
-                )),
-            ));
+            let error = format!("{} fields where the header has {}", rec.len(), header.len());
+            v.push(row, Err(error))?;
             continue;
         }
         let fields = header
             .iter()
             .zip(rec.iter())
-            .map(|(h, v)| (h.clone(), (!v.is_empty()).then(|| v.to_owned())))
+            .map(|(h, f)| (h.clone(), (!f.is_empty()).then(|| f.to_owned())))
             .collect();
-        out.push((row, Ok(fields)));
+        v.push(row, Ok(fields))?;
     }
-    Ok(out)
+    // The reader takes an opening quote with no closing one as a field running to the end
+    // of the file, so only the last record can hold one: an odd count of quotes from its
+    // start says it does.
+    let tail = text.get(last_start..).unwrap_or_default();
+    if row > 0 && tail.bytes().filter(|&b| b == b'"').count() % 2 == 1 {
+        return Err(invalid(format!(
+            "not CSV at record {row}: a quoted field is not closed"
+        )));
+    }
+    Ok(())
 }
 
-fn json_records(text: &str) -> Result<Vec<Record>, StructureError> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| StructureError(format!("not JSON: {e}")))?;
-    let Value::Array(items) = v else {
-        return Err(StructureError(
-            "the JSON body must be an array of objects".into(),
-        ));
-    };
-    Ok(items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            let fields = match item {
-                Value::Object(m) => m
-                    .into_iter()
-                    .map(|(k, v)| match v {
-                        Value::Null => Ok((k, None)),
-                        Value::String(s) => Ok((k, Some(s))),
-                        Value::Number(n) => Ok((k, Some(n.to_string()))),
-                        _ => Err(format!("{k} must be a string, a number or null")),
-                    })
-                    .collect::<Result<HashMap<_, _>, _>>(),
-                _ => Err("not a JSON object".to_owned()),
-            };
-            (i + 1, fields)
+fn json_records(text: &str, v: &mut Validator) -> Result<(), StructureError> {
+    use serde::de::Deserializer as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let mut refused = None;
+    let outcome = de.deserialize_seq(Items {
+        v,
+        refused: &mut refused,
+    });
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    outcome
+        .and_then(|()| de.end())
+        .map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => {
+                invalid("the JSON body must be an array of objects")
+            }
+            _ => invalid(format!("not JSON: {e}")),
         })
-        .collect())
+}
+
+/// The top-level JSON array, validated item by item as the parser reaches it.
+struct Items<'a> {
+    v: &'a mut Validator,
+    refused: &'a mut Option<StructureError>,
+}
+
+impl<'de> serde::de::Visitor<'de> for Items<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut row = 0;
+        while let Some(Item(fields)) = seq.next_element::<Item>()? {
+            row += 1;
+            if let Err(e) = self.v.push(row, fields) {
+                *self.refused = Some(e);
+                return Err(serde::de::Error::custom("refused"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One item of the array: an object of strings, numbers and nulls, or why it is not one
+/// (anything else is skipped without being kept).
+struct Item(Record);
+
+impl<'de> Deserialize<'de> for Item {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemVisitor)
+    }
+}
+
+struct ItemVisitor;
+
+fn not_an_object<E>() -> Result<Item, E> {
+    Ok(Item(Err("not a JSON object".to_owned())))
+}
+
+impl<'de> serde::de::Visitor<'de> for ItemVisitor {
+    type Value = Item;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+        let mut fields = HashMap::new();
+        let mut bad = None;
+        while let Some(k) = map.next_key::<String>()? {
+            match map.next_value::<Cell>()? {
+                Cell(Some(v)) => {
+                    fields.insert(k, v);
+                }
+                Cell(None) => {
+                    bad.get_or_insert_with(|| format!("{k} must be a string, a number or null"));
+                }
+            }
+        }
+        Ok(Item(bad.map_or(Ok(fields), Err)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        not_an_object()
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Item, E> {
+        not_an_object()
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Item, E> {
+        not_an_object()
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Item, E> {
+        not_an_object()
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Item, E> {
+        not_an_object()
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Item, E> {
+        not_an_object()
+    }
+    fn visit_unit<E>(self) -> Result<Item, E> {
+        not_an_object()
+    }
+}
+
+/// A field's value: `Some(None)` for null, `Some(Some(text))` for a string or a number,
+/// `None` for anything else (skipped).
+struct Cell(Option<Option<String>>);
+
+impl<'de> Deserialize<'de> for Cell {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(CellVisitor)
+    }
+}
+
+struct CellVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CellVisitor {
+    type Value = Cell;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string, a number or null")
+    }
+    fn visit_unit<E>(self) -> Result<Cell, E> {
+        Ok(Cell(Some(None)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cell, E> {
+        Ok(Cell(Some(Some(v.to_owned()))))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Cell, E> {
+        Ok(Cell(Some(Some(v))))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Cell, E> {
+        Ok(Cell(Some(Some(v.to_string()))))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Cell, E> {
+        Ok(Cell(Some(Some(v.to_string()))))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Cell, E> {
+        Ok(Cell(Some(
+            serde_json::Number::from_f64(v).map(|n| n.to_string()),
+        )))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Cell, E> {
+        Ok(Cell(None))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Cell, A::Error> {
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+        Ok(Cell(None))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Cell, A::Error> {
+        while map
+            .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Cell(None))
+    }
 }
 
 struct Fields<'a>(&'a HashMap<String, Option<String>>);
@@ -376,29 +595,49 @@ fn offer(f: &Fields) -> Result<OfferRow, String> {
     })
 }
 
-fn validate(kind: Kind, records: Vec<Record>) -> (Rows, Vec<Rejected>) {
-    let mut rejected = Vec::new();
-    let mut first_seen: HashMap<String, usize> = HashMap::new();
-    let id_col = kind.columns()[0];
-    let mut keep = |row: usize, r: Result<HashMap<String, Option<String>>, String>| {
+/// Checks records one at a time, keeping the valid rows (first of each id) and the
+/// rejections.
+struct Validator {
+    kind: Kind,
+    limits: ImportLimits,
+    first_seen: HashMap<String, usize>,
+    parsed: Vec<(usize, Parsed)>,
+    rejected: Rejections,
+}
+
+impl Validator {
+    fn new(kind: Kind, limits: ImportLimits) -> Self {
+        Self {
+            kind,
+            limits,
+            first_seen: HashMap::new(),
+            parsed: Vec::new(),
+            rejected: Rejections::new(limits.max_rejected),
+        }
+    }
+
+    /// Data record `row`; past `limits.max_rows` the file is refused.
+    fn push(&mut self, row: usize, r: Record) -> Result<(), StructureError> {
+        if row > self.limits.max_rows {
+            return Err(StructureError::TooManyRows(self.limits.max_rows));
+        }
         let fields = match r {
             Ok(f) => f,
             Err(error) => {
-                rejected.push(Rejected { row, error });
-                return None;
+                self.rejected.push(Rejected { row, error });
+                return Ok(());
             }
         };
+        let id_col = self.kind.columns()[0];
         if let Some(Some(id)) = fields.get(id_col)
-            && let Some(first) = first_seen.get(id)
+            && let Some(first) = self.first_seen.get(id)
         {
-            rejected.push(Rejected {
-                row,
-                error: format!("{id_col} {id:?} already appears in row {first}"),
-            });
-            return None;
+            let error = format!("{id_col} {id:?} already appears in row {first}");
+            self.rejected.push(Rejected { row, error });
+            return Ok(());
         }
         let f = Fields(&fields);
-        let parsed = match kind {
+        let parsed = match self.kind {
             Kind::Officers => officer(&f).map(Parsed::Officer),
             Kind::Retailers => partner(&f, "retailer_id").map(Parsed::Partner),
             Kind::Charities => partner(&f, "charity_id").map(Parsed::Partner),
@@ -407,33 +646,31 @@ fn validate(kind: Kind, records: Vec<Record>) -> (Rows, Vec<Rejected>) {
         match parsed {
             Ok(p) => {
                 if let Some(Some(id)) = fields.get(id_col) {
-                    first_seen.insert(id.clone(), row);
+                    self.first_seen.insert(id.clone(), row);
                 }
-                Some((row, p))
+                self.parsed.push((row, p));
             }
-            Err(error) => {
-                rejected.push(Rejected { row, error });
-                None
-            }
+            Err(error) => self.rejected.push(Rejected { row, error }),
         }
-    };
-    let parsed: Vec<(usize, Parsed)> = records
-        .into_iter()
-        .filter_map(|(row, r)| keep(row, r))
-        .collect();
-    let rows = match kind {
-        Kind::Officers => Rows::Officers(pick(parsed, |p| match p {
-            Parsed::Officer(o) => Some(o),
-            _ => None,
-        })),
-        Kind::Retailers => Rows::Retailers(pick(parsed, Parsed::partner)),
-        Kind::Charities => Rows::Charities(pick(parsed, Parsed::partner)),
-        Kind::Offers => Rows::Offers(pick(parsed, |p| match p {
-            Parsed::Offer(o) => Some(o),
-            _ => None,
-        })),
-    };
-    (rows, rejected)
+        Ok(())
+    }
+
+    fn finish(self) -> (Rows, Rejections) {
+        let parsed = self.parsed;
+        let rows = match self.kind {
+            Kind::Officers => Rows::Officers(pick(parsed, |p| match p {
+                Parsed::Officer(o) => Some(o),
+                _ => None,
+            })),
+            Kind::Retailers => Rows::Retailers(pick(parsed, Parsed::partner)),
+            Kind::Charities => Rows::Charities(pick(parsed, Parsed::partner)),
+            Kind::Offers => Rows::Offers(pick(parsed, |p| match p {
+                Parsed::Offer(o) => Some(o),
+                _ => None,
+            })),
+        };
+        (rows, self.rejected)
+    }
 }
 
 enum Parsed {
@@ -460,6 +697,22 @@ fn pick<T>(v: Vec<(usize, Parsed)>, f: impl Fn(Parsed) -> Option<T>) -> Vec<(usi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const LIMITS: ImportLimits = ImportLimits {
+        max_rows: 1000,
+        max_rejected: 1000,
+    };
+
+    fn parse(
+        kind: Kind,
+        body: &[u8],
+        csv: Option<bool>,
+    ) -> Result<(Rows, Vec<Rejected>), StructureError> {
+        super::parse(kind, body, csv, LIMITS).map(|(rows, r)| {
+            assert_eq!(r.total, r.listed.len());
+            (rows, r.listed)
+        })
+    }
 
     fn offers(body: &str) -> (Vec<(usize, OfferRow)>, Vec<Rejected>) {
         match parse(Kind::Offers, body.as_bytes(), None).expect("structurally fine") {
@@ -575,5 +828,69 @@ mod tests {
         assert!(rejected.is_empty(), "{rejected:?}");
         let Rows::Officers(o) = rows else { panic!() };
         assert!(o[0].1.badge.is_none() && o[0].1.precinct.is_none() && o[0].1.email.is_none());
+    }
+
+    #[test]
+    fn an_unclosed_quote_refuses_the_file() {
+        let body = "retailer_id,name,website\nr1,\"Corner Cafe,\nr2,Shop,\n";
+        let e = parse(Kind::Retailers, body.as_bytes(), Some(true)).unwrap_err();
+        assert!(
+            matches!(&e, StructureError::Invalid(m) if m.contains("not closed")),
+            "{e}"
+        );
+        // Doubled quotes inside a quoted field are fine.
+        let body = "retailer_id,name,website\nr1,\"Joe's \"\"Best\"\" Cafe\",\n";
+        let (rows, rejected) = parse(Kind::Retailers, body.as_bytes(), Some(true)).unwrap();
+        assert_eq!((rows.len(), rejected.len()), (1, 0));
+    }
+
+    #[test]
+    fn rows_past_the_limit_refuse_the_file_and_rejections_are_listed_up_to_theirs() {
+        let limits = ImportLimits {
+            max_rows: 3,
+            max_rejected: 2,
+        };
+        let csv = "charity_id,name,website\na,,\nb,,\nc,,\n";
+        let (rows, r) = super::parse(Kind::Charities, csv.as_bytes(), None, limits).unwrap();
+        assert_eq!((rows.len(), r.total), (0, 3));
+        assert_eq!(r.listed.iter().map(|r| r.row).collect::<Vec<_>>(), [1, 2]);
+        let four = format!("{csv}d,,\n");
+        assert_eq!(
+            super::parse(Kind::Charities, four.as_bytes(), None, limits).unwrap_err(),
+            StructureError::TooManyRows(3)
+        );
+        let json = "[{},{},{},{}]";
+        assert_eq!(
+            super::parse(Kind::Charities, json.as_bytes(), None, limits).unwrap_err(),
+            StructureError::TooManyRows(3)
+        );
+    }
+
+    #[test]
+    fn json_items_that_are_not_objects_are_skipped_not_kept() {
+        let deep = format!("{}{}", "[".repeat(100), "]".repeat(100));
+        let body = format!(
+            r#"[{deep}, "x", true, null, {{"charity_id":"c1","name":{{"a":[1,2]}}}}, {{"charity_id":"c2","name":"N"}}]"#
+        );
+        let (rows, rejected) = parse(Kind::Charities, body.as_bytes(), None).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            rejected.iter().map(|r| r.row).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert!(
+            rejected[4].error.contains("name must be"),
+            "{:?}",
+            rejected[4]
+        );
+        for bad in ["[{}] x", "[{},", "{}", "\"[\""] {
+            assert!(
+                matches!(
+                    parse(Kind::Charities, bad.as_bytes(), Some(false)),
+                    Err(StructureError::Invalid(_))
+                ),
+                "{bad:?}"
+            );
+        }
     }
 }

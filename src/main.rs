@@ -137,7 +137,10 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Runtime::new()?.block_on(async {
                 let store = heyblue::store::Store::connect(&url).await?;
                 store.migrate().await?;
-                let report = store.import_file(kind, body.into(), csv, None).await;
+                let limits = heyblue::import::ImportLimits::from_settings(&settings.limits);
+                let report = store
+                    .import_file(kind, body.into(), csv, limits, None)
+                    .await;
                 store.close().await?;
                 let report = report?.map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                 println!("{}", serde_json::to_string_pretty(&report)?);

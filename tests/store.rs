@@ -219,7 +219,9 @@ use heyblue::import::Kind;
 use heyblue::store::rewards::{IdempotencyKey, Refusal, VoucherSigner};
 
 async fn import(s: &Store, kind: Kind, body: &str) -> heyblue::import::Report {
-    s.import_file(kind, body.as_bytes().to_vec().into(), None, None)
+    let limits =
+        heyblue::import::ImportLimits::from_settings(&heyblue::config::Settings::defaults().limits);
+    s.import_file(kind, body.as_bytes().to_vec().into(), None, limits, None)
         .await
         .expect("store up")
         .expect("structurally fine")

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::NaiveDate;
 use serde::{Deserialize, Serialize};
@@ -19,7 +19,7 @@ use crate::actors::region::RegionSnapshot;
 use crate::cluster::wire::NodeCounts;
 use crate::context::{Context, Kick};
 use crate::geo::{ZipId, ZipTable};
-use crate::import::{Kind, Rejected};
+use crate::import::{Kind, Rejected, StructureError};
 use crate::protocol::Role;
 use crate::store::imports::ImportRefused;
 use crate::store::reports::{GroupBy, ReportRow};
@@ -31,8 +31,11 @@ pub struct ImportAnswer {
     pub kind: Kind,
     /// Rows upserted.
     pub accepted: usize,
-    /// Rows refused, each with its number (from 1, the header not counted) and why.
+    /// Rows refused, each with its number (from 1, the header not counted) and why: the
+    /// first `limits.import_max_rejected` (default 1,000).
     pub rejected: Vec<Rejected>,
+    /// Every row refused (more than `rejected` lists when the limit cut it).
+    pub rejected_count: usize,
 }
 
 /// One zip of `GET /admin/v1/citizens/zips`.
@@ -184,8 +187,9 @@ pub struct ConnectionsReport {
 }
 
 /// `POST /admin/v1/import/{officers|retailers|offers|charities}`: CSV (`text/csv`) or a
-/// JSON array → `{"kind","accepted","rejected":[{"row","error"}]}`; 400 for a file that is
-/// not importable at all, 413 over `limits.import_max_bytes`.
+/// JSON array → `{"kind","accepted","rejected":[{"row","error"}],"rejected_count"}`; 400 for a
+/// file that is not importable at all, 413 over `limits.import_max_bytes` or
+/// `limits.import_max_rows`.
 #[utoipa::path(
     post,
     path = "/admin/v1/import/{kind}",
@@ -200,7 +204,7 @@ pub struct ConnectionsReport {
         (status = 200, description = "Accepted count and rejected rows", body = ImportAnswer),
         (status = 400, description = "Not importable at all (nothing changed)", body = ErrorBody),
         (status = 404, description = "Unknown kind", body = ErrorBody),
-        (status = 413, description = "Over limits.import_max_bytes", body = ErrorBody),
+        (status = 413, description = "payload_too_large: over limits.import_max_bytes; too_many_rows: over limits.import_max_rows", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused for another request", body = ErrorBody),
         (status = 503, description = "Store or actors unavailable", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
@@ -236,21 +240,33 @@ pub async fn import(
         Some("application/json") => Some(false),
         _ => None,
     };
+    let limits = crate::import::ImportLimits::from_settings(&st.ctx.settings.limits);
     let route = format!("POST /admin/v1/import/{}", kind.name());
     let key = idempotency_key(&headers, &caller, &route, &body)?;
     let report = st
         .ctx
         .store
-        .import_file(kind, body, csv, key.as_ref())
+        .import_file(kind, body, csv, limits, key.as_ref())
         .await?
         .map_err(|e| match e {
-            ImportRefused::Structure(e) => ApiError::bad_request("invalid_import", e.0),
+            ImportRefused::Structure(StructureError::Invalid(m)) => {
+                ApiError::bad_request("invalid_import", m)
+            }
+            ImportRefused::Structure(e @ StructureError::TooManyRows(_)) => {
+                metrics::counter!("import_refused_total", "reason" => "too_many_rows").increment(1);
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_rows",
+                    e.to_string(),
+                )
+            }
             ImportRefused::Refusal(r) => r.into(),
         })?;
     Ok(Json(ImportAnswer {
         kind,
         accepted: report.accepted,
         rejected: report.rejected,
+        rejected_count: report.rejected_count,
     }))
 }
 

@@ -12,7 +12,9 @@ use sea_orm::{ColumnTrait, Condition, DatabaseTransaction, DbErr, EntityTrait, Q
 use super::entities::{account, charity, offer, retailer};
 use super::rewards::{IdempotencyKey, Refusal};
 use super::{Store, StoreError};
-use crate::import::{Kind, OfferRow, PartnerRow, Rejected, Report, Rows, StructureError};
+use crate::import::{
+    ImportLimits, Kind, OfferRow, PartnerRow, Rejected, Rejections, Report, Rows, StructureError,
+};
 use bytes::Bytes;
 
 /// Rows per INSERT statement (well under SQLite's 32,766 bound parameters).
@@ -38,22 +40,34 @@ impl Store {
         kind: Kind,
         body: Bytes,
         csv: Option<bool>,
+        limits: ImportLimits,
         key: Option<&IdempotencyKey>,
     ) -> Result<Result<Report, ImportRefused>, StoreError> {
-        let parsed = tokio::task::spawn_blocking(move || crate::import::parse(kind, &body, csv))
-            .await
-            .map_err(|e| StoreError::Unavailable(DbErr::Custom(format!("import parser: {e}"))))?;
+        let parsed =
+            tokio::task::spawn_blocking(move || crate::import::parse(kind, &body, csv, limits))
+                .await
+                .map_err(|e| {
+                    StoreError::Unavailable(DbErr::Custom(format!("import parser: {e}")))
+                })?;
         let (rows, mut rejected) = match parsed {
             Ok(p) => p,
             Err(e) => return Ok(Err(e.into())),
         };
-        let mut report = match self.import(rows, key).await? {
+        let report = match self.import(rows, key).await? {
             Ok(r) => r,
             Err(r) => return Ok(Err(r.into())),
         };
-        report.rejected.append(&mut rejected);
-        report.rejected.sort_by_key(|r| r.row);
-        Ok(Ok(report))
+        // The store's own refusals (an offer's unknown retailer) join the parser's.
+        let mut stored = Rejections::new(limits.max_rejected);
+        for r in report.rejected {
+            stored.push(r);
+        }
+        rejected.merge(stored);
+        Ok(Ok(Report {
+            accepted: report.accepted,
+            rejected: rejected.listed,
+            rejected_count: rejected.total,
+        }))
     }
 
     /// Upserts the rows in one transaction. Offers whose retailer (id or name) is unknown
@@ -217,7 +231,12 @@ async fn import_in(txn: &DatabaseTransaction, rows: &Rows) -> Result<Report, DbE
             ok.len()
         }
     };
-    Ok(Report { accepted, rejected })
+    let rejected_count = rejected.len();
+    Ok(Report {
+        accepted,
+        rejected,
+        rejected_count,
+    })
 }
 
 fn retailer_model(p: &PartnerRow, now: chrono::DateTime<Utc>) -> retailer::ActiveModel {

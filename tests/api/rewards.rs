@@ -429,3 +429,54 @@ async fn imports_have_their_own_body_limit() {
         .await;
     assert_eq!((s, code(&b)), (413, "payload_too_large"));
 }
+
+#[tokio::test]
+async fn a_file_of_many_tiny_rows_is_refused_or_answered_small() {
+    // A megabyte-sized JSON array of empty objects: 300,000 rows, each invalid.
+    let n = 300_000;
+    let mut body = String::with_capacity(3 * n + 2);
+    body.push('[');
+    for i in 0..n {
+        body.push_str(if i == 0 { "{}" } else { ",{}" });
+    }
+    body.push(']');
+    let app = spawn_app().await;
+    let (s, b) = app.import("charities", "application/json", &body).await;
+    assert_eq!((s, code(&b)), (413, "too_many_rows"), "{b}");
+    assert!(app.metric("import_refused_total").await >= 1.0);
+
+    // Allowed that many rows, the answer lists the first thousand rejections and counts all.
+    let app = spawn_app_with(|s| s.limits.import_max_rows = 1_000_000).await;
+    let (s, b) = app.import("charities", "application/json", &body).await;
+    assert_eq!(s, 200, "{}", &b.to_string()[..200]);
+    let listed = b["rejected"].as_array().unwrap();
+    assert_eq!(listed.len(), 1000);
+    assert_eq!(
+        (listed[0]["row"].as_u64(), listed[999]["row"].as_u64()),
+        (Some(1), Some(1000))
+    );
+    assert_eq!(b["rejected_count"].as_u64(), Some(n as u64));
+    assert!(b.to_string().len() < 100_000, "the answer stays small");
+}
+
+#[tokio::test]
+async fn a_csv_with_an_unclosed_quote_is_refused_whole() {
+    let app = spawn_app().await;
+    let csv = "charity_id,name,website\nc1,Food Bank,\nc2,\"Shelter,\nc3,Clinic,\n";
+    let (s, b) = app.import("charities", "text/csv", csv).await;
+    assert_eq!((s, code(&b)), (400, "invalid_import"), "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not closed"),
+        "{b}"
+    );
+    let (_, list) = app
+        .get("/v1/charities", Some(&app.token(Role::Officer, "o")))
+        .await;
+    assert!(
+        !list.to_string().contains("Food Bank"),
+        "nothing was applied: {list}"
+    );
+}
