@@ -24,8 +24,14 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// Server going away (shutdown).
     pub const GOING_AWAY: u16 = 1001;
+    /// Protocol error: an unmasked frame, a reserved opcode, a broken frame header.
+    pub const PROTOCOL: u16 = 1002;
+    /// A text frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// Policy violation (too many consecutive errors).
     pub const POLICY: u16 = 1008;
+    /// A frame or message over `limits.max_message_bytes`.
+    pub const TOO_BIG: u16 = 1009;
     /// Internal error.
     pub const INTERNAL: u16 = 1011;
     /// The node stopped serving this session's region (cluster lease lost): reconnect.

@@ -327,6 +327,8 @@ async fn drive<R: RoleSession>(
     // close this way.
     let mut closing: Option<Pin<Box<Sleep>>> = None;
     let mut timer = Timer::default();
+    // How the socket ends when the client broke the protocol (else 1000).
+    let mut ending = None;
 
     let resumed = role.resume(&mut c).await;
     out.send(&ServerMsg::Welcome {
@@ -370,7 +372,11 @@ async fn drive<R: RoleSession>(
             _ = timer.fired() => Step::Due,
         };
         alive = match step {
-            Step::Frame(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => break,
+            Step::Frame(Some(Err(e))) => {
+                ending = super::socket::close_for(e);
+                break;
+            }
+            Step::Frame(None | Some(Ok(Message::Close(_)))) => break,
             Step::Frame(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => true,
             Step::Frame(Some(Ok(_))) if out.is_closing() => {
                 // The session is closing after the replies it still owes: frames are read,
@@ -460,7 +466,8 @@ async fn drive<R: RoleSession>(
     // Close the socket if nobody has (the client went first: this flushes the reply to
     // its close frame); a client that does not read gets the grace period.
     if !writer.done {
-        out.abort(close::NORMAL, "bye");
+        let (code, reason) = ending.unwrap_or((close::NORMAL, "bye"));
+        out.abort(code, reason);
         let _ = tokio::time::timeout(grace, writer.finish_on(&mut socket)).await;
     }
     let _ = tokio::time::timeout(grace, futures_util::SinkExt::flush(&mut socket)).await;

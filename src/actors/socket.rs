@@ -141,6 +141,22 @@ impl Writer {
     }
 }
 
+/// The close code and reason RFC 6455 gives a read error, counted in
+/// `ws_protocol_closes_total{code}`; `None` when the connection itself failed (no close
+/// frame can be sent).
+pub fn close_for(e: axum::Error) -> Option<(u16, &'static str)> {
+    use super::outbox::close;
+    let e = e.into_inner().downcast::<tungstenite::Error>().ok()?;
+    let (code, reason, label) = match *e {
+        tungstenite::Error::Capacity(_) => (close::TOO_BIG, "message too big", "1009"),
+        tungstenite::Error::Utf8(_) => (close::INVALID_DATA, "text is not UTF-8", "1007"),
+        tungstenite::Error::Protocol(_) => (close::PROTOCOL, "protocol error", "1002"),
+        _ => return None,
+    };
+    metrics::counter!("ws_protocol_closes_total", "code" => label).increment(1);
+    Some((code, reason))
+}
+
 /// Starts the grace period of a closing socket (once: a later close does not extend it).
 pub fn arm(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>, grace: Duration) {
     deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));

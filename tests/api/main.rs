@@ -10,6 +10,7 @@ mod cluster;
 mod connections;
 mod dashboard;
 mod events;
+mod frames;
 mod http_api;
 mod live;
 mod officer;
