@@ -72,6 +72,8 @@ async function makeMap() {
     chunkedLoading: true,
   });
   map.addLayer(cluster);
+  map.on("zoomend moveend", () => { if (pendingMoves.size) rebuild(); });
+  setInterval(() => { if (pendingMoves.size) rebuild(); }, FLUSH_MS);
   citizenLayer = L.layerGroup().addTo(map);
   map.on("click", async (e) => {
     const z = await (await fetch(`/v1/zips/lookup?lat=${e.latlng.lat}&lon=${e.latlng.lng}`)).json();
@@ -85,17 +87,54 @@ function officerMarker(o) {
     title: `${o.display_name} (${o.zip})`, keyboard: true,
   });
 }
-// Officers that came or moved, and those gone, in three batches: the cluster group
-// re-clusters once per batch instead of once per marker.
+// Officers that came, moved or went. Re-clustering is what costs (removing and adding a
+// marker to the cluster group), so a move is drawn only when it shows: the marker is in
+// view and moved at least a pixel at this zoom. Other moves are kept (`pendingMoves`) and
+// drawn in one rebuild when the view changes or every FLUSH_MS; many visible changes at
+// once are one rebuild too (the group adds thousands of markers at once far faster than it
+// removes and re-adds them one by one).
+const pendingMoves = new Map();
+const FLUSH_MS = 15000, REBUILD_AT = 200;
+// Whether moving marker `m` to `o` changes the picture: either end in `view` (the visible
+// bounds, padded) and at least a pixel apart at zoom `z` (Web Mercator: a degree of
+// longitude is 256·2^z/360 pixels, a degree of latitude that divided by cos(latitude)).
+// Plain arithmetic: it runs for every officer of every update.
+function shows(view, z, m, o) {
+  const p = m.getLatLng();
+  const inView = (lat, lon) => lat >= view.s && lat <= view.n && lon >= view.w && lon <= view.e;
+  if (!inView(o.lat, o.lon) && !inView(p.lat, p.lng)) return false;
+  const k = 256 * 2 ** z / 360;
+  return Math.abs(o.lon - p.lng) * k + Math.abs(o.lat - p.lat) * k / Math.cos(o.lat * Math.PI / 180) >= 1;
+}
+function rebuild() {
+  cluster.clearLayers();
+  for (const [id, o] of pendingMoves) markers.get(id)?.setLatLng([o.lat, o.lon]);
+  pendingMoves.clear();
+  cluster.addLayers([...markers.values()]);
+}
 function updateOfficers(upsert, goneIds) {
+  const b = map.getBounds().pad(0.1), z = map.getZoom();
+  const view = { s: b.getSouth(), n: b.getNorth(), w: b.getWest(), e: b.getEast() };
   const add = [], moved = [], gone = [];
   for (const o of upsert) {
     const m = markers.get(o.officer_id);
-    if (m) { moved.push([m, o]); continue; }
-    const marker = officerMarker(o);
-    markers.set(o.officer_id, marker); add.push(marker);
+    if (!m) {
+      const marker = officerMarker(o);
+      markers.set(o.officer_id, marker); add.push(marker);
+    } else if (shows(view, z, m, o)) {
+      pendingMoves.delete(o.officer_id); moved.push([m, o]);
+    } else {
+      pendingMoves.set(o.officer_id, o);
+    }
   }
-  for (const id of goneIds) { const m = markers.get(id); if (m) { gone.push(m); markers.delete(id); } }
+  for (const id of goneIds) {
+    const m = markers.get(id);
+    if (m) { gone.push(m); markers.delete(id); pendingMoves.delete(id); }
+  }
+  if (moved.length + gone.length > REBUILD_AT) {
+    for (const [m, o] of moved) m.setLatLng([o.lat, o.lon]);
+    return rebuild();
+  }
   if (moved.length) {
     cluster.removeLayers(moved.map(([m]) => m));
     for (const [m, o] of moved) m.setLatLng([o.lat, o.lon]);
@@ -103,6 +142,13 @@ function updateOfficers(upsert, goneIds) {
   }
   if (gone.length) cluster.removeLayers(gone);
   if (add.length) cluster.addLayers(add);
+}
+// Where the page last heard an officer was (drawn or not yet).
+function officerPosition(id) {
+  const o = pendingMoves.get(id);
+  if (o) return [o.lat, o.lon];
+  const p = markers.get(id)?.getLatLng();
+  return p ? [p.lat, p.lng] : null;
 }
 function drawOfficers(list) {
   const now = new Set(list.map((o) => o.officer_id));
@@ -205,8 +251,8 @@ function drawStats(stats) {
 // What the page measured of itself, for whoever inspects it (docs/performance.md): when
 // the first data was drawn, and how long applying each live event took.
 window.heyblueLive = { firstDataMs: null, events: 0, applyMs: [] };
-function onLive(name, ev) {
-  const t0 = performance.now();
+function onLive(name, data) {
+  const t0 = performance.now(), ev = JSON.parse(data);
   if (name === "snapshot") { drawOfficers(ev.officers); drawCitizens(ev.citizens); }
   else if (name === "delta") { updateOfficers(ev.upsert, ev.gone); updateCitizens(ev.citizens); }
   else return;
@@ -251,7 +297,7 @@ async function follow() {
             if (line.startsWith("event:")) name = line.slice(6).trim();
             else if (line.startsWith("data:")) data += line.slice(5).trimStart();
           }
-          if (name) onLive(name, JSON.parse(data));
+          if (name) onLive(name, data);
         }
       }
       throw new Error("the server closed the live feed");
