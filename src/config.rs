@@ -212,6 +212,16 @@ pub struct LimitSettings {
     pub import_max_rows: usize,
     /// Rejected rows listed in an import's answer at most (all are counted).
     pub import_max_rejected: usize,
+    /// Time a connection has to send a request head; also the longest idle keep-alive.
+    pub header_timeout_ms: u64,
+    /// Time a request has to be answered (its body read included); then 408.
+    pub request_timeout_ms: u64,
+    /// Open HTTP connections (not yet upgraded) at most; one more gets 503 and is closed.
+    pub max_connections: usize,
+    /// Header lines of a request at most; more gets 431.
+    pub max_headers: usize,
+    /// Bytes of a request's header lines at most (names and values); more gets 431.
+    pub max_header_bytes: usize,
 }
 
 /// `[regions]`
@@ -339,6 +349,9 @@ impl Settings {
             ),
             ("events.capacity", self.events.capacity),
             ("limits.import_max_rows", l.import_max_rows),
+            ("limits.max_connections", l.max_connections),
+            ("limits.header_timeout_ms", l.header_timeout_ms as usize),
+            ("limits.request_timeout_ms", l.request_timeout_ms as usize),
             ("admin.live_max_watchers", self.admin.live_max_watchers),
             ("admin.live_queue", self.admin.live_queue),
             ("admin.live_max_officers", self.admin.live_max_officers),

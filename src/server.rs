@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,7 +27,7 @@ pub struct Running {
     /// The unauthenticated /metrics listener, when `metrics.bind` is set.
     pub metrics_addr: Option<SocketAddr>,
     stop: oneshot::Sender<()>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     publisher: JoinHandle<()>,
 }
@@ -67,19 +66,10 @@ pub async fn start_on(
     }
 
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        // Frames are small and latency matters: no Nagle delay on any socket.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
-            }
-        });
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stopped.await;
-            })
-            .await
-    });
+    let limits = http::serve::ConnLimits::from_settings(&ctx.settings.limits);
+    let server = tokio::spawn(http::serve::serve(listener, app, limits, async move {
+        let _ = stopped.await;
+    }));
 
     let mut metrics_addr = None;
     if !metrics_bind.is_empty() {
@@ -178,8 +168,7 @@ impl Running {
         }
         let left = ctx.sessions.sockets();
         match tokio::time::timeout(grace, self.server).await {
-            Ok(Ok(Ok(()))) => tracing::info!(sockets_left = left, "http server stopped"),
-            Ok(Ok(Err(e))) => tracing::warn!("http server ended with an error: {e}"),
+            Ok(Ok(())) => tracing::info!(sockets_left = left, "http server stopped"),
             Ok(Err(e)) => tracing::warn!("http server task failed: {e}"),
             Err(_) => tracing::warn!("http server did not stop within the grace period"),
         }

@@ -134,6 +134,9 @@ pub enum ClusterError {
     /// The owner did not answer in time, or NATS failed.
     #[error("request to {0} failed: {1}")]
     Request(String, String),
+    /// The owner answered with a refusal the client is told as it is (code, message).
+    #[error("refused: {0}: {1}")]
+    Refused(String, String),
 }
 
 impl Cluster {
@@ -392,9 +395,12 @@ impl Cluster {
     ) -> Result<String, ClusterError> {
         let link = self.link.get().ok_or(ClusterError::NotLinked)?;
         let reply: wire::TicketReply = link.request(node, "ticket", req).await?;
-        reply
-            .ticket
-            .ok_or_else(|| ClusterError::Request(node.to_owned(), reply.error.unwrap_or_default()))
+        let error = reply.error.unwrap_or_default();
+        match (reply.ticket, reply.code) {
+            (Some(t), _) => Ok(t),
+            (None, Some(code)) => Err(ClusterError::Refused(code, error)),
+            (None, None) => Err(ClusterError::Request(node.to_owned(), error)),
+        }
     }
 
     /// Tells the other nodes that a session of `account` opened here (they close theirs).

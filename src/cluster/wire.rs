@@ -149,6 +149,10 @@ pub struct TicketReply {
     pub ticket: Option<String>,
     /// Why not, otherwise.
     pub error: Option<String>,
+    /// The error code of a refusal the client should see as it is (`node_full`,
+    /// `too_many_tickets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
 }
 
 /// A session opened on `node`: any other node holding a session of the account closes it

@@ -58,7 +58,7 @@ pub async fn route(st: &AppState, cluster: &Cluster, t: Ticket) -> Result<Route,
     let node = owner.record.node_id;
     let base = ws_base(&owner.record.advertise_url);
     if node == cluster.node_id() {
-        let ticket = st.tickets.issue(t)?;
+        let ticket = super::issue_here(st, t)?;
         return Ok(Route { base, ticket, node });
     }
     let req = TicketRequest {
@@ -70,10 +70,19 @@ pub async fn route(st: &AppState, cluster: &Cluster, t: Ticket) -> Result<Route,
         zip: st.ctx.zips.get(t.zip).code.to_string(),
         d0: t.d0,
     };
-    let ticket = cluster
-        .ticket_at(&node, &req)
-        .await
-        .map_err(|e| not_ready(&e.to_string()))?;
+    let ticket = cluster.ticket_at(&node, &req).await.map_err(|e| match e {
+        // The owner's own refusal, as it worded it: a session must be at its region's
+        // owner, so there is nowhere else to send it.
+        crate::cluster::ClusterError::Refused(code, message) => match code.as_str() {
+            "node_full" => super::node_full(message),
+            _ => ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too_many_tickets",
+                message,
+            ),
+        },
+        e => not_ready(&e.to_string()),
+    })?;
     Ok(Route { base, ticket, node })
 }
 
@@ -94,6 +103,7 @@ pub async fn serve_tickets(st: AppState, cluster: Arc<Cluster>) {
             Err(e) => TicketReply {
                 ticket: None,
                 error: Some(format!("bad request: {e}")),
+                code: None,
             },
         };
         link.reply(&msg, &reply).await;
@@ -106,6 +116,7 @@ fn issue(st: &AppState, r: TicketRequest, ttl: Duration) -> TicketReply {
         return TicketReply {
             ticket: None,
             error: Some("bad position or zip".into()),
+            code: None,
         };
     };
     let zip: ZipId = zip;
@@ -119,14 +130,16 @@ fn issue(st: &AppState, r: TicketRequest, ttl: Duration) -> TicketReply {
         st.ctx.settings.server.node_id.clone(),
         ttl,
     );
-    match st.tickets.issue(t) {
+    match super::issue_here(st, t) {
         Ok(ticket) => TicketReply {
             ticket: Some(ticket),
             error: None,
+            code: None,
         },
         Err(e) => TicketReply {
             ticket: None,
             error: Some(e.message),
+            code: Some(e.code.to_owned()),
         },
     }
 }

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod error;
 pub mod live;
 pub mod rewards;
+pub mod serve;
 pub mod web;
 pub mod ws;
 
@@ -156,8 +157,57 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
     let router = router
         .merge(web::routes())
         .fallback(|| async { ApiError::not_found("not_found", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), edge))
         .with_state(state);
     (router, doc)
+}
+
+/// What every request is held to before and around its handler: its headers' count and
+/// size (431 `headers_too_large`) and the time to answer it (408 `request_timeout`).
+async fn edge(
+    State(st): State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let lim = &st.ctx.settings.limits;
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if headers.len() > lim.max_headers || bytes > lim.max_header_bytes {
+        metrics::counter!("http_refused_total", "reason" => "headers").increment(1);
+        return ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "at most {} header lines of {} bytes in all (limits.max_headers, limits.max_header_bytes)",
+                lim.max_headers, lim.max_header_bytes
+            ),
+        )
+        .into_response();
+    }
+    let limit = Duration::from_millis(lim.request_timeout_ms);
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            metrics::counter!("http_refused_total", "reason" => "timeout").increment(1);
+            ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request was not completed within limits.request_timeout_ms",
+            )
+            .into_response()
+        }
+    }
 }
 
 /// The router of every endpoint.
@@ -354,7 +404,7 @@ async fn zip_lookup(
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
         (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
-        (status = 503, description = "cluster_unavailable: in a cluster, no node can take the session now", body = ErrorBody),
+        (status = 503, description = "node_full: the node holds limits.max_sessions sessions; cluster_unavailable: in a cluster, no node can take the session now", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
@@ -383,7 +433,7 @@ async fn officer_session(
         (status = 400, description = "Bad input", body = ErrorBody),
         (status = 422, description = "Outside the service area", body = ErrorBody),
         (status = 429, description = "Too many outstanding tickets", body = ErrorBody),
-        (status = 503, description = "cluster_unavailable: in a cluster, no node can take the session now", body = ErrorBody),
+        (status = 503, description = "node_full: the node holds limits.max_sessions sessions; cluster_unavailable: in a cluster, no node can take the session now", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Wrong role", body = ErrorBody),
     )
@@ -395,6 +445,28 @@ async fn citizen_session(
     h: HeaderMap,
 ) -> Result<Json<SessionGrant>, ApiError> {
     open_session(st, caller, Role::Citizen, q, h).await
+}
+
+/// 503 `node_full`: this node holds `limits.max_sessions` sessions.
+fn node_full(message: String) -> ApiError {
+    metrics::counter!("sessions_refused_total", "reason" => "node_full").increment(1);
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "node_full",
+        message,
+    )
+}
+
+/// A ticket for a session on this node, unless the node is full (`503 node_full`) or has
+/// too many tickets outstanding (`429 too_many_tickets`).
+fn issue_here(st: &HttpState, t: Ticket) -> Result<String, ApiError> {
+    let max = st.ctx.settings.limits.max_sessions;
+    if st.ctx.sessions.sockets() >= max {
+        return Err(node_full(format!(
+            "this node holds its most sessions ({max}, limits.max_sessions); try again later"
+        )));
+    }
+    st.tickets.issue(t)
 }
 
 /// The orchestrator: checks the caller and position, issues a single-use ticket bound to
@@ -470,7 +542,7 @@ async fn open_session(
                 .trim_end_matches('/')
                 .to_owned()
         };
-        let ticket = st.tickets.issue(ticket)?;
+        let ticket = issue_here(&st, ticket)?;
         (base, ticket, ctx.settings.server.node_id.clone())
     };
     Ok(Json(SessionGrant {

@@ -81,10 +81,15 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// An app for tests that pause tokio's clock once their sockets are open: the event
-/// publisher's periodic store poll is moved out of the way (an hour), so the only timers
-/// that make paused time jump are the ones a test is about.
+/// publisher's periodic store poll and the HTTP timeouts are moved out of the way (an
+/// hour), so the only timers that make paused time jump are the ones a test is about.
 pub async fn spawn_app_for_paused_time() -> TestApp {
-    spawn_app_with(|s| s.events.publish_interval_ms = 3_600_000).await
+    spawn_app_with(|s| {
+        s.events.publish_interval_ms = 3_600_000;
+        s.limits.header_timeout_ms = 3_600_000;
+        s.limits.request_timeout_ms = 3_600_000;
+    })
+    .await
 }
 
 /// An app with no rate limit to speak of and an outbound queue of `outbound_queue` frames,

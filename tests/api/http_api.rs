@@ -205,6 +205,7 @@ async fn openapi_describes_every_route() {
         ("get", "/readyz"),
         ("get", "/admin/v1/officers"),
         ("get", "/admin/v1/citizens/zips"),
+        ("get", "/admin/v1/live"),
         ("get", "/openapi.json"),
         ("get", "/v1/zips/lookup"),
         ("get", "/v1/officers/session"),

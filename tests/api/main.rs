@@ -9,6 +9,7 @@ mod citizen;
 mod cluster;
 mod connections;
 mod dashboard;
+mod edge;
 mod events;
 mod frames;
 mod http_api;
