@@ -222,6 +222,10 @@ pub struct LimitSettings {
     pub max_headers: usize,
     /// Bytes of a request's header lines at most (names and values); more gets 431.
     pub max_header_bytes: usize,
+    /// A socket silent this long is sent a ping.
+    pub ws_ping_interval_s: u64,
+    /// A pinged socket that sends nothing within this is closed (1001).
+    pub ws_pong_timeout_s: u64,
 }
 
 /// `[regions]`
@@ -352,6 +356,8 @@ impl Settings {
             ("limits.max_connections", l.max_connections),
             ("limits.header_timeout_ms", l.header_timeout_ms as usize),
             ("limits.request_timeout_ms", l.request_timeout_ms as usize),
+            ("limits.ws_ping_interval_s", l.ws_ping_interval_s as usize),
+            ("limits.ws_pong_timeout_s", l.ws_pong_timeout_s as usize),
             ("admin.live_max_watchers", self.admin.live_max_watchers),
             ("admin.live_queue", self.admin.live_queue),
             ("admin.live_max_officers", self.admin.live_max_officers),

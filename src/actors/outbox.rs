@@ -53,6 +53,8 @@ enum Outbound {
     Frame(Utf8Bytes),
     /// Send a close frame with this code and reason, then stop.
     Close(u16, String),
+    /// A ping (the server's heartbeat).
+    Ping,
 }
 
 #[derive(Default)]
@@ -84,6 +86,8 @@ pub enum Next {
     Frame(Utf8Bytes),
     /// Send a close frame after the frames written so far, then stop.
     Close(u16, String),
+    /// Write a ping.
+    Ping,
 }
 
 impl Outbox {
@@ -157,6 +161,20 @@ impl Outbox {
         true
     }
 
+    /// Queues a ping after the frames already queued (none if the queue is full: a client
+    /// that far behind is closed as slow anyway).
+    pub fn ping(&self) {
+        if self.is_closing() {
+            return;
+        }
+        let mut q = self.queue();
+        if q.frames.len() < self.0.capacity {
+            q.frames.push_back(Outbound::Ping);
+        }
+        drop(q);
+        self.0.writer.wake();
+    }
+
     /// Closes after the frames already queued (at once if the queue is full).
     pub fn close(&self, code: u16, reason: &str) {
         if self.0.closing.swap(true, Ordering::Relaxed) {
@@ -192,6 +210,7 @@ impl Outbox {
         match q.frames.pop_front() {
             Some(Outbound::Frame(t)) => Poll::Ready(Next::Frame(t)),
             Some(Outbound::Close(code, reason)) => Poll::Ready(Next::Close(code, reason)),
+            Some(Outbound::Ping) => Poll::Ready(Next::Ping),
             None => {
                 // Give the memory of a burst back once drained.
                 if q.frames.capacity() > 8 {
@@ -245,6 +264,7 @@ mod tests {
         match n {
             Next::Frame(t) => t.to_string(),
             Next::Close(c, r) => format!("close {c} {r}"),
+            Next::Ping => "ping".to_owned(),
         }
     }
 

@@ -37,7 +37,7 @@ use super::citizen::Citizen;
 use super::mailbox::{self, Receiver};
 use super::officer::Officer;
 use super::outbox::{Outbox, close};
-use super::socket::{Event, Timer, Writer, arm};
+use super::socket::{Beat, Event, Heartbeat, Timer, Writer, arm};
 use crate::context::{Context, SessionEntry};
 use crate::geo::{LatLon, ZipId};
 use crate::http::auth::Ticket;
@@ -327,8 +327,12 @@ async fn drive<R: RoleSession>(
     // close this way.
     let mut closing: Option<Pin<Box<Sleep>>> = None;
     let mut timer = Timer::default();
-    // How the socket ends when the client broke the protocol (else 1000).
+    // How the socket ends when the client broke the protocol or went silent (else 1000).
     let mut ending = None;
+    let mut heartbeat = Heartbeat::new(
+        Duration::from_secs(lim.ws_ping_interval_s),
+        Duration::from_secs(lim.ws_pong_timeout_s),
+    );
 
     let resumed = role.resume(&mut c).await;
     out.send(&ServerMsg::Welcome {
@@ -347,7 +351,10 @@ async fn drive<R: RoleSession>(
     // closes, shutdown's `Sessions::close_all`, a panic's 1011), so the loop polls the
     // outbox, the socket, the mailbox and one timer, nothing else.
     while alive {
-        timer.set(role.deadline());
+        timer.set(Some(
+            role.deadline()
+                .map_or(heartbeat.next, |d| d.min(heartbeat.next)),
+        ));
         let step = tokio::select! {
             biased;
             _ = async { closing.as_mut().expect("guarded").await }, if closing.is_some() => break,
@@ -371,6 +378,9 @@ async fn drive<R: RoleSession>(
             m = inbox.recv() => Step::Msg(m),
             _ = timer.fired() => Step::Due,
         };
+        if let Step::Frame(Some(Ok(_))) = step {
+            heartbeat.heard();
+        }
         alive = match step {
             Step::Frame(Some(Err(e))) => {
                 ending = super::socket::close_for(e);
@@ -450,7 +460,23 @@ async fn drive<R: RoleSession>(
                 .await
             }
             Step::Msg(m) => guarded(&out, c.id, role.message(&mut c, m)).await,
-            Step::Due => guarded(&out, c.id, role.on_deadline(&mut c)).await,
+            Step::Due => {
+                let now = Instant::now();
+                match heartbeat.due(now) {
+                    Some(Beat::Ping) => out.ping(),
+                    Some(Beat::Dead) => {
+                        metrics::counter!("ws_pong_timeouts_total").increment(1);
+                        ending = Some((close::GOING_AWAY, "no answer to ping"));
+                        break;
+                    }
+                    Some(Beat::Quiet) | None => {}
+                }
+                if role.deadline().is_some_and(|d| d <= now) {
+                    guarded(&out, c.id, role.on_deadline(&mut c)).await
+                } else {
+                    true
+                }
+            }
         };
     }
 

@@ -77,6 +77,7 @@ impl Writer {
             }
             let msg = match ready!(self.out.poll_next(cx)) {
                 Next::Frame(text) => Message::Text(text),
+                Next::Ping => Message::Ping(axum::body::Bytes::new()),
                 Next::Close(code, reason) => {
                     self.closing = true;
                     Message::Close(Some(CloseFrame {
@@ -162,6 +163,65 @@ pub fn arm(deadline: &mut Option<Pin<Box<tokio::time::Sleep>>>, grace: Duration)
     deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(grace)));
 }
 
+/// The server's heartbeat of one socket: after `every` without a frame from the client it
+/// sends a ping; if nothing (a pong or any frame) comes within `patience` the client is
+/// gone. Its times move only when it fires, never per frame.
+pub struct Heartbeat {
+    every: Duration,
+    patience: Duration,
+    /// When it fires next.
+    pub next: Instant,
+    heard: bool,
+    waiting: bool,
+}
+
+/// What the heartbeat says when it fires.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Beat {
+    /// The client was heard: nothing to do.
+    Quiet,
+    /// Send a ping.
+    Ping,
+    /// No answer to the ping: close.
+    Dead,
+}
+
+impl Heartbeat {
+    /// A heartbeat starting now.
+    pub fn new(every: Duration, patience: Duration) -> Self {
+        Self {
+            every,
+            patience,
+            next: Instant::now() + every,
+            heard: false,
+            waiting: false,
+        }
+    }
+
+    /// A frame came from the client.
+    pub fn heard(&mut self) {
+        self.heard = true;
+    }
+
+    /// What to do at `now`, if it is due.
+    pub fn due(&mut self, now: Instant) -> Option<Beat> {
+        if now < self.next {
+            return None;
+        }
+        Some(if std::mem::take(&mut self.heard) {
+            self.waiting = false;
+            self.next = now + self.every;
+            Beat::Quiet
+        } else if self.waiting {
+            Beat::Dead
+        } else {
+            self.waiting = true;
+            self.next = now + self.patience;
+            Beat::Ping
+        })
+    }
+}
+
 /// The one timer of a session: the role's earliest deadline, re-armed only when it moves.
 #[derive(Default)]
 pub struct Timer(Option<(Instant, Pin<Box<Sleep>>)>);
@@ -188,5 +248,30 @@ impl Timer {
             Some((_, s)) => s.as_mut().await,
             None => std::future::pending().await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_pings_the_silent_and_gives_up_on_the_dumb() {
+        let s = Duration::from_secs;
+        let t0 = Instant::now();
+        let mut hb = Heartbeat::new(s(30), s(10));
+        assert_eq!(hb.due(t0 + s(29)), None);
+        // Heard from within the interval: quiet, next look an interval later.
+        hb.heard();
+        assert_eq!(hb.due(t0 + s(30)), Some(Beat::Quiet));
+        assert_eq!(hb.next, t0 + s(60));
+        // Silent for an interval: a ping; an answer in time keeps it.
+        assert_eq!(hb.due(t0 + s(60)), Some(Beat::Ping));
+        assert_eq!(hb.next, t0 + s(70));
+        hb.heard();
+        assert_eq!(hb.due(t0 + s(70)), Some(Beat::Quiet));
+        // A ping unanswered for the patience: dead.
+        assert_eq!(hb.due(t0 + s(100)), Some(Beat::Ping));
+        assert_eq!(hb.due(t0 + s(110)), Some(Beat::Dead));
     }
 }

@@ -221,3 +221,31 @@ async fn a_client_still_sending_reads_the_1008_close() {
     let errors = end.texts.iter().filter(|t| t["type"] == "error").count();
     assert_eq!(errors, 10, "{:?}", end.texts);
 }
+
+#[tokio::test]
+async fn a_silent_socket_is_pinged_then_closed_and_an_answering_one_kept() {
+    let app = spawn_app_with(|s| {
+        s.limits.ws_ping_interval_s = 1;
+        s.limits.ws_pong_timeout_s = 1;
+    })
+    .await;
+    let mut raw = Raw::open(&app, Role::Citizen, "c1").await;
+    let mut kept = app.connect(Role::Citizen, "c2", 40.7506, -73.9972).await;
+    kept.recv_type("nearby").await;
+    // From here the clock moves only when every task waits: the heartbeat's own timers.
+    tokio::time::pause();
+    let mut seen = Vec::new();
+    let close = loop {
+        let (op, payload) = raw.next().await.expect("a ping, then the close");
+        seen.push(op);
+        if op == CLOSE {
+            break u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    };
+    assert!(seen.ends_with(&[0x9, CLOSE]), "{seen:?}");
+    assert_eq!(close, 1001);
+    // The library client answers pings whenever it reads: still open a minute later.
+    kept.idle(std::time::Duration::from_secs(60)).await;
+    kept.ping().await;
+    assert!(app.metric("ws_pong_timeouts_total").await >= 1.0);
+}

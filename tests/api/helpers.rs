@@ -88,6 +88,7 @@ pub async fn spawn_app_for_paused_time() -> TestApp {
         s.events.publish_interval_ms = 3_600_000;
         s.limits.header_timeout_ms = 3_600_000;
         s.limits.request_timeout_ms = 3_600_000;
+        s.limits.ws_ping_interval_s = 86_400;
     })
     .await
 }
@@ -389,6 +390,19 @@ impl Client {
         match m {
             Message::Text(t) => serde_json::from_str(&t).ok(),
             _ => None,
+        }
+    }
+
+    /// Reads for `d` (answering the server's pings as it reads), failing if the socket
+    /// closes or a text frame comes.
+    pub async fn idle(&mut self, d: Duration) {
+        let until = tokio::time::Instant::now() + d;
+        loop {
+            match tokio::time::timeout_at(until, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(other) => panic!("while idle: {other:?}"),
+            }
         }
     }
 
