@@ -418,11 +418,45 @@ impl Settings {
                 }
             }
         }
+        bad.extend(self.exposed_development_keys());
         if bad.is_empty() {
             Ok(())
         } else {
             Err(ConfigError::Invalid(bad.join("; ")))
         }
+    }
+
+    /// A listener reachable from other machines must not sign with the keys every copy of
+    /// this repository knows: each such key, named with the variable that sets it.
+    fn exposed_development_keys(&self) -> Vec<String> {
+        let host = self
+            .server
+            .bind
+            .rsplit_once(':')
+            .map_or(self.server.bind.as_str(), |(h, _)| h)
+            .trim_matches(|c| c == '[' || c == ']');
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if loopback {
+            return Vec::new();
+        }
+        let dev = Self::defaults();
+        let mut out = Vec::new();
+        if self.auth.jwt_secret.expose() == dev.auth.jwt_secret.expose() {
+            out.push(format!(
+                "server.bind {} is not loopback while auth.jwt_secret is the development secret: set HEYBLUE__AUTH__JWT_SECRET",
+                self.server.bind
+            ));
+        }
+        if self.rewards.voucher_key.expose() == dev.rewards.voucher_key.expose() {
+            out.push(format!(
+                "server.bind {} is not loopback while rewards.voucher_key is the development key: set HEYBLUE__REWARDS__VOUCHER_KEY",
+                self.server.bind
+            ));
+        }
+        out
     }
 
     /// The layered sources, for callers that add their own (tests).

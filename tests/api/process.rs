@@ -213,3 +213,50 @@ async fn a_kill_after_accept_leaves_the_connection_recorded_exactly_once() {
     store.close().await.unwrap();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_public_listener_with_the_development_keys_stops_serve_with_exit_2() {
+    let dir = tempdir();
+    let out = Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .current_dir(&dir)
+        .output()
+        .expect("run heyblue");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HEYBLUE__AUTH__JWT_SECRET") && err.contains("HEYBLUE__REWARDS__VOUCHER_KEY"),
+        "{err}"
+    );
+    // With both keys set, the same bind serves.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .current_dir(&dir)
+        .env("HEYBLUE__AUTH__JWT_SECRET", "a-real-secret")
+        .env("HEYBLUE__REWARDS__VOUCHER_KEY", "a-real-key")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run heyblue");
+    let stdout = child.stdout.take().unwrap();
+    let base = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(base.starts_with("listening on http://0.0.0.0:"), "{base}");
+    let port = base.trim().rsplit(':').next().unwrap();
+    let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(dir);
+}
