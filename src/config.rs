@@ -64,6 +64,16 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// The administrators' dashboard and its live feed.
     pub admin: AdminSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` (one human line per event) or `json` (one JSON object per line).
+    pub format: String,
 }
 
 /// `[admin]`
@@ -417,6 +427,12 @@ impl Settings {
                     bad.push(format!("{name} must be > 0"));
                 }
             }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bad.push(format!(
+                "log.format must be \"text\" or \"json\", not {:?}",
+                self.log.format
+            ));
         }
         bad.extend(self.exposed_development_keys());
         if bad.is_empty() {

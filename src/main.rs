@@ -178,13 +178,20 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
             // Logs on stderr: stdout carries the one `listening on` line scripts read.
-            tracing_subscriber::fmt()
+            let logs = tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
+                );
+            if settings.log.format == "json" {
+                logs.json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .init();
+            } else {
+                logs.init();
+            }
             tokio::runtime::Runtime::new()?.block_on(serve(settings))
         }
     }

@@ -187,15 +187,36 @@ impl Running {
 
 /// Gauges sampled by the upkeep task: resident memory (Linux) and live counts.
 pub fn record_process_metrics(ctx: &Context) {
-    if let Some(kb) = std::fs::read_to_string("/proc/self/status")
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+    };
+    if let Some(kb) = field("VmRSS:") {
+        metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+    }
+    if let Some(kb) = field("VmHWM:") {
+        metrics::gauge!("process_resident_memory_max_bytes").set(kb * 1024.0);
+    }
+    if let Some(n) = field("Threads:") {
+        metrics::gauge!("process_threads").set(n);
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metrics::gauge!("process_open_fds").set(fds.count() as f64);
+    }
+    // utime and stime, fields 14 and 15 of /proc/self/stat, in clock ticks (100 a second
+    // on Linux); the command name before them may hold spaces, so count from its ')'.
+    if let Some(ticks) = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?)
         })
     {
-        metrics::gauge!("process_resident_memory_bytes").set(kb * 1024.0);
+        metrics::gauge!("process_cpu_seconds_total").set(ticks / 100.0);
     }
     metrics::gauge!("officers_available").set(ctx.sessions.available() as f64);
     metrics::gauge!("connection_requests_pending").set(ctx.sessions.pending() as f64);

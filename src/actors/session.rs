@@ -32,6 +32,7 @@ use futures_util::future::BoxFuture;
 use governor::{Quota, RateLimiter};
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
+use tracing::Instrument as _;
 
 use super::citizen::Citizen;
 use super::mailbox::{self, Receiver};
@@ -273,11 +274,19 @@ pub async fn run(ctx: Arc<Context>, t: Ticket, socket: WebSocket) {
         me: handle.clone(),
         handed_to: None,
     };
+    // Every line logged while the session runs names it (`log.format = "json"`: the
+    // span's fields on each line).
+    let span =
+        tracing::info_span!("session", session = id, account = %t.account, role = t.role.as_str());
     match t.role {
-        Role::Officer => drive(Officer::default(), c, inbox, socket).await,
+        Role::Officer => {
+            drive(Officer::default(), c, inbox, socket)
+                .instrument(span)
+                .await
+        }
         _ => {
             let citizen = Citizen::new(&ctx.settings.citizen, handle);
-            drive(citizen, c, inbox, socket).await
+            drive(citizen, c, inbox, socket).instrument(span).await
         }
     }
     tracing::debug!(session = id, "session closed");

@@ -196,7 +196,16 @@ async fn edge(
         .into_response();
     }
     let limit = Duration::from_millis(lim.request_timeout_ms);
-    match tokio::time::timeout(limit, next.run(req)).await {
+    // Every line logged while the request is handled names it.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let span = tracing::info_span!(
+        "request",
+        request = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        method = %req.method(),
+        path = req.uri().path(),
+    );
+    use tracing::Instrument as _;
+    match tokio::time::timeout(limit, next.run(req).instrument(span)).await {
         Ok(r) => r,
         Err(_) => {
             metrics::counter!("http_refused_total", "reason" => "timeout").increment(1);

@@ -344,6 +344,18 @@ async fn metrics_cover_what_operators_watch() {
         ] {
             assert!(m.contains(name), "{name} missing from /metrics:\n{m}");
         }
+        // The process as an operator watches it: CPU, files, threads, peak memory.
+        for name in [
+            "process_cpu_seconds_total",
+            "process_open_fds",
+            "process_threads",
+            "process_resident_memory_max_bytes",
+        ] {
+            assert!(
+                metric_sum(&m, name) > 0.0,
+                "{name} missing or 0 in /metrics:\n{m}"
+            );
+        }
         // Without a token on its own listener.
         let addr = app.running.metrics_addr.expect("metrics listener");
         let body = reqwest::get(format!("http://{addr}/metrics"))

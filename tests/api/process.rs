@@ -260,3 +260,63 @@ async fn a_public_listener_with_the_development_keys_stops_serve_with_exit_2() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `log.format = "json"`: one JSON object per line on stderr, each line logged while a
+/// request or a session is handled naming it.
+#[tokio::test]
+async fn json_logs_name_the_request_or_session_of_each_line() {
+    let dir = tempdir();
+    let (mut child, base) = crate::helpers::serve_process(
+        &dir,
+        &[],
+        &[("HEYBLUE__LOG__FORMAT", "json"), ("RUST_LOG", "info")],
+    )
+    .await;
+    // A request that logs (an import), and a session that logs (closed after ten errors).
+    let admin = heyblue::http::auth::Auth::new("heyblue-dev-secret-change-me").mint(
+        Role::Admin,
+        "admin",
+        None,
+        Duration::from_secs(600),
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{base}/admin/v1/import/charities"))
+        .bearer_auth(&admin)
+        .header("content-type", "text/csv")
+        .body("charity_id,name,website\nc1,Food Bank,\n")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut c = open(&base, Role::Citizen, "c1", 40.7506, -73.9972).await;
+    for _ in 0..10 {
+        c.send(serde_json::json!({"type":"nonsense"})).await;
+    }
+    let (_, code) = c.closed().await;
+    assert_eq!(code, Some(1008));
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    let lines: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |msg: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(msg))
+            })
+            .unwrap_or_else(|| panic!("no {msg:?} line in {log}"))
+            .clone()
+    };
+    let import = find("import");
+    assert!(import["span"]["request"].as_u64().is_some(), "{import}");
+    assert_eq!(import["span"]["path"], "/admin/v1/import/charities");
+    let errors = find("consecutive errors");
+    assert!(errors["span"]["session"].as_u64().is_some(), "{errors}");
+    assert_eq!(errors["span"]["account"], "c1");
+    let _ = std::fs::remove_dir_all(dir);
+}
