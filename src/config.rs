@@ -167,6 +167,10 @@ pub struct ServerSettings {
     pub node_id: String,
     /// Base URL for `ws_url`; empty derives it from the Host header.
     pub public_url: String,
+    /// PEM certificate chain: with `tls_key`, the listener speaks HTTPS and WSS only.
+    pub tls_cert: String,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: String,
     /// Time a closing socket has to flush its close frame (shutdown, errors, slow client)
     /// before it is dropped; shutdown also waits this long for sockets.
     pub shutdown_grace_ms: u64,
@@ -427,6 +431,9 @@ impl Settings {
                     bad.push(format!("{name} must be > 0"));
                 }
             }
+        }
+        if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {
+            bad.push("server.tls_cert and server.tls_key go together".to_owned());
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bad.push(format!(

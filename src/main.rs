@@ -40,6 +40,12 @@ enum Cmd {
         /// The URL phones and other nodes reach this node at (http://HOST:PORT).
         #[arg(long)]
         advertise_url: Option<String>,
+        /// PEM certificate chain: serve HTTPS and WSS (with --tls-key).
+        #[arg(long)]
+        tls_cert: Option<String>,
+        /// PEM private key of --tls-cert.
+        #[arg(long)]
+        tls_key: Option<String>,
     },
     /// Create or update the database schema, then exit.
     Migrate {
@@ -153,7 +159,15 @@ fn main() -> anyhow::Result<()> {
             cluster_url,
             node_id,
             advertise_url,
+            tls_cert,
+            tls_key,
         } => {
+            if let Some(c) = tls_cert {
+                settings.server.tls_cert = c;
+            }
+            if let Some(k) = tls_key {
+                settings.server.tls_key = k;
+            }
             if let Some(b) = bind {
                 settings.server.bind = b;
             }
@@ -204,7 +218,12 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let running = heyblue::server::start(settings, zips).await?;
     // One line on stdout with the bound address (`--bind 127.0.0.1:0` picks a free port;
     // scripts and tests read it here instead of guessing a free port beforehand).
-    println!("listening on http://{}", running.addr);
+    let scheme = if running.ctx().settings.server.tls_cert.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
+    println!("listening on {scheme}://{}", running.addr);
     shutdown_signal().await;
     tracing::info!("shutdown signal: closing sessions");
     running.shutdown().await;

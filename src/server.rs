@@ -52,11 +52,23 @@ pub async fn start_on(
     let mut settings = settings;
     settings.cluster.advertise_url = advertise_on(&settings.cluster.advertise_url, addr.port());
     let metrics_bind = settings.metrics.bind.clone();
+    // Certificates first: a bad file stops the start before anything else is opened.
+    let tls = match (
+        settings.server.tls_cert.as_str(),
+        settings.server.tls_key.as_str(),
+    ) {
+        ("", "") => None,
+        (cert, key) => {
+            let certs = http::tls::Certificates::load(cert.as_ref(), key.as_ref())?;
+            Some((certs.acceptor()?, certs))
+        }
+    };
     let store = Store::connect(&settings.database.url)
         .await
         .with_context(|| format!("opening the store at {}", redact(&settings.database.url)))?;
     store.migrate().await.context("migrating the store")?;
-    tracing::info!(backend = ?store.backend(), "store ready");
+    let encrypted = store.encrypted().await.unwrap_or(false);
+    tracing::info!(backend = ?store.backend(), tls = encrypted, "store ready");
     let ctx = Context::start(settings, zips, store).await?;
     let state = HttpState::new(ctx.clone());
     let app = http::router(state.clone());
@@ -67,9 +79,19 @@ pub async fn start_on(
 
     let (stop, stopped) = oneshot::channel::<()>();
     let limits = http::serve::ConnLimits::from_settings(&ctx.settings.limits);
-    let server = tokio::spawn(http::serve::serve(listener, app, limits, async move {
-        let _ = stopped.await;
-    }));
+    let acceptor = tls.as_ref().map(|(a, _)| a.clone());
+    let server = tokio::spawn(http::serve::serve(
+        listener,
+        app,
+        limits,
+        acceptor,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    if let Some((_, certs)) = tls {
+        tokio::spawn(reload_on_sighup(certs));
+    }
 
     let mut metrics_addr = None;
     if !metrics_bind.is_empty() {
@@ -120,6 +142,31 @@ pub async fn start_on(
         upkeep,
         publisher,
     })
+}
+
+/// Reads the certificate files again on every SIGHUP (new handshakes get them; open
+/// connections keep theirs).
+async fn reload_on_sighup(certs: Arc<http::tls::Certificates>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP; certificates will not reload: {e}");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => {
+                metrics::counter!("tls_reloads_total", "result" => "ok").increment(1);
+                tracing::info!("SIGHUP: certificates reloaded");
+            }
+            Err(e) => {
+                metrics::counter!("tls_reloads_total", "result" => "failed").increment(1);
+                tracing::error!("SIGHUP: certificates not reloaded, the old ones stay: {e:#}");
+            }
+        }
+    }
 }
 
 /// An advertised URL whose port is 0 takes the port bound (a node started with

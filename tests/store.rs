@@ -59,6 +59,25 @@ fn accepted(request: &str, officer: &str, citizen: &str) -> NewConnection {
 }
 
 #[tokio::test]
+async fn postgres_over_tls_with_sslmode_require() {
+    let url = std::env::var("HEYBLUE_TEST_POSTGRES_URL").expect(
+        "HEYBLUE_TEST_POSTGRES_URL must name a PostgreSQL server (scripts/test starts one)",
+    );
+    let tls = Store::connect(&format!("{url}?sslmode=require"))
+        .await
+        .expect("connects over TLS");
+    assert!(
+        tls.encrypted().await.unwrap(),
+        "sslmode=require is encrypted"
+    );
+    tls.migrate().await.expect("migrates over TLS");
+    let plain = Store::connect(&format!("{url}?sslmode=disable"))
+        .await
+        .unwrap();
+    assert!(!plain.encrypted().await.unwrap(), "the check can tell");
+}
+
+#[tokio::test]
 async fn migrations_are_idempotent() {
     both(|s| async move {
         s.migrate().await.unwrap();

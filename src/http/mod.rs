@@ -10,6 +10,7 @@ pub mod error;
 pub mod live;
 pub mod rewards;
 pub mod serve;
+pub mod tls;
 pub mod web;
 pub mod ws;
 
@@ -543,7 +544,12 @@ async fn open_session(
                 .get(axum::http::header::HOST)
                 .and_then(|h| h.to_str().ok())
                 .unwrap_or(&ctx.settings.server.bind);
-            format!("ws://{host}")
+            let scheme = if ctx.settings.server.tls_cert.is_empty() {
+                "ws"
+            } else {
+                "wss"
+            };
+            format!("{scheme}://{host}")
         } else {
             ctx.settings
                 .server

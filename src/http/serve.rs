@@ -55,10 +55,12 @@ impl Drop for Open {
 
 /// Serves `app` on `listener` until `stop` resolves, then waits for the open requests (a
 /// connection upgraded to a WebSocket belongs to its session by then, and ends with it).
+/// With `tls`, every connection is TLS first (its handshake within the header timeout).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -101,19 +103,45 @@ pub async fn serve(
             continue;
         }
         let held = Open(open.clone());
-        let svc = app
-            .clone()
-            .map_request(|r: axum::http::Request<Incoming>| r.map(Body::new));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), TowerToHyperService::new(svc))
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            let _held = held;
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended: {e}");
+        let svc = TowerToHyperService::new(
+            app.clone()
+                .map_request(|r: axum::http::Request<Incoming>| r.map(Body::new)),
+        );
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                tokio::spawn(async move {
+                    let _held = held;
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
             }
-        });
+            Some(acceptor) => {
+                let handshake = acceptor.accept(tcp);
+                tokio::spawn(async move {
+                    let _held = held;
+                    let io = match tokio::time::timeout(limits.header_timeout, handshake).await {
+                        Ok(Ok(io)) => io,
+                        Ok(Err(e)) => {
+                            metrics::counter!("tls_handshakes_failed_total").increment(1);
+                            tracing::debug!("TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics::counter!("tls_handshakes_failed_total").increment(1);
+                            return;
+                        }
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                    if let Err(e) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!("connection ended: {e}");
+                    }
+                });
+            }
+        }
     }
     drop(listener);
     graceful.shutdown().await;

@@ -169,6 +169,22 @@ impl Store {
         Ok(())
     }
 
+    /// Whether the connection to the database is encrypted (PostgreSQL over TLS; SQLite is
+    /// a local file and says false).
+    pub async fn encrypted(&self) -> Result<bool, StoreError> {
+        if self.backend() != DbBackend::Postgres {
+            return Ok(false);
+        }
+        use sea_orm::sqlx;
+        let pool = self.db.get_postgres_connection_pool();
+        let ssl: Option<bool> =
+            sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_optional(pool)
+                .await
+                .map_err(|e| DbErr::Custom(format!("reading pg_stat_ssl: {e}")))?;
+        Ok(ssl.unwrap_or(false))
+    }
+
     /// Which database this is.
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()

@@ -20,4 +20,5 @@ mod process;
 mod profile;
 mod rewards;
 mod supervision;
+mod tls;
 mod tokens;
