@@ -186,6 +186,39 @@ pub struct AuthSettings {
     pub ticket_ttl_s: u64,
     /// Outstanding tickets held at once.
     pub max_outstanding_tickets: usize,
+    /// OpenID Connect issuers whose RS256/ES256 tokens are accepted.
+    #[serde(default)]
+    pub oidc: Vec<OidcIssuer>,
+    /// An issuer's keys are fetched again for an unknown key id at most this often.
+    pub jwks_refresh_min_s: u64,
+    /// Time a JWKS fetch may take.
+    pub jwks_timeout_ms: u64,
+}
+
+/// One `[[auth.oidc]]` issuer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcIssuer {
+    /// The `iss` its tokens carry (exactly).
+    pub issuer: String,
+    /// Where its signing keys are published (a JWK set).
+    pub jwks_url: String,
+    /// The `aud` its tokens must carry for this server.
+    pub audience: String,
+    /// The claim that names the role (`officer`, `citizen`, `admin`, `retailer`).
+    #[serde(default = "default_role_claim")]
+    pub role_claim: String,
+    /// The role of a token without that claim.
+    #[serde(default = "default_role")]
+    pub default_role: crate::protocol::Role,
+}
+
+fn default_role_claim() -> String {
+    "role".to_owned()
+}
+
+fn default_role() -> crate::protocol::Role {
+    crate::protocol::Role::Citizen
 }
 
 /// `[database]`
@@ -430,6 +463,17 @@ impl Settings {
                 if v == 0 {
                     bad.push(format!("{name} must be > 0"));
                 }
+            }
+        }
+        for i in &self.auth.oidc {
+            if !(i.jwks_url.starts_with("https://") || i.jwks_url.starts_with("http://")) {
+                bad.push(format!(
+                    "auth.oidc {}: jwks_url must be an http(s) URL",
+                    i.issuer
+                ));
+            }
+            if i.issuer.is_empty() || i.audience.is_empty() {
+                bad.push("auth.oidc: issuer and audience must be set".to_owned());
             }
         }
         if self.server.tls_cert.is_empty() != self.server.tls_key.is_empty() {

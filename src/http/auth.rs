@@ -46,12 +46,14 @@ pub fn display_name(raw: &str) -> Option<&str> {
     ((1..=DISPLAY_NAME_MAX).contains(&chars) && !name.chars().any(char::is_control)).then_some(name)
 }
 
-/// Signs and verifies tokens.
+/// Signs and verifies tokens: HS256 development tokens, and OpenID Connect tokens from
+/// the configured issuers.
 #[derive(Clone)]
 pub struct Auth {
     enc: EncodingKey,
     dec: DecodingKey,
     validation: Validation,
+    oidc: Option<Arc<super::oidc::Oidc>>,
 }
 
 impl Auth {
@@ -65,7 +67,21 @@ impl Auth {
             enc: EncodingKey::from_secret(secret.as_bytes()),
             dec: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            oidc: None,
         }
+    }
+
+    /// The HS256 secret and the OpenID Connect issuers of `cfg`.
+    pub fn from_settings(cfg: &crate::config::AuthSettings) -> Self {
+        let mut auth = Self::new(cfg.jwt_secret.expose());
+        if !cfg.oidc.is_empty() {
+            auth.oidc = Some(Arc::new(super::oidc::Oidc::new(
+                &cfg.oidc,
+                Duration::from_secs(cfg.jwks_refresh_min_s),
+                Duration::from_millis(cfg.jwks_timeout_ms),
+            )));
+        }
+        auth
     }
 
     /// A signed token valid for `ttl`.
@@ -82,8 +98,23 @@ impl Auth {
             .expect("HS256 signing cannot fail")
     }
 
-    /// The claims of a valid token.
-    pub fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+    /// The claims of a valid token: HS256 with the secret, or RS256/ES256 from a
+    /// configured OpenID Connect issuer.
+    pub async fn verify(&self, token: &str) -> Result<Claims, ApiError> {
+        let alg = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::unauthorized("invalid_token", "the token is not valid"))?
+            .alg;
+        match (alg, &self.oidc) {
+            (Algorithm::HS256, _) => self.verify_hs256(token),
+            (Algorithm::RS256 | Algorithm::ES256, Some(oidc)) => oidc.verify(token, alg).await,
+            _ => Err(ApiError::unauthorized(
+                "invalid_token",
+                "the token's algorithm is not accepted here",
+            )),
+        }
+    }
+
+    fn verify_hs256(&self, token: &str) -> Result<Claims, ApiError> {
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -156,7 +187,7 @@ impl FromRequestParts<AppState> for Caller {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, token)| token)
             .ok_or_else(|| ApiError::unauthorized("invalid_token", "expected a Bearer token"))?;
-        state.auth.verify(token.trim()).map(Caller)
+        state.auth.verify(token.trim()).await.map(Caller)
     }
 }
 

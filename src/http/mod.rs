@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cluster;
 pub mod error;
 pub mod live;
+pub mod oidc;
 pub mod rewards;
 pub mod serve;
 pub mod tls;
@@ -55,7 +56,7 @@ pub struct HttpState {
 impl HttpState {
     /// Builds the route state from a context.
     pub fn new(ctx: Arc<Context>) -> AppState {
-        let auth = Auth::new(ctx.settings.auth.jwt_secret.expose());
+        let auth = Auth::from_settings(&ctx.settings.auth);
         let tickets = Tickets::new(ctx.settings.auth.max_outstanding_tickets);
         let live = live::LiveFeed::new(ctx.settings.admin.live_queue);
         Arc::new(Self {

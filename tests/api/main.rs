@@ -15,6 +15,7 @@ mod frames;
 mod http_api;
 mod live;
 mod officer;
+mod oidc;
 mod outage;
 mod process;
 mod profile;
