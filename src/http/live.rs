@@ -255,8 +255,10 @@ impl Watcher {
         }
     }
 
-    /// Takes the map whole as it is now.
+    /// Takes the map whole as it is now: first a fresh place in the queue (what it held
+    /// is older than the map), then the map, so no later update is missed.
     fn resync(&mut self) {
+        self.rx = self.rx.resubscribe();
         let (seq, snap) = self.watching.0.snapshot(&self.ctx.zips, &self.ctx);
         self.seq = seq;
         self.snapshot = snap;
@@ -327,4 +329,83 @@ pub async fn live(
         Some((Ok(ev), w))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::geo::ZipTable;
+    use crate::store::Store;
+
+    async fn ctx() -> Arc<Context> {
+        let dir = std::env::temp_dir().join(format!("heyblue-live-{}", uuid::Uuid::new_v4()));
+        let store = Store::connect(&format!("sqlite://{}/t.db?mode=rwc", dir.display()))
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        Context::start(Settings::defaults(), Arc::new(ZipTable::embedded()), store)
+            .await
+            .unwrap()
+    }
+
+    fn name(e: &Event) -> String {
+        // The event's wire form starts with its name.
+        format!("{e:?}")
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_gets_the_whole_map_again() {
+        let ctx = ctx().await;
+        let feed = LiveFeed::new(1);
+        let map = |ids: &[&str]| crate::cluster::MapData {
+            officers: ids
+                .iter()
+                .map(|id| AvailableOfficer {
+                    officer_id: (*id).into(),
+                    display_name: "N".into(),
+                    lat: 40.75,
+                    lon: -73.99,
+                    zip: "10001".into(),
+                    window_ends_at: chrono::Utc::now(),
+                })
+                .collect(),
+            citizens: vec![],
+            truncated: false,
+        };
+        let publish = |ids: &[&str]| {
+            let d = feed.apply(map(ids), stats_of(&ctx), &ctx.zips);
+            let json = serde_json::to_string(&d).unwrap();
+            let _ = feed.tx.send(Arc::new((d.seq, json)));
+        };
+        publish(&["o1"]);
+        feed.watchers.fetch_add(1, Ordering::AcqRel);
+        let (seq, snapshot) = feed.snapshot(&ctx.zips, &ctx);
+        let mut w = Watcher {
+            watching: Watching(feed.clone()),
+            rx: feed.tx.subscribe(),
+            seq,
+            snapshot,
+            started: false,
+            ctx: ctx.clone(),
+        };
+        assert!(name(&w.next().await.unwrap()).contains("snapshot"));
+        publish(&["o1", "o2"]);
+        assert!(name(&w.next().await.unwrap()).contains("delta"));
+        // Three updates while it reads none, with room for one: it lagged.
+        publish(&["o2"]);
+        publish(&["o2", "o3"]);
+        publish(&["o3"]);
+        let again = w.next().await.unwrap();
+        assert!(name(&again).contains("snapshot"), "{again:?}");
+        assert!(name(&again).contains("o3") && !name(&again).contains("o1"));
+        assert_eq!(w.seq, 5);
+        // Then deltas again, from where the snapshot was.
+        publish(&["o4"]);
+        let next = w.next().await.unwrap();
+        assert!(
+            name(&next).contains("delta") && name(&next).contains("o4"),
+            "{next:?}"
+        );
+    }
 }
