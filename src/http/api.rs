@@ -81,8 +81,12 @@ pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<P
 /// Body of `PATCH /v1/me`.
 #[derive(Deserialize, ToSchema)]
 pub struct PatchMe {
-    /// The new display name: 1..=60 characters once trimmed.
-    #[schema(min_length = 1, max_length = 60, pattern = r"\S")]
+    /// The new display name: 1..=60 characters once trimmed, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 60,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
+    )]
     display_name: String,
 }
 
