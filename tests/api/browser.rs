@@ -345,6 +345,11 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
             .await,
         json!("1")
     );
+    assert_eq!(
+        b.eval("document.querySelector('#import-rejected-count').textContent")
+            .await,
+        json!("1")
+    );
 
     // Report: a table, and the CSV saved (downloads denied: the link is what is checked).
     b.call("Page.setDownloadBehavior", json!({"behavior": "deny"}))

@@ -201,7 +201,9 @@ $("#import-form").addEventListener("submit", async (e) => {
   try {
     const r = await api(`/admin/v1/import/${encodeURIComponent($("#kind").value)}`, { method: "POST", headers: { "Content-Type": type }, body: file });
     const rows = r.rejected.map((x) => `<tr><td>${x.row}</td><td>${escapeHtml(x.error)}</td></tr>`).join("");
-    box.innerHTML = `<p><span id="import-accepted">${r.accepted}</span> accepted, ${r.rejected.length} rejected</p>` +
+    const total = r.rejected_count ?? r.rejected.length;
+    const listed = total > r.rejected.length ? ` (the first ${r.rejected.length} listed)` : "";
+    box.innerHTML = `<p><span id="import-accepted">${r.accepted}</span> accepted, <span id="import-rejected-count">${total}</span> rejected${listed}</p>` +
       (rows ? `<table id="import-rejected"><thead><tr><th>Row</th><th>Error</th></tr></thead><tbody>${rows}</tbody></table>` : "");
   } catch (err) { box.textContent = err.message; }
 });
