@@ -115,20 +115,8 @@ impl Auth {
     }
 
     fn verify_hs256(&self, token: &str) -> Result<Claims, ApiError> {
-        let data =
-            jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation).map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => {
-                        ApiError::unauthorized("token_expired", "the token has expired")
-                    }
-                    ErrorKind::ImmatureSignature => ApiError::unauthorized(
-                        "token_not_yet_valid",
-                        "the token's nbf is in the future",
-                    ),
-                    _ => ApiError::unauthorized("invalid_token", "the token is not valid"),
-                }
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.dec, &self.validation)
+            .map_err(|e| refusal(&e))?;
         let mut c = data.claims;
         if c.sub.is_empty() || c.sub.len() > 128 {
             return Err(ApiError::unauthorized(
@@ -147,6 +135,20 @@ impl Auth {
         }
         Ok(c)
     }
+}
+
+/// What a client is told about a token that did not verify (HS256 and OpenID Connect
+/// alike).
+pub fn refusal(e: &jsonwebtoken::errors::Error) -> ApiError {
+    use jsonwebtoken::errors::ErrorKind;
+    let (code, message) = match e.kind() {
+        ErrorKind::ExpiredSignature => ("token_expired", "the token has expired"),
+        ErrorKind::ImmatureSignature => ("token_not_yet_valid", "the token's nbf is in the future"),
+        ErrorKind::InvalidAudience => ("invalid_token", "the token is for another audience"),
+        ErrorKind::InvalidIssuer => ("invalid_token", "the token's issuer does not match"),
+        _ => ("invalid_token", "the token is not valid"),
+    };
+    ApiError::unauthorized(code, message)
 }
 
 /// The caller of an authenticated route.

@@ -13,7 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::auth::{Claims, display_name};
+use super::auth::{Claims, display_name, refusal};
 use super::error::ApiError;
 use crate::config::OidcIssuer;
 use crate::protocol::Role;
@@ -81,21 +81,7 @@ impl Oidc {
         v.set_issuer(&[&issuer.cfg.issuer]);
         v.set_audience(&[&issuer.cfg.audience]);
         v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<Value>(token, &key, &v).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::ExpiredSignature => {
-                    ApiError::unauthorized("token_expired", "the token has expired")
-                }
-                ErrorKind::ImmatureSignature => ApiError::unauthorized(
-                    "token_not_yet_valid",
-                    "the token's nbf is in the future",
-                ),
-                ErrorKind::InvalidAudience => invalid("the token is for another audience"),
-                ErrorKind::InvalidIssuer => invalid("the token's issuer does not match"),
-                _ => invalid("the token is not valid"),
-            }
-        })?;
+        let data = jsonwebtoken::decode::<Value>(token, &key, &v).map_err(|e| refusal(&e))?;
         claims(&issuer.cfg, data.claims)
     }
 

@@ -190,13 +190,7 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
     let _c = app.citizen("c1", 40.7510, -73.9972).await;
 
     let mut b = Browser::launch().await;
-    b.call(
-        "Page.navigate",
-        json!({"url": format!("{}/admin/", app.base)}),
-    )
-    .await;
-    b.wait_for("the page loads", "document.readyState === 'complete'")
-        .await;
+    b.open(&format!("{}/admin/", app.base)).await;
 
     // A token of another role: the server's error, and nothing else.
     let citizen = app.token(Role::Citizen, "c1");
@@ -397,6 +391,13 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
 }
 
 impl Browser {
+    /// Goes to `url` and waits for the page to load.
+    async fn open(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+        self.wait_for("the page loads", "document.readyState === 'complete'")
+            .await;
+    }
+
     /// Presses a key on the focused element.
     async fn key(&mut self, key: &str, code: u32) {
         for kind in ["keyDown", "keyUp"] {
@@ -423,13 +424,7 @@ async fn the_dashboard_works_from_the_keyboard_and_on_a_tablet() {
     let app = spawn_app().await;
     let _o = app.officer("o-la", 34.0522, -118.2437).await;
     let mut b = Browser::launch().await;
-    b.call(
-        "Page.navigate",
-        json!({"url": format!("{}/admin/", app.base)}),
-    )
-    .await;
-    b.wait_for("the page loads", "document.readyState === 'complete'")
-        .await;
+    b.open(&format!("{}/admin/", app.base)).await;
     // The first Tab reaches the token; Enter signs in.
     b.key("Tab", 9).await;
     assert_eq!(b.eval("document.activeElement.name").await, json!("token"));
@@ -512,10 +507,7 @@ async fn dashboard_under_load() {
     )
     .mint(Role::Admin, "bench", None, Duration::from_secs(3600));
     let mut b = Browser::launch().await;
-    b.call("Page.navigate", json!({"url": format!("{base}/admin/")}))
-        .await;
-    b.wait_for("the page loads", "document.readyState === 'complete'")
-        .await;
+    b.open(&format!("{base}/admin/")).await;
     // Cold: from the sign-in to the first data drawn.
     b.eval(&format!(
         "window.benchT0 = performance.now(); \

@@ -494,7 +494,6 @@ pub async fn serve_process(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> (std::process::Child, String) {
-    use std::io::BufRead;
     let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_heyblue"))
         .args(["serve", "--bind", "127.0.0.1:0"])
@@ -509,16 +508,7 @@ pub async fn serve_process(
         .stderr(log)
         .spawn()
         .expect("start heyblue");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map(|_| line)
-    })
-    .await
-    .unwrap()
-    .expect("read the bound address");
+    let line = listening_line(&mut child).await;
     let base = line
         .trim()
         .strip_prefix("listening on ")
@@ -532,6 +522,21 @@ pub async fn serve_process(
     })
     .await;
     (child, base)
+}
+
+/// The `listening on …` line a `heyblue serve` child prints first on its piped stdout.
+pub async fn listening_line(child: &mut std::process::Child) -> String {
+    let stdout = child.stdout.take().expect("piped stdout");
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await
+    .unwrap()
+    .expect("read the bound address")
 }
 
 /// A reader of the dashboard's live feed (`GET /admin/v1/live`) that folds its events

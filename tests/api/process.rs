@@ -239,17 +239,7 @@ async fn a_public_listener_with_the_development_keys_stops_serve_with_exit_2() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run heyblue");
-    let stdout = child.stdout.take().unwrap();
-    let base = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let base = crate::helpers::listening_line(&mut child).await;
     assert!(base.starts_with("listening on http://0.0.0.0:"), "{base}");
     let port = base.trim().rsplit(':').next().unwrap();
     let health = reqwest::get(format!("http://127.0.0.1:{port}/healthz"))

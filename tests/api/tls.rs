@@ -126,17 +126,7 @@ async fn https_and_wss_on_one_port_and_sighup_swaps_the_certificate() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        line
-    })
-    .await
-    .unwrap();
+    let line = listening_line(&mut child).await;
     let port: u16 = line
         .trim()
         .strip_prefix("listening on https://127.0.0.1:")
