@@ -191,7 +191,7 @@ impl LiveFeed {
 
     /// The last sample whole, as JSON, with its number; the number alone while the map
     /// is forgotten.
-    fn snapshot(&self, zips: &ZipTable, ctx: &Context) -> (u64, Option<String>) {
+    fn snapshot(&self, ctx: &Context) -> (u64, Option<String>) {
         let s = self.sample();
         if !s.fresh {
             return (s.seq, None);
@@ -200,7 +200,7 @@ impl LiveFeed {
         let snap = LiveSnapshot {
             seq: s.seq,
             officers: s.officers.values().cloned().collect(),
-            citizens: zip_counts(zips, &citizens),
+            citizens: zip_counts(&ctx.zips, &citizens),
             truncated: s.truncated,
             stats: s.stats.clone().unwrap_or_else(|| stats_of(ctx)),
         };
@@ -259,7 +259,7 @@ impl Watcher {
     /// is older than the map), then the map, so no later update is missed.
     fn resync(&mut self) {
         self.rx = self.rx.resubscribe();
-        let (seq, snap) = self.watching.0.snapshot(&self.ctx.zips, &self.ctx);
+        let (seq, snap) = self.watching.0.snapshot(&self.ctx);
         self.seq = seq;
         self.snapshot = snap;
     }
@@ -315,7 +315,7 @@ pub async fn live(
         .get_or_init(|| drop(tokio::spawn(feed.clone().run(st.ctx.clone()))));
     feed.wake.notify_one();
     let rx = feed.tx.subscribe();
-    let (seq, snapshot) = feed.snapshot(&st.ctx.zips, &st.ctx);
+    let (seq, snapshot) = feed.snapshot(&st.ctx);
     let watcher = Watcher {
         watching,
         rx,
@@ -380,7 +380,7 @@ mod tests {
         };
         publish(&["o1"]);
         feed.watchers.fetch_add(1, Ordering::AcqRel);
-        let (seq, snapshot) = feed.snapshot(&ctx.zips, &ctx);
+        let (seq, snapshot) = feed.snapshot(&ctx);
         let mut w = Watcher {
             watching: Watching(feed.clone()),
             rx: feed.tx.subscribe(),
