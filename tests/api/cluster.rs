@@ -477,9 +477,9 @@ async fn a_killed_node_loses_its_regions_to_the_survivors_within_the_lease() {
 fn a_cluster_node_refuses_sqlite_with_exit_2() {
     let dir = std::env::temp_dir().join(format!("heyblue-cluster-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_heyblue"))
-        .args([
-            "serve",
+    let err = crate::helpers::serve_refused(
+        &dir,
+        &[
             "--bind",
             "127.0.0.1:0",
             "--cluster-url",
@@ -488,12 +488,9 @@ fn a_cluster_node_refuses_sqlite_with_exit_2() {
             "n1",
             "--advertise-url",
             "http://127.0.0.1:0",
-        ])
-        .current_dir(&dir)
-        .output()
-        .expect("run heyblue");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+        ],
+        &[],
+    );
     assert!(
         err.contains("PostgreSQL") && err.contains("SQLite"),
         "{err}"

@@ -524,6 +524,20 @@ pub async fn serve_process(
     (child, base)
 }
 
+/// Runs `heyblue serve ARGS` in `dir` with `envs`, expecting the refusal of a usable
+/// configuration (exit code 2); its stderr.
+pub fn serve_refused(dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_heyblue"))
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("run heyblue");
+    assert_eq!(out.status.code(), Some(2), "serve {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// The `listening on …` line a `heyblue serve` child prints first on its piped stdout.
 pub async fn listening_line(child: &mut std::process::Child) -> String {
     let stdout = child.stdout.take().expect("piped stdout");

@@ -32,24 +32,15 @@ async fn sigterm_closes_sessions_with_1001_and_exits_0() {
 #[test]
 fn an_unknown_setting_stops_serve_with_exit_2_naming_it() {
     let dir = tempdir();
-    let out = Command::new(env!("CARGO_BIN_EXE_heyblue"))
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .current_dir(&dir)
-        .env("HEYBLUE__CITIZEN__PUSH_INTERVL_MS", "250")
-        .output()
-        .expect("run heyblue");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = crate::helpers::serve_refused(
+        &dir,
+        &["--bind", "127.0.0.1:0"],
+        &[("HEYBLUE__CITIZEN__PUSH_INTERVL_MS", "250")],
+    );
     assert!(err.contains("push_intervl_ms"), "{err}");
 
     std::fs::write(dir.join("over.toml"), "[limits]\nmax_sesions = 5\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_heyblue"))
-        .args(["serve", "--config", "over.toml"])
-        .current_dir(&dir)
-        .output()
-        .expect("run heyblue");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = crate::helpers::serve_refused(&dir, &["--config", "over.toml"], &[]);
     assert!(err.contains("max_sesions"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -217,13 +208,7 @@ async fn a_kill_after_accept_leaves_the_connection_recorded_exactly_once() {
 #[tokio::test]
 async fn a_public_listener_with_the_development_keys_stops_serve_with_exit_2() {
     let dir = tempdir();
-    let out = Command::new(env!("CARGO_BIN_EXE_heyblue"))
-        .args(["serve", "--bind", "0.0.0.0:0"])
-        .current_dir(&dir)
-        .output()
-        .expect("run heyblue");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = crate::helpers::serve_refused(&dir, &["--bind", "0.0.0.0:0"], &[]);
     assert!(
         err.contains("HEYBLUE__AUTH__JWT_SECRET") && err.contains("HEYBLUE__REWARDS__VOUCHER_KEY"),
         "{err}"
