@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::RwLock;
 
 use super::auth::{Claims, display_name, refusal};
 use super::error::ApiError;
@@ -27,9 +27,10 @@ pub struct Oidc {
 
 struct Issuer {
     cfg: OidcIssuer,
-    /// Key id → algorithm and key; and when they were last fetched. A Mutex held across
-    /// the fetch: one fetch at a time per issuer, the others wait for its keys.
-    keys: Mutex<Keys>,
+    /// Key id → algorithm and key; and when they were last fetched. Known keys are read
+    /// under the shared lock; a fetch holds the exclusive one across the request, so there
+    /// is one fetch at a time per issuer and the others wait for its keys.
+    keys: RwLock<Keys>,
 }
 
 #[derive(Default)]
@@ -50,7 +51,7 @@ impl Oidc {
                 .iter()
                 .map(|c| Issuer {
                     cfg: c.clone(),
-                    keys: Mutex::new(Keys::default()),
+                    keys: RwLock::new(Keys::default()),
                 })
                 .collect(),
             http: reqwest::Client::builder()
@@ -93,7 +94,10 @@ impl Oidc {
         kid: &str,
         alg: Algorithm,
     ) -> Result<DecodingKey, ApiError> {
-        let mut keys = issuer.keys.lock().await;
+        if let Some(found) = pick(&*issuer.keys.read().await, kid, alg) {
+            return found;
+        }
+        let mut keys = issuer.keys.write().await;
         if !keys.by_kid.contains_key(kid) {
             let may = keys.fetched.is_none_or(|t| t.elapsed() >= self.refresh_min);
             if !may {
@@ -118,11 +122,8 @@ impl Oidc {
                 }
             }
         }
-        match keys.by_kid.get(kid) {
-            Some((a, k)) if *a == alg => Ok(k.clone()),
-            Some(_) => Err(invalid("the token's algorithm is not its key's")),
-            None => Err(invalid("the token's key is not one of its issuer's")),
-        }
+        pick(&keys, kid, alg)
+            .unwrap_or_else(|| Err(invalid("the token's key is not one of its issuer's")))
     }
 
     async fn fetch(
@@ -157,6 +158,17 @@ impl Oidc {
         }
         Ok(out)
     }
+}
+
+/// Key `kid` of `keys` if known: the key, or a refusal when its algorithm is not `alg`.
+fn pick(keys: &Keys, kid: &str, alg: Algorithm) -> Option<Result<DecodingKey, ApiError>> {
+    keys.by_kid.get(kid).map(|(a, k)| {
+        if *a == alg {
+            Ok(k.clone())
+        } else {
+            Err(invalid("the token's algorithm is not its key's"))
+        }
+    })
 }
 
 /// The `iss` of a token, read before its signature is checked (to pick the keys that
