@@ -319,6 +319,61 @@ pub async fn region(
     Ok(Json(st.ctx.regions.snapshot(id).await?))
 }
 
+/// `POST /admin/v1/regions/{zip}/restart`.
+#[derive(Serialize, ToSchema)]
+pub struct RestartedRegion {
+    /// The region's zip.
+    pub zip: String,
+    /// The node whose region actor was stopped.
+    pub node: String,
+}
+
+/// `POST /admin/v1/regions/{zip}/restart`: stops the region actor running on this node as a
+/// failure; its supervisor starts it again at once and rebuilds the index from the live
+/// sessions (what a crash does, counted in `region_restarts_total`). 404 `region_not_running`
+/// when this node runs no actor for the zip (in a cluster: ask the node that owns it).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/regions/{zip}/restart",
+    tag = "admin",
+    params(
+        ("zip" = String, Path, description = "5-digit zip", pattern = r"^[0-9]{5}$"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "The region actor was stopped; its supervisor rebuilds it", body = RestartedRegion),
+        (status = 404, description = "unknown_zip, or region_not_running on this node", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
+pub async fn restart_region(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(zip): Path<String>,
+) -> Result<(StatusCode, Json<RestartedRegion>), ApiError> {
+    caller.require(Role::Admin)?;
+    let id = st
+        .ctx
+        .zips
+        .by_code(&zip)
+        .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))?;
+    if !st.ctx.regions.crash(id) {
+        return Err(ApiError::not_found(
+            "region_not_running",
+            format!("no actor for {zip} runs on this node"),
+        ));
+    }
+    tracing::warn!(zip = %zip, by = %caller.0.sub, "region restarted by an administrator");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(RestartedRegion {
+            zip,
+            node: st.ctx.settings.server.node_id.clone(),
+        }),
+    ))
+}
+
 /// Officers a `GET /admin/v1/officers` returns at most (`limit`, default and maximum).
 const OFFICER_ROWS: (u64, u64) = (10_000, 100_000);
 

@@ -70,6 +70,53 @@ async fn a_crashed_region_is_rebuilt_from_live_sessions() {
 }
 
 #[tokio::test]
+async fn an_administrator_restarts_a_region_and_it_is_rebuilt() {
+    let app = spawn_app().await;
+    let _o1 = app.officer("o1", HERE.0, HERE.1).await;
+    let _o2 = app.officer("o2", HERE.0 + 0.0003, HERE.1).await;
+    let (_c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let admin = app.token(Role::Admin, "ops");
+
+    let (s, b) = app
+        .post("/admin/v1/regions/10001/restart", &admin, json!({}))
+        .await;
+    assert_eq!((s, b["zip"].as_str()), (202, Some("10001")), "{b}");
+    eventually("the region rebuilt with both officers", || async {
+        let (_, r) = app.get("/admin/v1/regions/10001", Some(&admin)).await;
+        (r["restarts"] == 1 && r["officers"].as_array()?.len() == 2 && r["citizens_watching"] == 1)
+            .then_some(())
+    })
+    .await;
+
+    // A zip that exists but has no actor here, a zip that does not exist, a non-admin.
+    let (s, b) = app
+        .post("/admin/v1/regions/99501/restart", &admin, json!({}))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("region_not_running")),
+        "{b}"
+    );
+    let (s, b) = app
+        .post("/admin/v1/regions/00000/restart", &admin, json!({}))
+        .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (404, Some("unknown_zip")),
+        "{b}"
+    );
+    let (s, _) = app
+        .post(
+            "/admin/v1/regions/10001/restart",
+            &app.token(Role::Citizen, "c1"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    app.running.shutdown().await;
+}
+
+#[tokio::test]
 async fn shutdown_closes_every_socket_with_1001() {
     let app = spawn_app().await;
     let mut o = app.officer("o1", HERE.0, HERE.1).await;
