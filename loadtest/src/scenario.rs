@@ -106,6 +106,9 @@ struct Shared {
     handoffs: AtomicU64,
     /// Sockets lost mid-run and opened again through an orchestrator.
     reopened: AtomicU64,
+    /// Sessions whose socket was lost and not served again (no `welcome` for an officer, no
+    /// `nearby` for a citizen on a new socket) by the end of the run.
+    not_back: AtomicU64,
     hists: Recorder,
 }
 
@@ -239,7 +242,7 @@ pub async fn run(cfg: Config, auth: Arc<Auth>) -> anyhow::Result<Value> {
             stop_at.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let ws = s.open(&http, &auth).await;
+            let ws = s.open(&http, &auth, 0).await;
             drop(permit);
             opened_all.wait().await;
             let stop = *stop_at.get().expect("set once all opened");
@@ -374,8 +377,11 @@ fn report(
     println!("{}", stats::row("officer move → push (citizen)", &h.push));
     println!("{}", stats::row("request → established", &h.connect));
     let reopened = shared.reopened.load(Ordering::Relaxed);
-    if reopened > 0 {
-        println!("sockets lost and opened again: {reopened}");
+    let not_back = shared.not_back.load(Ordering::Relaxed);
+    if reopened > 0 || not_back > 0 {
+        println!(
+            "sockets lost and opened again: {reopened}; sessions not served again: {not_back}"
+        );
         println!("{}", stats::row("socket lost → back", &h.back));
     }
     Ok(json!({
@@ -391,7 +397,8 @@ fn report(
         "unanswered_locations": unanswered,
         "errors_by_code": errors, "closes_by_code": closes,
         "sessions_per_node": nodes, "handoffs": handoffs,
-        "sockets_reopened": reopened, "lost_to_back": stats::json(&h.back),
+        "sockets_reopened": reopened, "sessions_not_back": not_back,
+        "lost_to_back": stats::json(&h.back),
         "location_to_nearby": stats::json(&h.reply),
         "move_to_push": stats::json(&h.push),
         "request_to_established": stats::json(&h.connect),
@@ -411,7 +418,14 @@ struct Session {
 }
 
 impl Session {
-    async fn open(&self, http: &reqwest::Client, auth: &Auth) -> anyhow::Result<Ws> {
+    /// Opens the session through an orchestrator: the session's own first, the next one on
+    /// each further `attempt` (so a session whose node died asks a live one).
+    async fn open(
+        &self,
+        http: &reqwest::Client,
+        auth: &Auth,
+        attempt: usize,
+    ) -> anyhow::Result<Ws> {
         match &self.cfg.target {
             Target::Server(bases) => {
                 let who = Who {
@@ -421,7 +435,7 @@ impl Session {
                     lon: self.walker.pos.lon,
                     i: self.i,
                 };
-                let base = &bases[self.i % bases.len()];
+                let base = &bases[(self.i + attempt) % bases.len()];
                 let (ws, node) = client::open_placed(http, base, auth, who).await?;
                 Shared::count(&self.shared.nodes, node);
                 Ok(ws)
@@ -550,10 +564,12 @@ impl Session {
                     // again through the orchestrators, as a phone does, until the run ends.
                     let lost_at = Instant::now();
                     *ctx.lost_at.lock().expect("not poisoned") = Some(lost_at);
+                    let mut attempt = 0;
                     let ws = loop {
-                        match self.open(http, auth).await {
+                        match self.open(http, auth, attempt).await {
                             Ok(ws) => break Some(ws),
                             Err(_) if Instant::now() < stop => {
+                                attempt += 1;
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                             }
                             Err(_) => break None,
@@ -655,6 +671,9 @@ impl Session {
         }
         let left = outstanding.lock().expect("not poisoned").len() as u64;
         self.shared.unanswered.fetch_add(left, Ordering::Relaxed);
+        if ctx.lost.load(Ordering::Acquire) || ctx.lost_at.lock().expect("not poisoned").is_some() {
+            self.shared.not_back.fetch_add(1, Ordering::Relaxed);
+        }
         drained(drained_all, stop).await;
         let _ = tx.send(Message::Close(None)).await;
         // A reader ends when the server's close arrives.
