@@ -66,6 +66,75 @@ pub struct Settings {
     pub admin: AdminSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Trophies and what earns them.
+    pub trophies: TrophySettings,
+    /// Partner webhooks.
+    pub webhooks: WebhookSettings,
+}
+
+/// `[webhooks]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// How long one delivery attempt may take.
+    pub timeout_ms: u64,
+    /// The wait before the first retry; doubled each time.
+    pub backoff_initial_ms: u64,
+    /// The longest wait between attempts.
+    pub backoff_max_ms: u64,
+    /// A delivery not made within this long of its event is given up (`dead`).
+    pub max_age_s: u64,
+    /// Accept receivers on loopback, private and link-local addresses (tests only).
+    pub allow_private: bool,
+    /// Webhooks that can exist at once.
+    pub max_webhooks: u64,
+    /// Attempts in flight at once on a node.
+    pub max_in_flight: usize,
+    /// How often a node looks for deliveries due.
+    pub poll_interval_ms: u64,
+}
+
+/// `[trophies]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrophySettings {
+    /// The rules: each awards its trophy once per account, when the account's measure
+    /// reaches `at_least`. Replaces the shipped table as a whole when set.
+    pub rules: Vec<TrophyRule>,
+}
+
+/// Trophy rules a configuration holds at most.
+pub const MAX_TROPHY_RULES: usize = 100;
+
+/// One trophy and what earns it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrophyRule {
+    /// Stable id (`[a-z0-9_]`, 1..=40): what accounts keep and clients see.
+    pub id: String,
+    /// Shown name (1..=60 characters).
+    pub name: String,
+    /// What is counted.
+    pub measure: TrophyMeasure,
+    /// The count that earns it (>= 1).
+    pub at_least: i64,
+}
+
+/// What a trophy rule counts, over the account's whole history (as officer or citizen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrophyMeasure {
+    /// Connections recorded.
+    Connections,
+    /// Distinct other sides of its connections (citizens for an officer, officers for a
+    /// citizen).
+    DistinctCounterparts,
+    /// Distinct zips its connections were made in.
+    DistinctZips,
+    /// Donations made.
+    Donations,
+    /// Points donated in all.
+    PointsDonated,
 }
 
 /// `[log]`
@@ -227,6 +296,8 @@ fn default_role() -> crate::protocol::Role {
 pub struct DatabaseSettings {
     /// sqlite:// or postgres:// URL.
     pub url: String,
+    /// How long `GET /readyz` waits for the store's answer.
+    pub ready_timeout_ms: u64,
 }
 
 /// `[limits]`
@@ -405,6 +476,22 @@ impl Settings {
             ("limits.request_timeout_ms", l.request_timeout_ms as usize),
             ("limits.ws_ping_interval_s", l.ws_ping_interval_s as usize),
             ("limits.ws_pong_timeout_s", l.ws_pong_timeout_s as usize),
+            (
+                "database.ready_timeout_ms",
+                self.database.ready_timeout_ms as usize,
+            ),
+            ("webhooks.timeout_ms", self.webhooks.timeout_ms as usize),
+            (
+                "webhooks.backoff_initial_ms",
+                self.webhooks.backoff_initial_ms as usize,
+            ),
+            ("webhooks.max_age_s", self.webhooks.max_age_s as usize),
+            ("webhooks.max_webhooks", self.webhooks.max_webhooks as usize),
+            ("webhooks.max_in_flight", self.webhooks.max_in_flight),
+            (
+                "webhooks.poll_interval_ms",
+                self.webhooks.poll_interval_ms as usize,
+            ),
             ("admin.live_max_watchers", self.admin.live_max_watchers),
             ("admin.live_queue", self.admin.live_queue),
             ("admin.live_max_officers", self.admin.live_max_officers),
@@ -463,6 +550,39 @@ impl Settings {
                 if v == 0 {
                     bad.push(format!("{name} must be > 0"));
                 }
+            }
+        }
+        if self.webhooks.backoff_max_ms < self.webhooks.backoff_initial_ms {
+            bad.push("webhooks.backoff_max_ms must be >= webhooks.backoff_initial_ms".to_owned());
+        }
+        let rules = &self.trophies.rules;
+        if rules.len() > MAX_TROPHY_RULES {
+            bad.push(format!("trophies.rules: at most {MAX_TROPHY_RULES} rules"));
+        }
+        let mut ids = std::collections::HashSet::new();
+        for r in rules {
+            let id_ok = (1..=40).contains(&r.id.len())
+                && r.id
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !id_ok {
+                bad.push(format!(
+                    "trophies.rules: id {:?} must be 1..=40 of [a-z0-9_]",
+                    r.id
+                ));
+            }
+            if !ids.insert(r.id.as_str()) {
+                bad.push(format!("trophies.rules: id {:?} appears twice", r.id));
+            }
+            let name = r.name.trim();
+            if name.is_empty() || name.chars().count() > 60 || name.chars().any(char::is_control) {
+                bad.push(format!(
+                    "trophies.rules: {}: name must be 1..=60 characters without control characters",
+                    r.id
+                ));
+            }
+            if r.at_least < 1 {
+                bad.push(format!("trophies.rules: {}: at_least must be >= 1", r.id));
             }
         }
         for i in &self.auth.oidc {

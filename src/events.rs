@@ -74,6 +74,17 @@ pub enum DomainEvent {
         /// Points debited.
         points: i64,
     },
+    /// An account earned a trophy (once per account and trophy).
+    TrophyAwarded {
+        /// The account.
+        account_id: String,
+        /// The trophy's rule id.
+        trophy_id: String,
+        /// Its shown name.
+        name: String,
+        /// When it was awarded.
+        awarded_at: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// An outbox row that is not a [`DomainEvent`] (unknown kind, or fields missing or
@@ -95,6 +106,7 @@ impl DomainEvent {
             Self::PointsAwarded { .. } => "points_awarded",
             Self::VoucherIssued { .. } => "voucher_issued",
             Self::DonationMade { .. } => "donation_made",
+            Self::TrophyAwarded { .. } => "trophy_awarded",
         }
     }
 

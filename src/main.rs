@@ -64,6 +64,17 @@ enum Cmd {
         #[arg(long)]
         database_url: Option<String>,
     },
+    /// Award every account the trophies the configured rules give it and it does not hold
+    /// (after the rules changed); prints the accounts evaluated and the trophies awarded.
+    /// A running server publishes their events.
+    Trophies {
+        /// `replay`.
+        #[arg(value_parser = ["replay"])]
+        action: String,
+        /// sqlite:// or postgres:// URL.
+        #[arg(long)]
+        database_url: Option<String>,
+    },
     /// Print a signed development token.
     Token {
         /// officer, citizen or admin.
@@ -122,6 +133,24 @@ fn main() -> anyhow::Result<()> {
                 store.migrate().await?;
                 store.close().await?;
                 println!("migrated {}", heyblue::server::redact(&url));
+                anyhow::Ok(())
+            })
+        }
+        Cmd::Trophies {
+            action: _,
+            database_url,
+        } => {
+            let url = database_url.unwrap_or(settings.database.url);
+            tokio::runtime::Runtime::new()?.block_on(async {
+                let store = heyblue::store::Store::connect(&url).await?;
+                store.migrate().await?;
+                let replayed = store.replay_trophies(&settings.trophies.rules).await;
+                store.close().await?;
+                let (accounts, awarded) = replayed?;
+                println!(
+                    "{}",
+                    serde_json::json!({"accounts": accounts, "awarded": awarded})
+                );
                 anyhow::Ok(())
             })
         }

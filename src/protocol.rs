@@ -377,6 +377,13 @@ pub enum ServerMsg {
         /// Haversine distance.
         distance_m: f64,
     },
+    /// The account earned a trophy (also in `GET /v1/me`'s `trophies`).
+    TrophyAwarded {
+        /// The trophy's id.
+        trophy_id: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 impl ServerMsg {
@@ -397,6 +404,7 @@ impl ServerMsg {
             ServerMsg::ConnectionPending { .. } => "connection_pending",
             ServerMsg::ConnectionResponse { .. } => "connection_response",
             ServerMsg::ConnectionEstablished { .. } => "connection_established",
+            ServerMsg::TrophyAwarded { .. } => "trophy_awarded",
         }
     }
 

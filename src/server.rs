@@ -30,6 +30,8 @@ pub struct Running {
     server: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     publisher: JoinHandle<()>,
+    notifier: JoinHandle<()>,
+    webhooks: JoinHandle<()>,
 }
 
 /// Binds `settings.server.bind` and starts serving.
@@ -65,7 +67,19 @@ pub async fn start_on(
     };
     let store = Store::connect(&settings.database.url)
         .await
-        .with_context(|| format!("opening the store at {}", redact(&settings.database.url)))?;
+        .with_context(|| format!("opening the store at {}", redact(&settings.database.url)))?
+        .with_trophy_rules(settings.trophies.rules.clone())
+        .with_city_names({
+            let zips = zips.clone();
+            Arc::new(move |zip: &str| {
+                zips.by_code(zip)
+                    .map(|z| {
+                        let e = zips.get(z);
+                        format!("{}, {}", e.city, e.state)
+                    })
+                    .unwrap_or_default()
+            })
+        });
     store.migrate().await.context("migrating the store")?;
     let encrypted = store.encrypted().await.unwrap_or(false);
     tracing::info!(backend = ?store.backend(), tls = encrypted, "store ready");
@@ -105,6 +119,15 @@ pub async fn start_on(
         tokio::spawn(async move { axum::serve(l, r).await });
     }
 
+    // Subscribed before the publisher runs: no event it publishes is missed.
+    let notifier = tokio::spawn(crate::actors::notify::run(
+        ctx.clone(),
+        ctx.events.subscribe(),
+    ));
+    let webhooks = tokio::spawn(crate::webhooks::run(
+        ctx.store.clone(),
+        ctx.settings.webhooks.clone(),
+    ));
     let publisher = {
         let every = Duration::from_millis(ctx.settings.events.publish_interval_ms);
         tokio::spawn(ctx.publisher.clone().run(every, ctx.events_wake.clone()))
@@ -141,6 +164,8 @@ pub async fn start_on(
         server,
         upkeep,
         publisher,
+        notifier,
+        webhooks,
     })
 }
 
@@ -220,6 +245,8 @@ impl Running {
             Err(_) => tracing::warn!("http server did not stop within the grace period"),
         }
         self.upkeep.abort();
+        self.notifier.abort();
+        self.webhooks.abort();
         // Whatever committed is published before the store closes.
         self.publisher.abort();
         if let Err(e) = ctx.publisher.publish_pending().await {

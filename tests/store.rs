@@ -564,3 +564,161 @@ async fn stream_events_fold_once_and_publish_only_when_stored() {
     })
     .await;
 }
+
+// ---- trophies ----------------------------------------------------------------------------
+
+mod trophies {
+    use super::*;
+    use heyblue::config::{TrophyMeasure, TrophyRule};
+    use heyblue::events::DomainEvent;
+
+    fn rule(id: &str, measure: TrophyMeasure, at_least: i64) -> TrophyRule {
+        TrophyRule {
+            id: id.into(),
+            name: format!("the {id}"),
+            measure,
+            at_least,
+        }
+    }
+
+    fn rules() -> Vec<TrophyRule> {
+        vec![
+            rule("first", TrophyMeasure::Connections, 1),
+            rule("two_people", TrophyMeasure::DistinctCounterparts, 2),
+            rule("two_zips", TrophyMeasure::DistinctZips, 2),
+            rule("first_donation", TrophyMeasure::Donations, 1),
+            rule("donated_15", TrophyMeasure::PointsDonated, 15),
+        ]
+    }
+
+    async fn held(s: &Store, account: &str) -> Vec<String> {
+        let mut v: Vec<String> = s
+            .trophies(account)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.trophy_id)
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn in_zip(request: &str, officer: &str, citizen: &str, zip: &str) -> NewConnection {
+        NewConnection {
+            zip: zip.into(),
+            ..accepted(request, officer, citizen)
+        }
+    }
+
+    #[tokio::test]
+    async fn awarded_once_by_the_rules_and_again_by_new_rules_on_replay() {
+        both(|s| async move {
+            let s = s.with_trophy_rules(rules());
+            storefront(&s).await;
+            s.record_accepted(&in_zip("r1", "o1", "c1", "10001"))
+                .await
+                .unwrap();
+            s.record_accepted(&in_zip("r2", "o1", "c2", "10002"))
+                .await
+                .unwrap();
+            while !s.publish_batch(2).await.unwrap().is_empty() {}
+            assert_eq!(held(&s, "o1").await, ["first", "two_people", "two_zips"]);
+            assert_eq!(held(&s, "c1").await, ["first"]);
+            assert_eq!(held(&s, "c2").await, ["first"]);
+            // Each award is an event, published like the rest.
+            assert_eq!(s.events_of_kind("trophy_awarded").await.unwrap(), 5);
+            assert!(s.unpublished_events(10).await.unwrap().is_empty());
+
+            // Donations: 10 points earns the first, 15 in all the second.
+            s.donate("o1", "ch1", 10, None).await.unwrap().unwrap();
+            while !s.publish_batch(10).await.unwrap().is_empty() {}
+            assert!(held(&s, "o1").await.contains(&"first_donation".to_owned()));
+            assert!(!held(&s, "o1").await.contains(&"donated_15".to_owned()));
+            s.donate("o1", "ch1", 5, None).await.unwrap().unwrap();
+            while !s.publish_batch(10).await.unwrap().is_empty() {}
+            assert!(held(&s, "o1").await.contains(&"donated_15".to_owned()));
+
+            // Replaying with the same rules awards nothing; with a new rule, just it.
+            assert_eq!(s.replay_trophies(&rules()).await.unwrap(), (3, 0));
+            let mut more = rules();
+            more.push(rule("two_connections", TrophyMeasure::Connections, 2));
+            assert_eq!(s.replay_trophies(&more).await.unwrap(), (3, 1));
+            assert_eq!(s.replay_trophies(&more).await.unwrap(), (3, 0));
+            assert!(held(&s, "o1").await.contains(&"two_connections".to_owned()));
+            assert_eq!(held(&s, "c1").await, ["first"]);
+            assert_eq!(s.events_of_kind("trophy_awarded").await.unwrap(), 8);
+        })
+        .await;
+    }
+
+    mod deliveries {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(16))]
+
+            /// Connections' events delivered by the cluster's stream any number of times,
+            /// in any order, batched anyhow: every account ends with exactly the trophies
+            /// the rules give its recorded connections (a brute-force count), each once,
+            /// with one `trophy_awarded` event per trophy.
+            #[test]
+            fn exactly_once_under_duplicated_and_reordered_events(
+                pairs in prop::collection::vec((0u8..3, 0u8..4, 0u8..3), 1..12),
+                deliveries in prop::collection::vec((any::<prop::sample::Index>(), 1usize..4), 1..30),
+            ) {
+                let rt = tokio::runtime::Runtime::new().unwrap();
+                rt.block_on(async move {
+                    let (s, dir) = sqlite().await;
+                    let s = s.with_trophy_rules(rules());
+                    let mut events = Vec::new();
+                    for (i, (o, c, z)) in pairs.iter().enumerate() {
+                        let zip = format!("1000{z}");
+                        let req = in_zip(&format!("r{i}"), &format!("o{o}"), &format!("c{c}"), &zip);
+                        let r = s.record_accepted(&req).await.unwrap();
+                        events.push((format!("e{i}"), DomainEvent::ConnectionEstablished {
+                            connection_id: r.connection_id,
+                            request_id: req.request_id.clone(),
+                            officer_id: req.officer_id.clone(),
+                            citizen_id: req.citizen_id.clone(),
+                            mode: req.mode.clone(),
+                            zip,
+                            points_awarded: r.points_awarded,
+                        }));
+                    }
+                    // Random batches of random events (repeats included), then every event
+                    // once more so each was delivered at least once.
+                    for (pick, n) in &deliveries {
+                        let at = pick.index(events.len());
+                        let batch: Vec<_> = events.iter().cycle().skip(at).take(*n).cloned().collect();
+                        s.apply_events(&batch).await.unwrap();
+                    }
+                    let mut all = events.clone();
+                    all.reverse();
+                    s.apply_events(&all).await.unwrap();
+
+                    let mut expected_total = 0;
+                    for a in (0..3).map(|o| format!("o{o}")).chain((0..4).map(|c| format!("c{c}"))) {
+                        let mine: Vec<_> = pairs.iter().filter(|(o, c, _)| {
+                            a == format!("o{o}") || a == format!("c{c}")
+                        }).collect();
+                        let others: std::collections::HashSet<String> = mine.iter().map(|(o, c, _)| {
+                            if a.starts_with('o') { format!("c{c}") } else { format!("o{o}") }
+                        }).collect();
+                        let zips: std::collections::HashSet<u8> = mine.iter().map(|(_, _, z)| *z).collect();
+                        let mut want = Vec::new();
+                        if !mine.is_empty() { want.push("first".to_owned()); }
+                        if others.len() >= 2 { want.push("two_people".to_owned()); }
+                        if zips.len() >= 2 { want.push("two_zips".to_owned()); }
+                        want.sort();
+                        expected_total += want.len() as u64;
+                        prop_assert_eq!(held(&s, &a).await, want, "{}", a);
+                    }
+                    prop_assert_eq!(s.events_of_kind("trophy_awarded").await.unwrap(), expected_total);
+                    let _ = std::fs::remove_dir_all(dir);
+                    Ok(())
+                })?;
+            }
+        }
+    }
+}

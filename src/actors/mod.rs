@@ -5,6 +5,7 @@ pub mod citizen;
 pub mod directory;
 pub mod handoff;
 pub mod mailbox;
+pub mod notify;
 pub mod offer;
 pub mod officer;
 pub mod outbox;

@@ -16,7 +16,9 @@ use tokio::sync::oneshot;
 use super::mailbox;
 use super::session::{OfferedRequest, Outcome, SessionHandle, SessionMsg, tell};
 use crate::cluster::Cluster;
-use crate::cluster::wire::{KickReply, KickRequest, OfferReply, OfferRequest, RelayMsg};
+use crate::cluster::wire::{
+    KickReply, KickRequest, OfferReply, OfferRequest, RelayMsg, TrophyNotice,
+};
 use crate::context::{Context, Kick};
 use crate::protocol::Role;
 
@@ -106,21 +108,29 @@ pub async fn kick_elsewhere(cluster: &Arc<Cluster>, account: &str) -> Kick {
     }
 }
 
-/// Answers other nodes' offers and delivers their connection messages to this node's
-/// sessions, until the process ends.
+/// Tells every other node of a trophy for `account`'s session (at most once: the trophy
+/// itself is kept in the store).
+pub fn notify_elsewhere(cluster: &Arc<Cluster>, notice: &TrophyNotice) {
+    if let Some(link) = cluster.link() {
+        link.publish(link.notice_subject(), notice, "trophy notice");
+    }
+}
+
+/// Answers other nodes' offers and delivers their connection messages and notices to this
+/// node's sessions, until the process ends.
 pub async fn serve(ctx: Arc<Context>, cluster: Arc<Cluster>) {
     let link = cluster.wait_link().await;
-    let (mut offers, mut relayed, mut kicks) = match (
-        link.serve(cluster.node_id(), "offer").await,
-        link.serve(cluster.node_id(), "relay").await,
-        link.client().subscribe(link.kick_subject()).await,
-    ) {
-        (Ok(o), Ok(r), Ok(k)) => (o, r, k),
-        (Err(e), _, _) | (_, Err(e), _) => {
-            tracing::error!("cluster: cannot take connection messages: {e}");
-            return;
-        }
-        (_, _, Err(e)) => {
+    let subscribed = async {
+        anyhow::Ok((
+            link.serve(cluster.node_id(), "offer").await?,
+            link.serve(cluster.node_id(), "relay").await?,
+            link.client().subscribe(link.kick_subject()).await?,
+            link.client().subscribe(link.notice_subject()).await?,
+        ))
+    };
+    let (mut offers, mut relayed, mut kicks, mut notices) = match subscribed.await {
+        Ok(subs) => subs,
+        Err(e) => {
             tracing::error!("cluster: cannot take connection messages: {e}");
             return;
         }
@@ -150,6 +160,11 @@ pub async fn serve(ctx: Arc<Context>, cluster: Arc<Cluster>) {
             Some(msg) = relayed.next() => {
                 if let Ok(m) = serde_json::from_slice::<RelayMsg>(&msg.payload) {
                     deliver(&ctx, m);
+                }
+            }
+            Some(msg) = notices.next() => {
+                if let Ok(n) = serde_json::from_slice::<TrophyNotice>(&msg.payload) {
+                    super::notify::deliver_here(&ctx, &n);
                 }
             }
             else => return,

@@ -73,6 +73,8 @@ pub enum SessionMsg {
     OpenedElsewhere,
     /// Cluster: this node gave up regions; hand off if this session's is one of them.
     CheckOwner,
+    /// A frame for the phone that changes nothing here (a trophy awarded).
+    Notify(Box<ServerMsg>),
     /// Fault injection: the handler panics (tests prove the 1011 path with it).
     Crash,
 }
@@ -453,6 +455,10 @@ async fn drive<R: RoleSession>(
                     out.send(&ServerMsg::error(e, reason, None));
                 }
                 out.close(code, reason);
+                true
+            }
+            Step::Msg(SessionMsg::Notify(frame)) => {
+                out.send(&frame);
                 true
             }
             Step::Msg(SessionMsg::CheckOwner) => {

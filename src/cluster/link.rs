@@ -71,6 +71,11 @@ impl Link {
         format!("{}.sessions.kick", self.prefix)
     }
 
+    /// The subject of notices for sessions wherever they are (every node listens).
+    pub(crate) fn notice_subject(&self) -> String {
+        format!("{}.sessions.notice", self.prefix)
+    }
+
     /// The subject of session openings.
     pub(super) fn sessions_subject(&self) -> String {
         format!("{}.sessions.opened", self.prefix)

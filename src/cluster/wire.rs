@@ -230,6 +230,18 @@ pub struct KickReply {
     pub role: Option<Role>,
 }
 
+/// A trophy to tell an account's live session, wherever it is (every node hears it; the
+/// one holding the session delivers it).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrophyNotice {
+    /// The account.
+    pub account: String,
+    /// The trophy's id.
+    pub trophy_id: String,
+    /// Its name.
+    pub name: String,
+}
+
 /// A page of the officers and citizen counts a node serves, for the admin map.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MapRequest {

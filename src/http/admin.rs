@@ -167,6 +167,9 @@ pub struct ReportTotals {
     pub connections: i64,
     /// Points.
     pub points: i64,
+    /// `group_by=trophy` only: trophies awarded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awarded: Option<i64>,
 }
 
 /// `GET /admin/v1/reports/connections` as JSON.
@@ -554,7 +557,7 @@ pub async fn end_session(
 /// Rows a report returns at most (`limit`, default and maximum).
 const REPORT_ROWS: (u64, u64) = (10_000, 100_000);
 
-/// `GET /admin/v1/reports/connections?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|zip|state|officer`
+/// `GET /admin/v1/reports/connections?from=YYYY-MM-DD&to=YYYY-MM-DD&group_by=day|zip|state|officer|trophy`
 /// → `{"rows":[{"key","connections","points"}],…}`; `format=csv` exports the same rows as
 /// CSV with every text cell that a spreadsheet would take for a formula quoted as text.
 #[utoipa::path(
@@ -603,7 +606,10 @@ pub async fn connections_report(
     let group = match q.get("group_by") {
         None => GroupBy::Day,
         Some(g) => GroupBy::parse(g).ok_or_else(|| {
-            ApiError::bad_request("invalid_group_by", "group_by is day, zip, state or officer")
+            ApiError::bad_request(
+                "invalid_group_by",
+                "group_by is day, zip, state, officer or trophy",
+            )
         })?,
     };
     let limit = super::limit_param(&q, REPORT_ROWS.0, REPORT_ROWS.1)?;
@@ -625,14 +631,17 @@ pub async fn connections_report(
         .connections_report(from, to, group, state_of, limit)
         .await?;
     if csv {
-        let mut out = String::from("key,connections,points\r\n");
+        let mut out = String::from(if group == GroupBy::Trophy {
+            "key,awarded\r\n"
+        } else {
+            "key,connections,points\r\n"
+        });
         for r in &rows {
-            out.push_str(&format!(
-                "{},{},{}\r\n",
-                csv_cell(&r.key),
-                r.connections,
-                r.points
-            ));
+            let line = match r.awarded {
+                Some(n) => format!("{},{n}\r\n", csv_cell(&r.key)),
+                None => format!("{},{},{}\r\n", csv_cell(&r.key), r.connections, r.points),
+            };
+            out.push_str(&line);
         }
         let headers = [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
@@ -646,6 +655,7 @@ pub async fn connections_report(
     let totals = ReportTotals {
         connections: rows.iter().map(|r| r.connections).sum(),
         points: rows.iter().map(|r| r.points).sum(),
+        awarded: (group == GroupBy::Trophy).then(|| rows.iter().filter_map(|r| r.awarded).sum()),
     };
     Ok(Json(ConnectionsReport {
         from: from.to_string(),

@@ -78,16 +78,21 @@ pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<P
     Ok(Json(p))
 }
 
-/// Body of `PATCH /v1/me`.
+/// Body of `PATCH /v1/me`: at least one of the fields (`400 invalid_body` otherwise).
 #[derive(Deserialize, ToSchema)]
 pub struct PatchMe {
     /// The new display name: 1..=60 characters once trimmed, no control characters.
     #[schema(
         min_length = 1,
         max_length = 60,
+        nullable = false,
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
-    display_name: String,
+    display_name: Option<String>,
+    /// Consent to share this account's connections (with another consenting account),
+    /// trophies and donations: display names, zip, city and time, never a position.
+    #[schema(nullable = false)]
+    share_connections: Option<bool>,
 }
 
 /// `PATCH /v1/me`
@@ -111,14 +116,26 @@ pub async fn patch_me(
     body: Result<Json<PatchMe>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<Profile>, ApiError> {
     let Json(body) = body.map_err(|e| super::error::body_rejected(e.status(), e.body_text()))?;
-    let Some(name) = super::auth::display_name(&body.display_name) else {
+    if body.display_name.is_none() && body.share_connections.is_none() {
         return Err(ApiError::bad_request(
-            "invalid_display_name",
-            "display_name must be 1..=60 characters without control characters",
+            "invalid_body",
+            "give display_name, share_connections or both",
         ));
+    }
+    let name = match &body.display_name {
+        None => None,
+        Some(n) => Some(super::auth::display_name(n).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_display_name",
+                "display_name must be 1..=60 characters without control characters",
+            )
+        })?),
     };
     let c = me_account(&st, &caller).await?;
-    st.ctx.store.set_display_name(&c.sub, name).await?;
+    st.ctx
+        .store
+        .update_profile(&c.sub, name, body.share_connections)
+        .await?;
     get_me(State(st), caller).await
 }
 
@@ -190,4 +207,61 @@ pub async fn my_connections(
     let c = me_account(&st, &caller).await?;
     let (connections, next) = st.ctx.store.connections_page(&c.sub, limit, before).await?;
     Ok(Json(ConnectionsPage { connections, next }))
+}
+
+/// `GET /v1/feed`: shareable connections and trophies, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct FeedPage {
+    /// The items (display names, zip, city, time; never a position).
+    pub items: Vec<crate::store::feed::FeedItem>,
+    /// Cursor of the next page (`before`), null on the last.
+    pub next: Option<String>,
+}
+
+/// Largest page of the feed.
+pub const MAX_FEED_PAGE: u64 = 100;
+
+/// `GET /v1/feed?limit=..&before=..`
+#[utoipa::path(
+    get,
+    path = "/v1/feed",
+    tag = "profile",
+    params(
+        ("limit" = Option<u64>, Query, description = "Page size (default 20)", minimum = 1, maximum = 100),
+        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next`"),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Shareable connections (both sides consented) and trophies (their account consented), newest first", body = FeedPage),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    )
+)]
+pub async fn feed(
+    State(st): State<AppState>,
+    _caller: Caller,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<FeedPage>, ApiError> {
+    let limit = super::limit_param(&q, 20, MAX_FEED_PAGE)?;
+    let before = match q.get("before") {
+        None => None,
+        Some(b) => Some(crate::store::feed::FeedCursor::parse(b).ok_or_else(invalid_cursor)?),
+    };
+    // Read your writes: what committed is folded (trophies awarded) before it is read.
+    st.ctx.publisher.publish_pending().await?;
+    let zips = &st.ctx.zips;
+    let (items, next) = st
+        .ctx
+        .store
+        .feed_page(limit, before.as_ref(), |zip| {
+            zips.by_code(zip)
+                .map(|z| {
+                    let e = zips.get(z);
+                    format!("{}, {}", e.city, e.state)
+                })
+                .unwrap_or_default()
+        })
+        .await?;
+    Ok(Json(FeedPage { items, next }))
 }

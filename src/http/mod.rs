@@ -13,6 +13,7 @@ pub mod rewards;
 pub mod serve;
 pub mod tls;
 pub mod web;
+pub mod webhooks;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -134,6 +135,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(api::get_me, api::patch_me))
         .routes(routes!(api::my_points))
         .routes(routes!(api::my_connections))
+        .routes(routes!(api::feed))
         .routes(routes!(rewards::offers))
         .routes(routes!(rewards::redeem))
         .routes(routes!(rewards::voucher))
@@ -143,6 +145,9 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(admin::metrics))
         .routes(routes!(admin::region))
         .routes(routes!(admin::restart_region))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::update, webhooks::remove))
+        .routes(routes!(webhooks::deliveries))
         .routes(routes!(admin::stats))
         .routes(routes!(admin::officers))
         .routes(routes!(admin::citizens_by_zip))
@@ -270,8 +275,11 @@ pub struct Ready {
 )]
 async fn readyz(State(st): State<AppState>) -> Result<Json<Ready>, ApiError> {
     let mut down = Vec::new();
-    if let Err(e) = st.ctx.store.ping().await {
-        down.push(format!("store: {e}"));
+    let wait = std::time::Duration::from_millis(st.ctx.settings.database.ready_timeout_ms);
+    match tokio::time::timeout(wait, st.ctx.store.ping()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => down.push(format!("store: {e}")),
+        Err(_) => down.push(format!("store: no answer within {} ms", wait.as_millis())),
     }
     if let Some(c) = &st.ctx.cluster
         && !c.ready()

@@ -122,6 +122,7 @@ async fn import_in(txn: &DatabaseTransaction, rows: &Rows) -> Result<Report, DbE
                     email: Set(o.email.clone()),
                     created_at: Set(now),
                     updated_at: Set(now),
+                    share_connections: sea_orm::ActiveValue::NotSet,
                 });
                 account::Entity::insert_many(models)
                     .on_conflict(

@@ -7,12 +7,15 @@
 //! racing accept pay at most once.
 
 mod entities;
+pub mod feed;
 pub mod imports;
 mod migration;
 pub mod profiles;
 pub mod projection;
 pub mod reports;
 pub mod rewards;
+pub mod trophies;
+pub mod webhooks;
 
 use std::time::Duration;
 
@@ -54,9 +57,24 @@ pub(crate) fn timed(op: &'static str) -> Timed {
 }
 
 /// Handle to the store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// The trophy rules events are folded with (the shipped table until set).
+    trophy_rules: std::sync::Arc<[crate::config::TrophyRule]>,
+    /// A zip's city as shared payloads name it (none until set).
+    city_names: CityNames,
+}
+
+/// Names a zip's city (`""` when unknown).
+pub type CityNames = std::sync::Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.db.get_database_backend())
+            .finish_non_exhaustive()
+    }
 }
 
 /// An accepted connection to record.
@@ -96,6 +114,23 @@ pub struct Recorded {
 }
 
 impl Store {
+    /// The same store, folding events with these trophy rules.
+    pub fn with_trophy_rules(mut self, rules: Vec<crate::config::TrophyRule>) -> Self {
+        self.trophy_rules = rules.into();
+        self
+    }
+
+    /// The same store, naming cities in shared payloads with `names`.
+    pub fn with_city_names(mut self, names: CityNames) -> Self {
+        self.city_names = names;
+        self
+    }
+
+    /// The trophy rules events are folded with.
+    pub fn trophy_rules(&self) -> &[crate::config::TrophyRule] {
+        &self.trophy_rules
+    }
+
     /// Connects; a `sqlite://` file's directory is created, and WAL is switched on.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let sqlite = url.starts_with("sqlite:");
@@ -129,7 +164,11 @@ impl Store {
             db.execute_unprepared("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
                 .await?;
         }
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            trophy_rules: crate::config::Settings::defaults().trophies.rules.into(),
+            city_names: std::sync::Arc::new(|_: &str| String::new()),
+        })
     }
 
     /// Applies pending migrations (idempotent).
@@ -306,15 +345,7 @@ impl Store {
                 });
             }
         }
-        let mut insert = Query::insert();
-        insert
-            .into_table("events")
-            .columns(["kind", "payload", "created_at"]);
-        for e in events {
-            let (kind, payload) = e.to_row();
-            insert.values_panic([kind.into(), payload.into(), c.at.into()]);
-        }
-        txn.execute(&insert).await?;
+        append_events(&txn, &events, c.at).await?;
         let r = Recorded {
             officer_balance: balance_in(&txn, &c.officer_id).await.map_err(db_err)?,
             citizen_balance: balance_in(&txn, &c.citizen_id).await.map_err(db_err)?,
@@ -356,6 +387,27 @@ fn db_err(e: StoreError) -> DbErr {
         StoreError::Unavailable(e) => e,
         other => DbErr::Custom(other.to_string()),
     }
+}
+
+/// Appends `events` to the outbox in `txn` (published once it commits).
+async fn append_events<C: ConnectionTrait>(
+    txn: &C,
+    events: &[DomainEvent],
+    at: DateTime<Utc>,
+) -> Result<(), DbErr> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut insert = Query::insert();
+    insert
+        .into_table("events")
+        .columns(["kind", "payload", "created_at"]);
+    for e in events {
+        let (kind, payload) = e.to_row();
+        insert.values_panic([kind.into(), payload.into(), at.into()]);
+    }
+    txn.execute(&insert).await?;
+    Ok(())
 }
 
 /// An account's balance: the sum of its ledger deltas (the truth the projection follows).

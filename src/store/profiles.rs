@@ -23,6 +23,11 @@ pub struct Profile {
     pub points: Points,
     /// Connections recorded.
     pub connections: u64,
+    /// Whether the account consents to its connections, trophies and donations being
+    /// shared (the public feed, partners).
+    pub share_connections: bool,
+    /// Trophies held, oldest first.
+    pub trophies: Vec<super::trophies::Trophy>,
 }
 
 /// Balance, earned and spent.
@@ -71,7 +76,7 @@ pub struct ConnectionView {
     pub at: String,
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub(super) fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -94,6 +99,7 @@ impl Store {
             email: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            share_connections: sea_orm::ActiveValue::NotSet,
         };
         account::Entity::insert(row)
             .on_conflict_do_nothing_on([account::Column::Id])
@@ -102,15 +108,25 @@ impl Store {
         Ok(())
     }
 
-    /// Changes the display name.
-    pub async fn set_display_name(&self, id: &str, name: &str) -> Result<(), StoreError> {
-        let _timed = super::timed("set_display_name");
+    /// Changes the display name and/or the consent to share (`None`: kept).
+    pub async fn update_profile(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        share_connections: Option<bool>,
+    ) -> Result<(), StoreError> {
+        let _timed = super::timed("update_profile");
         if let Some(a) = account::Entity::find_by_id(id.to_owned())
             .one(&self.db)
             .await?
         {
             let mut a: account::ActiveModel = a.into();
-            a.display_name = Set(name.to_owned());
+            if let Some(name) = name {
+                a.display_name = Set(name.to_owned());
+            }
+            if let Some(share) = share_connections {
+                a.share_connections = Set(share);
+            }
             a.updated_at = Set(Utc::now());
             a.update(&self.db).await?;
         }
@@ -138,6 +154,8 @@ impl Store {
                 spent: st.spent,
             },
             connections: u64::try_from(st.connections).unwrap_or(0),
+            share_connections: a.share_connections,
+            trophies: self.trophies(id).await?,
         }))
     }
 
@@ -210,7 +228,7 @@ impl Store {
                     format!(
                         "{}|{}",
                         r.created_at
-                            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                            .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
                         r.id
                     )
                 })

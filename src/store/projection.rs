@@ -1,5 +1,6 @@
 //! The profile statistics projection: `account_stats` (earned, spent, connections) folded
-//! from the event outbox. A batch of events is claimed, folded and marked published in one
+//! from the event outbox, the trophies those events earn (`trophies`) and the partner
+//! webhook deliveries they make (`webhook_deliveries`). A batch of events is claimed, folded and marked published in one
 //! transaction, so each event counts exactly once however many publishers run (PostgreSQL
 //! row locks make a concurrent publisher wait and then skip the claimed rows; SQLite runs
 //! one write transaction at a time).
@@ -50,6 +51,7 @@ pub fn fold(event: &DomainEvent, into: &mut HashMap<String, StatsDelta>) {
         DomainEvent::DonationMade {
             account_id, points, ..
         } => into.entry(account_id.clone()).or_default().spent += points,
+        DomainEvent::TrophyAwarded { .. } => {}
     }
 }
 
@@ -62,6 +64,17 @@ impl Store {
         let events = claim(&txn, limit).await?;
         if !events.is_empty() {
             add_stats(&txn, &events).await?;
+            super::trophies::award_touched(
+                &txn,
+                events.iter().map(|e| &e.event),
+                &self.trophy_rules,
+            )
+            .await?;
+            let ids: Vec<(String, &DomainEvent)> = events
+                .iter()
+                .map(|e| (e.id.to_string(), &e.event))
+                .collect();
+            super::webhooks::enqueue(&txn, &ids, &*self.city_names).await?;
             mark_published(&txn, &events).await?;
         }
         txn.commit().await?;
@@ -107,6 +120,7 @@ impl Store {
         let _timed = super::timed("apply_events");
         let txn = self.db.begin().await?;
         let mut fresh = Vec::new();
+        let mut fresh_ids = Vec::new();
         for (id, event) in events {
             let insert = Query::insert()
                 .into_table("processed_events")
@@ -119,9 +133,13 @@ impl Store {
                     id: 0,
                     event: event.clone(),
                 });
+                fresh_ids.push((id.clone(), event));
             }
         }
         add_stats(&txn, &fresh).await?;
+        super::trophies::award_touched(&txn, fresh.iter().map(|e| &e.event), &self.trophy_rules)
+            .await?;
+        super::webhooks::enqueue(&txn, &fresh_ids, &*self.city_names).await?;
         txn.commit().await?;
         Ok(fresh.len())
     }

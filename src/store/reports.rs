@@ -1,5 +1,5 @@
 //! Reports computed in the database: accepted connections grouped by day, zip, state or
-//! officer over a date range, with the points they awarded — one SQL GROUP BY that runs
+//! officer (or trophies awarded, by trophy) over a date range, with the points they awarded — one SQL GROUP BY that runs
 //! on SQLite and PostgreSQL (state: grouped by zip in SQL, folded by the caller's zip →
 //! state table, since the zip table ships in the binary rather than the database).
 
@@ -24,6 +24,8 @@ pub enum GroupBy {
     State,
     /// Officer account id.
     Officer,
+    /// Trophy id: trophies awarded (`awarded`) rather than connections.
+    Trophy,
 }
 
 impl GroupBy {
@@ -34,6 +36,7 @@ impl GroupBy {
             "zip" => GroupBy::Zip,
             "state" => GroupBy::State,
             "officer" => GroupBy::Officer,
+            "trophy" => GroupBy::Trophy,
             _ => return None,
         })
     }
@@ -48,6 +51,9 @@ pub struct ReportRow {
     pub connections: i64,
     /// Points each side earned from them (the officer's and the citizen's are equal).
     pub points: i64,
+    /// `group_by=trophy` only: trophies awarded (`connections` and `points` are 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub awarded: Option<i64>,
 }
 
 impl Store {
@@ -62,6 +68,15 @@ impl Store {
         limit: u64,
     ) -> Result<(Vec<ReportRow>, bool), StoreError> {
         let _timed = super::timed("connections_report");
+        let start = from.and_time(NaiveTime::MIN).and_utc();
+        let end = to
+            .succ_opt()
+            .unwrap_or(NaiveDate::MAX)
+            .and_time(NaiveTime::MIN)
+            .and_utc();
+        if group == GroupBy::Trophy {
+            return self.trophies_report(start, end, limit).await;
+        }
         let key = match (group, self.backend()) {
             (GroupBy::Day, DbBackend::Postgres) => {
                 "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
@@ -70,13 +85,8 @@ impl Store {
             (GroupBy::Day, _) => "substr(created_at, 1, 10)",
             (GroupBy::Zip | GroupBy::State, _) => "zip",
             (GroupBy::Officer, _) => "officer_id",
+            (GroupBy::Trophy, _) => unreachable!("answered above"),
         };
-        let start = from.and_time(NaiveTime::MIN).and_utc();
-        let end = to
-            .succ_opt()
-            .unwrap_or(NaiveDate::MAX)
-            .and_time(NaiveTime::MIN)
-            .and_utc();
         let mut q = Query::select();
         q.expr_as(Expr::cust(key), "key")
             .expr_as(Func::count(Expr::col("id")), "n")
@@ -106,6 +116,7 @@ impl Store {
                 key: r.try_get("", "key")?,
                 connections: r.try_get("", "n")?,
                 points: r.try_get("", "points")?,
+                awarded: None,
             });
         }
         if group == GroupBy::State {
@@ -116,11 +127,43 @@ impl Store {
                     key: state,
                     connections: 0,
                     points: 0,
+                    awarded: None,
                 });
                 e.connections += r.connections;
                 e.points += r.points;
             }
             out = by_state.into_values().collect();
+        }
+        let truncated = out.len() as u64 > limit;
+        out.truncate(limit as usize);
+        Ok((out, truncated))
+    }
+
+    /// Trophies awarded in `start..end`, per trophy id, ordered by id.
+    async fn trophies_report(
+        &self,
+        start: chrono::DateTime<chrono::Utc>,
+        end: chrono::DateTime<chrono::Utc>,
+        limit: u64,
+    ) -> Result<(Vec<ReportRow>, bool), StoreError> {
+        let q = Query::select()
+            .expr_as(Expr::col("trophy_id"), "key")
+            .expr_as(Func::count(Expr::col("account_id")), "n")
+            .from("trophies")
+            .and_where(Expr::col("awarded_at").gte(start))
+            .and_where(Expr::col("awarded_at").lt(end))
+            .group_by_col("trophy_id")
+            .order_by("trophy_id", Order::Asc)
+            .limit(limit + 1)
+            .to_owned();
+        let mut out = Vec::new();
+        for r in self.db.query_all(&q).await? {
+            out.push(ReportRow {
+                key: r.try_get("", "key")?,
+                connections: 0,
+                points: 0,
+                awarded: Some(r.try_get("", "n")?),
+            });
         }
         let truncated = out.len() as u64 > limit;
         out.truncate(limit as usize);

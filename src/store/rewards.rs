@@ -8,10 +8,10 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::BoxFuture;
 use hmac::{Hmac, Mac};
 use rand::Rng;
-use sea_orm::sea_query::{Expr, ExprTrait, Query};
+use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
+    ActiveModelTrait, ColumnTrait, DatabaseTransaction, DbErr, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, Set, SqlErr, TransactionTrait,
 };
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -481,6 +481,7 @@ async fn lock_account(txn: &DatabaseTransaction, account: &str, role: &str) -> R
         email: Set(None),
         created_at: Set(now),
         updated_at: Set(now),
+        share_connections: sea_orm::ActiveValue::NotSet,
     })
     .on_conflict_do_nothing_on([account::Column::Id])
     .exec(txn)
@@ -512,15 +513,7 @@ async fn debit(
     }
     .insert(txn)
     .await?;
-    let mut insert = Query::insert();
-    insert
-        .into_table("events")
-        .columns(["kind", "payload", "created_at"])
-        .values_panic({
-            let (kind, payload) = event.to_row();
-            [kind.into(), payload.into(), at.into()]
-        });
-    txn.execute(&insert).await?;
+    super::append_events(txn, std::slice::from_ref(&event), at).await?;
     balance_in(txn, account).await.map_err(db_err)
 }
 

@@ -226,6 +226,29 @@ async fn reports_group_connections_in_the_store() {
             text,
             "key,connections,points\r\n'=cmd|' /C calc'!A0,1,10\r\no1,3,30\r\no2,2,10\r\n"
         );
+        // Trophies awarded once those connections' events were folded (today, whatever the
+        // connections' own dates): every account's first, and o1's seven different citizens.
+        app.running.ctx().publisher.publish_pending().await.unwrap();
+        let today = chrono::Utc::now().date_naive();
+        let (s, b) = app
+            .get(
+                &format!(
+                    "/admin/v1/reports/connections?from={}&to={}&group_by=trophy",
+                    today - chrono::Days::new(1),
+                    today + chrono::Days::new(1)
+                ),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let awarded: Vec<(&str, i64)> = b["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["key"].as_str().unwrap(), r["awarded"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(awarded, [("first_connection", 13), ("five_distinct", 1)], "{b}");
+        assert_eq!(b["totals"]["awarded"], 14);
         // A range with nothing, and bad parameters.
         let (s, b) = app
             .get("/admin/v1/reports/connections?from=2020-01-01&to=2020-01-02", Some(&admin))

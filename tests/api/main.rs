@@ -20,6 +20,8 @@ mod outage;
 mod process;
 mod profile;
 mod rewards;
+mod social;
 mod supervision;
 mod tls;
 mod tokens;
+mod webhooks;

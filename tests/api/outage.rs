@@ -79,3 +79,83 @@ async fn store_outage_fails_store_requests_only() {
     assert_eq!(s, 200);
     app.running.shutdown().await;
 }
+
+/// A TCP proxy to `upstream` that stops passing bytes while `paused` is true (a store that
+/// hangs rather than refuses).
+async fn pausable_proxy(upstream: String) -> (String, tokio::sync::watch::Sender<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (pause, paused) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            for (mut r, mut w) in [
+                (
+                    Box::new(ri) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+                    Box::new(wo) as Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+                ),
+                (Box::new(ro), Box::new(wi)),
+            ] {
+                let mut paused = paused.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = match r.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if paused.wait_for(|p| !p).await.is_err() {
+                            return;
+                        }
+                        if w.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    (addr, pause)
+}
+
+#[tokio::test]
+async fn readiness_answers_within_its_timeout_while_the_store_hangs() {
+    let url = postgres_database().await;
+    let (scheme_user, rest) = url.split_once('@').unwrap();
+    let (upstream, db) = rest.split_once('/').unwrap();
+    let (proxy, pause) = pausable_proxy(upstream.to_owned()).await;
+    let app = spawn_app_with(|s| {
+        s.database.url = format!("{scheme_user}@{proxy}/{db}");
+        s.database.ready_timeout_ms = 300;
+    })
+    .await;
+    let (s, _) = app.get("/readyz", None).await;
+    assert_eq!(s, 200);
+
+    pause.send(true).unwrap();
+    let (s, b) = app.get("/readyz", None).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (503, Some("not_ready")),
+        "{b}"
+    );
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("store: no answer within 300 ms"),
+        "{b}"
+    );
+
+    pause.send(false).unwrap();
+    eventually("ready again once the store answers", || async {
+        (app.get("/readyz", None).await.0 == 200).then_some(())
+    })
+    .await;
+    app.running.shutdown().await;
+}

@@ -125,3 +125,40 @@ async fn patch_me_validates_the_name() {
     );
     app.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_first_connection_earns_a_trophy_told_live_and_listed_once() {
+    let app = spawn_app().await;
+    let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
+    let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    ask_and_accept(&mut o, &mut c, "o1", "virtual").await;
+    for s in [&mut o, &mut c] {
+        let t = s.recv_type("trophy_awarded").await;
+        assert_eq!(
+            (t["trophy_id"].as_str(), t["name"].as_str()),
+            (Some("first_connection"), Some("First connection")),
+            "{t}"
+        );
+    }
+    let token = app.token(Role::Citizen, "c1");
+    let (s, me) = app.get("/v1/me", Some(&token)).await;
+    assert_eq!(s, 200, "{me}");
+    let trophies = me["trophies"].as_array().unwrap();
+    assert_eq!(trophies.len(), 1, "{me}");
+    assert_eq!(trophies[0]["trophy_id"], "first_connection");
+    assert!(trophies[0]["awarded_at"].as_str().unwrap().contains('T'));
+
+    // A second connection (another citizen) earns the officer nothing it holds again.
+    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+    ask_and_accept(&mut o, &mut c2, "o1", "virtual").await;
+    c2.recv_type("trophy_awarded").await;
+    let officer = app.token(Role::Officer, "o1");
+    eventually("both connections projected", || async {
+        let (_, me) = app.get("/v1/me", Some(&officer)).await;
+        (me["connections"] == 2).then_some(())
+    })
+    .await;
+    let (_, me) = app.get("/v1/me", Some(&officer)).await;
+    assert_eq!(me["trophies"].as_array().unwrap().len(), 1, "{me}");
+    app.running.shutdown().await;
+}

@@ -221,13 +221,16 @@ $("#report-form").addEventListener("submit", async (e) => {
   e.preventDefault();
   try {
     const r = await api(reportQuery());
-    $("#report").innerHTML = `<table id="report-table"><thead><tr><th>${escapeHtml($("#report-group").value)}</th><th>Connections</th><th>Points</th></tr></thead><tbody>` +
-      r.rows.map((x) => `<tr><td>${escapeHtml(x.key)}</td><td>${x.connections}</td><td>${x.points}</td></tr>`).join("") + "</tbody></table>";
+    // Trophies are counted as awarded; everything else as connections and points.
+    const trophies = r.group_by === "trophy";
+    const cols = trophies ? [["Awarded", (x) => x.awarded]] : [["Connections", (x) => x.connections], ["Points", (x) => x.points]];
+    $("#report").innerHTML = `<table id="report-table"><thead><tr><th>${escapeHtml($("#report-group").value)}</th>${cols.map(([h]) => `<th>${h}</th>`).join("")}</tr></thead><tbody>` +
+      r.rows.map((x) => `<tr><td>${escapeHtml(x.key)}</td>${cols.map(([, f]) => `<td>${f(x)}</td>`).join("")}</tr>`).join("") + "</tbody></table>";
     if (reportChart) reportChart.destroy();
     const xs = r.rows.map((_, i) => i);
     reportChart = new uPlot({ width: Math.max(260, $("#report").clientWidth - 8), height: 160, scales: { x: { time: false } },
       axes: [{ values: (u, v) => v.map((i) => r.rows[i]?.key ?? "") }, {}],
-      series: [{}, { label: "connections", stroke: "#0b3d91", paths: uPlot.paths.bars() }] }, [xs, r.rows.map((x) => x.connections)], $("#report-chart"));
+      series: [{}, { label: cols[0][0].toLowerCase(), stroke: "#0b3d91", paths: uPlot.paths.bars() }] }, [xs, r.rows.map(cols[0][1])], $("#report-chart"));
   } catch (err) { $("#report").textContent = err.message; }
 });
 $("#report-csv").addEventListener("click", async () => {

@@ -12,6 +12,7 @@ pub struct Model {
     pub badge: Option<String>,
     pub precinct: Option<String>,
     pub email: Option<String>,
+    pub share_connections: bool,
     pub created_at: ChronoDateTimeUtc,
     pub updated_at: ChronoDateTimeUtc,
 }
