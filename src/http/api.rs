@@ -78,6 +78,15 @@ pub async fn get_me(State(st): State<AppState>, caller: Caller) -> Result<Json<P
     Ok(Json(p))
 }
 
+/// An optional field that, when present, is not null (`null` is refused like a wrong type).
+pub(crate) fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// Body of `PATCH /v1/me`: at least one of the fields (`400 invalid_body` otherwise).
 #[derive(Deserialize, ToSchema)]
 pub struct PatchMe {
@@ -88,10 +97,12 @@ pub struct PatchMe {
         nullable = false,
         pattern = r"^[^\u0000-\u001F\u007F-\u009F]*[^\s\u0000-\u001F\u007F-\u009F][^\u0000-\u001F\u007F-\u009F]*$"
     )]
+    #[serde(default, deserialize_with = "present")]
     display_name: Option<String>,
     /// Consent to share this account's connections (with another consenting account),
     /// trophies and donations: display names, zip, city and time, never a position.
     #[schema(nullable = false)]
+    #[serde(default, deserialize_with = "present")]
     share_connections: Option<bool>,
 }
 

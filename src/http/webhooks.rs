@@ -55,12 +55,15 @@ pub struct NewWebhook {
 pub struct PatchWebhook {
     /// A new receiver URL.
     #[schema(max_length = 2048, nullable = false)]
+    #[serde(default, deserialize_with = "super::api::present")]
     url: Option<String>,
     /// New event types.
     #[schema(value_type = Option<Vec<WebhookEventType>>, min_items = 1, max_items = 3, nullable = false)]
+    #[serde(default, deserialize_with = "super::api::present")]
     events: Option<Vec<String>>,
     /// A new secret (later attempts are signed with it).
     #[schema(min_length = 16, max_length = 256, nullable = false)]
+    #[serde(default, deserialize_with = "super::api::present")]
     secret: Option<String>,
 }
 

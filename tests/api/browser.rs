@@ -366,6 +366,62 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
     assert_eq!(name, json!("connections.csv"));
     b.screenshot("admin-imports-reports.png").await;
 
+    // Webhooks: a private receiver is refused with the server's words; a public one is
+    // listed (its secret never shown), its deliveries open, and it is removed (confirmed).
+    let add = |url: &str| {
+        format!(
+            "document.querySelector('#webhook-url').value = '{url}'; \
+             document.querySelector('#webhook-secret').value = 'a-partner-secret-0123'; \
+             document.querySelector('#webhook-form').requestSubmit(); true"
+        )
+    };
+    b.eval(&add("http://127.0.0.1:9/hook")).await;
+    let err = b
+        .wait_for(
+            "a private receiver refused",
+            "document.querySelector('#webhook-error').textContent",
+        )
+        .await;
+    assert!(err.as_str().unwrap().contains("invalid_url"), "{err}");
+    b.eval(&add("https://93.184.215.14/hook")).await;
+    let id = b
+        .wait_for(
+            "the webhook listed",
+            "document.querySelector('#webhooks tr[data-webhook-id]')?.dataset.webhookId",
+        )
+        .await;
+    let (_, listed) = app.get("/admin/v1/webhooks", Some(&admin)).await;
+    assert_eq!(listed["webhooks"][0]["webhook_id"], id);
+    assert_eq!(
+        listed["webhooks"][0]["events"],
+        json!(["connection.shared", "trophy.awarded"])
+    );
+    let html = b
+        .eval("document.querySelector('#webhooks').outerHTML")
+        .await;
+    assert!(
+        !html.as_str().unwrap().contains("a-partner-secret"),
+        "{html}"
+    );
+    b.eval("document.querySelector('button[data-deliveries]').click(); true")
+        .await;
+    b.wait_for(
+        "the deliveries table",
+        "document.querySelector('#deliveries-table') !== null",
+    )
+    .await;
+    b.eval(
+        "window.confirm = () => true; document.querySelector('button[data-remove]').click(); true",
+    )
+    .await;
+    b.wait_for(
+        "the webhook removed",
+        "document.querySelector('#webhooks tr[data-webhook-id]') === null",
+    )
+    .await;
+    let (_, listed) = app.get("/admin/v1/webhooks", Some(&admin)).await;
+    assert_eq!(listed["webhooks"], json!([]));
+
     // Nothing was requested from another host.
     let foreign: Vec<&String> = b
         .requests

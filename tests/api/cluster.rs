@@ -59,6 +59,11 @@ struct TestCluster {
 
 impl TestCluster {
     async fn start(n: usize) -> Self {
+        Self::start_with(n, &[]).await
+    }
+
+    /// `n` nodes, each with the extra settings `env` (`HEYBLUE__…` variables).
+    async fn start_with(n: usize, env: &[(&str, &str)]) -> Self {
         let nats = std::env::var("HEYBLUE_TEST_NATS_URL").expect(
             "HEYBLUE_TEST_NATS_URL must name a NATS server with JetStream (scripts/test starts one)",
         );
@@ -76,14 +81,15 @@ impl TestCluster {
             http: reqwest::Client::new(),
         };
         for i in 1..=n {
-            let node = c.start_node(&format!("n{i}")).await;
+            let node = c.start_node(&format!("n{i}"), env).await;
             c.nodes.push(node);
         }
         c.settled().await;
         c
     }
 
-    async fn start_node(&self, id: &str) -> Node {
+    /// Node `id`, with the extra settings `extra` (`HEYBLUE__…` variables).
+    async fn start_node(&self, id: &str, extra: &[(&str, &str)]) -> Node {
         let dir = std::env::temp_dir().join(format!("heyblue-cluster-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
         let ttl = LEASE_TTL_S.to_string();
@@ -107,7 +113,10 @@ impl TestCluster {
                 ("HEYBLUE__CLUSTER__MOVES_PER_ROUND", "1000"),
                 ("HEYBLUE__CITIZEN__PUSH_INTERVAL_MS", "200"),
                 ("HEYBLUE__SERVER__SHUTDOWN_GRACE_MS", "1000"),
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         )
         .await;
         Node {
@@ -330,6 +339,30 @@ async fn three_nodes_own_every_region_once_and_route_sessions_to_the_owner() {
     );
     let (status, _) = c.delete(other, "/admin/v1/sessions/nobody", &admin).await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn an_owner_that_is_full_refuses_through_another_nodes_orchestrator() {
+    let c = TestCluster::start_with(2, &[("HEYBLUE__LIMITS__MAX_SESSIONS", "1")]).await;
+    let (lat, lon) = (40.7506, -73.9972);
+    let owner = c.owner(0, lat, lon).await;
+    let other = c.nodes.iter().position(|n| n.id != owner).unwrap();
+    // The owner takes one session, asked through the other node.
+    let (_held, grant) = c.connect(other, Role::Citizen, "c1", lat, lon).await;
+    assert_eq!(grant["node"], owner.as_str());
+    // The next one: the owner refuses, and the node asked says so.
+    let (status, b) = c
+        .get(
+            other,
+            &format!("/v1/citizens/session?lat={lat}&lon={lon}"),
+            Some(&c.token(Role::Citizen, "c2")),
+        )
+        .await;
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (503, Some("node_full")),
+        "{b}"
+    );
 }
 
 #[tokio::test]

@@ -180,8 +180,14 @@ async fn a_patch_needs_something_to_change() {
         (400, Some("invalid_body")),
         "{b}"
     );
-    let (s, b) = patch(json!({"share_connections": "yes"})).await;
-    assert_eq!(s, 400, "{b}");
+    for bad in [
+        json!({"share_connections": "yes"}),
+        json!({"share_connections": null}),
+        json!({"display_name": null}),
+    ] {
+        let (s, b) = patch(bad.clone()).await;
+        assert!((400..500).contains(&s), "{bad} → {s} {b}");
+    }
     let (s, b) = patch(json!({"display_name": "Ada", "share_connections": true})).await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(

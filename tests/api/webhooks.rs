@@ -225,6 +225,24 @@ async fn a_receiver_failing_twice_gets_each_event_once_in_order_signed() {
             .unwrap()
             .contains("503")
     );
+
+    // Accounts that did not consent: their connection and trophies queue nothing (the
+    // fold queues deliveries in its own transaction, so two publishing rounds — the
+    // connection's, then its trophies' — decide it).
+    let mut o2 = app.officer("o2", NEAR.0, NEAR.1 + 0.0002).await;
+    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+    ask_and_accept(&mut o2, &mut c2, "o2", "virtual").await;
+    c2.recv_type("trophy_awarded").await;
+    let publisher = &app.running.ctx().publisher;
+    publisher.publish_pending().await.unwrap();
+    publisher.publish_pending().await.unwrap();
+    let (_, b) = app
+        .get(
+            &format!("/admin/v1/webhooks/{hook}/deliveries"),
+            Some(&admin),
+        )
+        .await;
+    assert_eq!(b["deliveries"].as_array().unwrap().len(), 3, "{b}");
     app.running.shutdown().await;
 }
 

@@ -243,6 +243,42 @@ $("#report-csv").addEventListener("click", async () => {
   } catch (err) { $("#report").textContent = err.message; }
 });
 
+// Partner webhooks: the list, adding one, removing one (confirmed), and one's deliveries
+// with their attempts.
+async function showWebhooks() {
+  try {
+    const r = await api("/admin/v1/webhooks");
+    $("#webhooks tbody").innerHTML = r.webhooks.map((w) => `<tr data-webhook-id="${escapeHtml(w.webhook_id)}"><td>${escapeHtml(w.webhook_id)}</td><td>${escapeHtml(w.url)}</td><td>${escapeHtml(w.events.join(", "))}</td>` +
+      `<td><button data-deliveries="${escapeHtml(w.webhook_id)}">Deliveries</button> <button data-remove="${escapeHtml(w.webhook_id)}">Remove</button></td></tr>`).join("");
+  } catch (e) { $("#webhook-error").textContent = e.message; }
+}
+async function showDeliveries(id) {
+  const box = $("#deliveries");
+  try {
+    const r = await api(`/admin/v1/webhooks/${encodeURIComponent(id)}/deliveries?limit=50`);
+    const last = (d) => d.attempt_log[0] ? `${d.attempt_log[0].status ?? "–"} in ${d.attempt_log[0].latency_ms} ms${d.attempt_log[0].error ? ": " + escapeHtml(d.attempt_log[0].error) : ""}` : "";
+    box.innerHTML = `<p>Deliveries of ${escapeHtml(id)}</p><table id="deliveries-table"><thead><tr><th>Event</th><th>Type</th><th>Status</th><th>Attempts</th><th>Last attempt</th><th>Next</th></tr></thead><tbody>` +
+      r.deliveries.map((d) => `<tr><td>${escapeHtml(d.event_id)}</td><td>${escapeHtml(d.type)}</td><td class="delivery-status">${escapeHtml(d.status)}</td><td>${d.attempts}</td><td>${last(d)}</td><td>${escapeHtml(d.next_attempt_at ?? "")}</td></tr>`).join("") + "</tbody></table>";
+  } catch (e) { box.textContent = e.message; }
+}
+$("#webhook-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const events = [...document.querySelectorAll("#webhook-form input[name=events]:checked")].map((x) => x.value);
+  try {
+    await api("/admin/v1/webhooks", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ url: $("#webhook-url").value, events, secret: $("#webhook-secret").value }) });
+    $("#webhook-error").textContent = ""; $("#webhook-secret").value = "";
+    showWebhooks();
+  } catch (err) { $("#webhook-error").textContent = err.message; }
+});
+$("#webhooks").addEventListener("click", async (e) => {
+  const { deliveries, remove } = e.target.dataset ?? {};
+  if (deliveries) return showDeliveries(deliveries);
+  if (!remove || !confirm(`Remove webhook ${remove} and its deliveries?`)) return;
+  try { await api(`/admin/v1/webhooks/${encodeURIComponent(remove)}`, { method: "DELETE" }); $("#deliveries").textContent = ""; showWebhooks(); }
+  catch (err) { $("#webhook-error").textContent = err.message; }
+});
+
 function drawNodes(nodes) {
   $("#nodes tbody").innerHTML = nodes.map((n) => `<tr><td>${escapeHtml(n.node_id)}</td><td>${escapeHtml(n.advertise_url)}</td><td>${n.sessions}</td><td>${n.regions_owned}</td><td>${n.units_moving}</td></tr>`).join("");
 }
@@ -323,6 +359,7 @@ async function signIn(token) {
   $("#app").hidden = false; $("#signout").hidden = false; $("#token").value = "";
   for (const e of $("#signin").querySelectorAll("label, input, button[type=submit]")) e.hidden = true;
   if (!map) { makeCharts(); await makeMap(); }
+  showWebhooks();
   follow();
 }
 function signOut(message) {
