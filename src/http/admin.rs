@@ -314,12 +314,15 @@ pub async fn region(
     Path(zip): Path<String>,
 ) -> Result<Json<RegionSnapshot>, ApiError> {
     caller.require(Role::Admin)?;
-    let id = st
-        .ctx
-        .zips
-        .by_code(&zip)
-        .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))?;
+    let id = known_zip(&st.ctx, &zip)?;
     Ok(Json(st.ctx.regions.snapshot(id).await?))
+}
+
+/// The region of a zip code, or `404 unknown_zip`.
+fn known_zip(ctx: &Context, zip: &str) -> Result<ZipId, ApiError> {
+    ctx.zips
+        .by_code(zip)
+        .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))
 }
 
 /// `POST /admin/v1/regions/{zip}/restart`.
@@ -356,11 +359,7 @@ pub async fn restart_region(
     Path(zip): Path<String>,
 ) -> Result<(StatusCode, Json<RestartedRegion>), ApiError> {
     caller.require(Role::Admin)?;
-    let id = st
-        .ctx
-        .zips
-        .by_code(&zip)
-        .ok_or_else(|| ApiError::not_found("unknown_zip", "no such zip code"))?;
+    let id = known_zip(&st.ctx, &zip)?;
     if !st.ctx.regions.crash(id) {
         return Err(ApiError::not_found(
             "region_not_running",

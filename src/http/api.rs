@@ -261,18 +261,6 @@ pub async fn feed(
     };
     // Read your writes: what committed is folded (trophies awarded) before it is read.
     st.ctx.publisher.publish_pending().await?;
-    let zips = &st.ctx.zips;
-    let (items, next) = st
-        .ctx
-        .store
-        .feed_page(limit, before.as_ref(), |zip| {
-            zips.by_code(zip)
-                .map(|z| {
-                    let e = zips.get(z);
-                    format!("{}, {}", e.city, e.state)
-                })
-                .unwrap_or_default()
-        })
-        .await?;
+    let (items, next) = st.ctx.store.feed_page(limit, before.as_ref()).await?;
     Ok(Json(FeedPage { items, next }))
 }

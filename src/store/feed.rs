@@ -104,13 +104,13 @@ impl FeedCursor {
 
 impl Store {
     /// Up to `limit` feed items after `before`, newest first, and the cursor of the next
-    /// page (`None` on the last). `city` names a zip's city.
+    /// page (`None` on the last).
     pub async fn feed_page(
         &self,
         limit: u64,
         before: Option<&FeedCursor>,
-        city: impl Fn(&str) -> String,
     ) -> Result<(Vec<FeedItem>, Option<String>), StoreError> {
+        let city = &*self.city_names;
         let _timed = super::timed("feed_page");
         let mut items: Vec<(FeedCursor, FeedItem)> = Vec::new();
         for r in self.db.query_all(&connections(limit + 1, before)).await? {

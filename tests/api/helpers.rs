@@ -467,6 +467,28 @@ pub async fn ask_and_accept(
 }
 
 impl TestApp {
+    /// `PATCH /v1/me` as `who`.
+    pub async fn patch_me(&self, role: Role, who: &str, body: Value) -> (u16, Value) {
+        self.send(
+            reqwest::Method::PATCH,
+            "/v1/me",
+            Some(&self.token(role, who)),
+            Some(("application/json", body.to_string().into_bytes())),
+            &[],
+        )
+        .await
+    }
+
+    /// Sets `who`'s consent to share, checking the answer.
+    pub async fn consent(&self, role: Role, who: &str, share: bool) -> Value {
+        let (s, me) = self
+            .patch_me(role, who, serde_json::json!({ "share_connections": share }))
+            .await;
+        assert_eq!(s, 200, "{me}");
+        assert_eq!(me["share_connections"], share, "{me}");
+        me
+    }
+
     /// Connections the store holds for a request.
     pub async fn recorded(&self, request_id: &str) -> u64 {
         self.running

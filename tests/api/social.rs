@@ -10,26 +10,6 @@ use crate::helpers::*;
 const HERE: (f64, f64) = (40.7506, -73.9972);
 const NEAR: (f64, f64) = (40.7510, -73.9972);
 
-async fn consent(app: &TestApp, role: Role, who: &str, share: bool) -> Value {
-    let (s, me) = app
-        .send(
-            reqwest::Method::PATCH,
-            "/v1/me",
-            Some(&app.token(role, who)),
-            Some((
-                "application/json",
-                json!({ "share_connections": share })
-                    .to_string()
-                    .into_bytes(),
-            )),
-            &[],
-        )
-        .await;
-    assert_eq!(s, 200, "{me}");
-    assert_eq!(me["share_connections"], share, "{me}");
-    me
-}
-
 /// Every key anywhere in `v`.
 fn keys(v: &Value, out: &mut Vec<String>) {
     match v {
@@ -79,9 +59,9 @@ async fn the_feed_shares_what_both_or_its_own_account_consented_to() {
     let (mut c1, _) = app.citizen("c1", HERE.0, HERE.1).await;
     let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
     // Consent: o1 and c1 share; o2 and c2 do not (the default).
-    let me = consent(&app, Role::Officer, "o1", true).await;
+    let me = app.consent(Role::Officer, "o1", true).await;
     assert_eq!(me["display_name"], "Name o1", "the name is kept");
-    consent(&app, Role::Citizen, "c1", true).await;
+    app.consent(Role::Citizen, "c1", true).await;
     let (_, me) = app
         .get("/v1/me", Some(&app.token(Role::Citizen, "c2")))
         .await;
@@ -146,7 +126,7 @@ async fn the_feed_shares_what_both_or_its_own_account_consented_to() {
     assert_eq!(whole_feed(&app, &reader, 1).await, items);
 
     // c1 withdraws: its connection and its trophy leave the feed.
-    consent(&app, Role::Citizen, "c1", false).await;
+    app.consent(Role::Citizen, "c1", false).await;
     let items = whole_feed(&app, &reader, 100).await;
     assert_eq!(items.len(), 1, "{items:?}");
     assert_eq!(items[0]["account"]["account_id"], "o1");
@@ -164,16 +144,7 @@ async fn the_feed_shares_what_both_or_its_own_account_consented_to() {
 #[tokio::test]
 async fn a_patch_needs_something_to_change() {
     let app = spawn_app().await;
-    let token = app.token(Role::Citizen, "c1");
-    let patch = |body: Value| {
-        app.send(
-            reqwest::Method::PATCH,
-            "/v1/me",
-            Some(&token),
-            Some(("application/json", body.to_string().into_bytes())),
-            &[],
-        )
-    };
+    let patch = |body: Value| app.patch_me(Role::Citizen, "c1", body);
     let (s, b) = patch(json!({})).await;
     assert_eq!(
         (s, b["error"]["code"].as_str()),

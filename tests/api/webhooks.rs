@@ -114,28 +114,12 @@ async fn subscribe(app: &TestApp, url: &str, events: &[&str]) -> String {
     b["webhook_id"].as_str().unwrap().to_owned()
 }
 
-async fn consent(app: &TestApp, role: Role, who: &str) {
-    let (s, b) = app
-        .send(
-            reqwest::Method::PATCH,
-            "/v1/me",
-            Some(&app.token(role, who)),
-            Some((
-                "application/json",
-                json!({"share_connections": true}).to_string().into_bytes(),
-            )),
-            &[],
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-}
-
 /// Two consenting accounts connect: one `connection.shared`, then two `trophy.awarded`.
 async fn shared_connection(app: &TestApp) {
     let mut o = app.officer("o1", NEAR.0, NEAR.1).await;
     let (mut c, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    consent(app, Role::Officer, "o1").await;
-    consent(app, Role::Citizen, "c1").await;
+    app.consent(Role::Officer, "o1", true).await;
+    app.consent(Role::Citizen, "c1", true).await;
     ask_and_accept(&mut o, &mut c, "o1", "in_person").await;
 }
 
