@@ -33,18 +33,31 @@ pub struct Trophy {
 /// Accounts a replay evaluates per transaction.
 const REPLAY_PAGE: u64 = 500;
 
-/// The accounts whose trophies `event` can change.
-pub fn touched(event: &DomainEvent) -> impl Iterator<Item = &str> {
-    let (a, b) = match event {
+/// The accounts whose trophies `event` can change, and whether it is a connection (else a
+/// donation): only the measures of its kind can have changed.
+pub fn touched(event: &DomainEvent) -> impl Iterator<Item = (&str, bool)> {
+    let (a, b, connection) = match event {
         DomainEvent::ConnectionEstablished {
             officer_id,
             citizen_id,
             ..
-        } => (Some(officer_id), Some(citizen_id)),
-        DomainEvent::DonationMade { account_id, .. } => (Some(account_id), None),
-        _ => (None, None),
+        } => (Some(officer_id), Some(citizen_id), true),
+        DomainEvent::DonationMade { account_id, .. } => (Some(account_id), None, false),
+        _ => (None, None, false),
     };
-    a.into_iter().chain(b).map(String::as_str)
+    a.into_iter()
+        .chain(b)
+        .map(move |id| (id.as_str(), connection))
+}
+
+/// Whether `m` is counted from connections (else from donations).
+fn of_connections(m: TrophyMeasure) -> bool {
+    matches!(
+        m,
+        TrophyMeasure::Connections
+            | TrophyMeasure::DistinctCounterparts
+            | TrophyMeasure::DistinctZips
+    )
 }
 
 impl Store {
@@ -89,7 +102,7 @@ impl Store {
             let txn = self.db.begin().await?;
             let mut events = Vec::new();
             for a in &page {
-                events.extend(award(&txn, a, rules, Utc::now()).await?);
+                events.extend(award(&txn, a, rules, |_| true, Utc::now()).await?);
             }
             super::append_events(&txn, &events, Utc::now()).await?;
             txn.commit().await?;
@@ -110,24 +123,44 @@ pub(super) async fn award_touched<'a, C: ConnectionTrait>(
     if rules.is_empty() {
         return Ok(0);
     }
-    let accounts: BTreeSet<&str> = events.into_iter().flat_map(touched).collect();
+    // Per account (in order): whether a connection, a donation touched it.
+    let mut accounts: std::collections::BTreeMap<&str, (bool, bool)> = Default::default();
+    for (a, connection) in events.into_iter().flat_map(touched) {
+        let kinds = accounts.entry(a).or_default();
+        if connection {
+            kinds.0 = true;
+        } else {
+            kinds.1 = true;
+        }
+    }
     let now = Utc::now();
     let mut out = Vec::new();
-    for a in accounts {
-        out.extend(award(txn, a, rules, now).await?);
+    for (a, (connections, donations)) in accounts {
+        let changed = |m: TrophyMeasure| {
+            if of_connections(m) {
+                connections
+            } else {
+                donations
+            }
+        };
+        out.extend(award(txn, a, rules, changed, now).await?);
     }
     super::append_events(txn, &out, now).await?;
     Ok(out.len())
 }
 
-/// Awards `account` what `rules` give it and it does not hold yet; the events of the new
-/// awards.
+/// Awards `account` what `rules` give it and it does not hold yet, reading only the
+/// measures `changed` says may have moved; the events of the new awards.
 async fn award<C: ConnectionTrait>(
     txn: &C,
     account: &str,
     rules: &[TrophyRule],
+    changed: impl Fn(TrophyMeasure) -> bool,
     at: DateTime<Utc>,
 ) -> Result<Vec<DomainEvent>, StoreError> {
+    if !rules.iter().any(|r| changed(r.measure)) {
+        return Ok(Vec::new());
+    }
     let held: HashSet<String> = txn
         .query_all(
             &Query::select()
@@ -140,7 +173,10 @@ async fn award<C: ConnectionTrait>(
         .into_iter()
         .map(|r| r.try_get("", "trophy_id"))
         .collect::<Result<_, DbErr>>()?;
-    let pending: Vec<&TrophyRule> = rules.iter().filter(|r| !held.contains(&r.id)).collect();
+    let pending: Vec<&TrophyRule> = rules
+        .iter()
+        .filter(|r| changed(r.measure) && !held.contains(&r.id))
+        .collect();
     // Each measure is read once, counting no further than its highest pending rule needs.
     let mut needed: HashMap<TrophyMeasure, i64> = HashMap::new();
     for r in &pending {
