@@ -762,6 +762,14 @@ async fn a_connection_across_nodes_is_recorded_once_and_cancels_cross_too() {
         (me["connections"] == 1 && me["points"]["earned"] == 10).then_some(())
     })
     .await;
+    // Both earn their first trophy once, folded from the stream, each told on its own node
+    // whichever node published the award.
+    for s in [&mut officer, &mut citizen] {
+        let t = s.recv_type("trophy_awarded").await;
+        assert_eq!(t["trophy_id"], "first_connection", "{t}");
+    }
+    let (_, me) = c.get(1, "/v1/me", Some(&token)).await;
+    assert_eq!(me["trophies"].as_array().map(Vec::len), Some(1), "{me}");
 
     // A second request; the citizen disconnects: the officer hears it was cancelled.
     let pending = citizen.request("o1", "virtual").await;
