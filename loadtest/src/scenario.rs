@@ -78,6 +78,7 @@ pub struct Config {
 
 /// Error codes that are not protocol errors: refusals a correct client can get.
 const REFUSALS: &[&str] = &[
+    "handoff_target_gone",
     "officer_unavailable",
     "officer_busy",
     "too_far",
@@ -586,12 +587,22 @@ impl Session {
                 }
                 let follow = handoff.lock().expect("not poisoned").take();
                 if let Some(url) = follow {
-                    let ws = client::open_url(&url, self.i).await?;
-                    let (ntx, nrx) = ws.split();
-                    tx = ntx;
-                    self.shared.connected.fetch_add(1, Ordering::Relaxed);
-                    self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
-                    readers.push(self.spawn_reader(nrx, ctx.clone()));
+                    match client::open_url(&url, self.i).await {
+                        Ok(ws) => {
+                            let (ntx, nrx) = ws.split();
+                            tx = ntx;
+                            self.shared.connected.fetch_add(1, Ordering::Relaxed);
+                            self.shared.handoffs.fetch_add(1, Ordering::Relaxed);
+                            readers.push(self.spawn_reader(nrx, ctx.clone()));
+                        }
+                        // The node named is gone (it died meanwhile): the session is lost
+                        // and opened again through an orchestrator, as a phone would.
+                        Err(_) => {
+                            Shared::count(&self.shared.errors, "handoff_target_gone".into());
+                            ctx.lost.store(true, Ordering::Release);
+                            continue;
+                        }
+                    }
                 }
                 if closed_loop {
                     let waiting = !outstanding.lock().expect("not poisoned").is_empty();
