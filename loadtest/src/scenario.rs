@@ -488,8 +488,9 @@ impl Session {
                                 code.to_string()
                             },
                         );
-                        // 4003: handed off (the writer follows the handoff).
-                        handed_off = code == 4003;
+                        // 4003: handed off (the writer follows the handoff); 4001: replaced
+                        // by this session's newer socket. Neither is a loss to repair.
+                        handed_off = code == 4003 || code == 4001;
                         break;
                     }
                     Ok(_) => {}
@@ -577,6 +578,10 @@ impl Session {
                         }
                     };
                     let Some(ws) = ws else { break };
+                    // The orchestrator's placement supersedes a handoff the lost socket
+                    // was told of: following it too would give the session two sockets,
+                    // each replacing the other (4001) for ever.
+                    handoff.lock().expect("not poisoned").take();
                     let (ntx, nrx) = ws.split();
                     tx = ntx;
                     self.shared.connected.fetch_add(1, Ordering::Relaxed);
