@@ -29,14 +29,21 @@ async fn an_accept_publishes_connection_and_points_events_once() {
         got.push(e);
     }
     let kinds: Vec<&str> = got.iter().map(|e| e.event.kind()).collect();
+    // The accept's three events, then the first-connection trophy each side earned by them.
     assert_eq!(
         kinds,
-        ["connection_established", "points_awarded", "points_awarded"],
+        [
+            "connection_established",
+            "points_awarded",
+            "points_awarded",
+            "trophy_awarded",
+            "trophy_awarded"
+        ],
         "{got:?}"
     );
     assert_eq!(fields(&got[0])["connection_id"], est["connection_id"]);
     assert_eq!(fields(&got[0])["request_id"], id.as_str());
-    let accounts: Vec<&str> = got[1..]
+    let accounts: Vec<&str> = got[1..3]
         .iter()
         .map(|e| match &e.event {
             DomainEvent::PointsAwarded { account_id, .. } => account_id.as_str(),

@@ -227,6 +227,13 @@ async fn openapi_describes_every_route() {
         ("delete", "/admin/v1/sessions/{account_id}"),
         ("get", "/admin/v1/reports/connections"),
         ("post", "/admin/v1/import/{kind}"),
+        ("post", "/admin/v1/regions/{zip}/restart"),
+        ("get", "/v1/feed"),
+        ("post", "/admin/v1/webhooks"),
+        ("get", "/admin/v1/webhooks"),
+        ("patch", "/admin/v1/webhooks/{id}"),
+        ("delete", "/admin/v1/webhooks/{id}"),
+        ("get", "/admin/v1/webhooks/{id}/deliveries"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let described: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
@@ -243,7 +250,8 @@ async fn openapi_describes_every_route() {
             .replace("{code}", "X")
             .replace("{zip}", "10001")
             .replace("{account_id}", "a")
-            .replace("{kind}", "offers");
+            .replace("{kind}", "offers")
+            .replace("{id}", "wh_unknown");
         let (_, b) = app.send(m, &concrete, None, None, &[]).await;
         assert_ne!(
             b["error"]["code"], "not_found",
