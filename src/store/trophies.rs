@@ -1,15 +1,17 @@
-//! Trophies: awarded by the rules of `[trophies]` from what the store records — connections
-//! and donations — never from counters an event carries. An account's measures are read
-//! from its rows, so an event delivered twice, late or out of order finds the same answer,
-//! and the `(account, trophy)` key of `trophies` makes the award itself happen once. The
-//! award and its `trophy_awarded` outbox event are written in the transaction that folds
-//! the event (the publisher's, or the cluster stream consumer's), so an award is never
-//! lost or told twice. A replay evaluates every account against the rules of now.
+//! Trophies: awarded by the rules of `[trophies]` from what the store holds — an account's
+//! connections as the projection counts them (each event folded once, in this same
+//! transaction, just before), its distinct counterparts and zips and its donations read
+//! from the recorded rows — never from what one event says. So an event delivered twice,
+//! late or out of order finds the same answer, and the `(account, trophy)` key of
+//! `trophies` makes the award itself happen once. The award and its `trophy_awarded`
+//! outbox event are written in the transaction that folds the event (the publisher's, or
+//! the cluster stream consumer's), so an award is never lost or told twice. A replay
+//! evaluates every account against the rules of now.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Order, Query, SelectStatement};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Order, Query};
 use sea_orm::{ConnectionTrait, DbErr, TransactionTrait};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -101,8 +103,10 @@ impl Store {
             after = last.clone();
             let txn = self.db.begin().await?;
             let mut events = Vec::new();
+            let ids: Vec<&str> = page.iter().map(String::as_str).collect();
+            let known = known(&txn, &ids).await?;
             for a in &page {
-                events.extend(award(&txn, a, rules, |_| true, Utc::now()).await?);
+                events.extend(award(&txn, a, &known, rules, |_| true, Utc::now()).await?);
             }
             super::append_events(&txn, &events, Utc::now()).await?;
             txn.commit().await?;
@@ -120,12 +124,13 @@ pub(super) async fn award_touched<'a, C: ConnectionTrait>(
     events: impl IntoIterator<Item = &'a DomainEvent>,
     rules: &[TrophyRule],
 ) -> Result<usize, StoreError> {
+    let events: Vec<&DomainEvent> = events.into_iter().collect();
     if rules.is_empty() {
         return Ok(0);
     }
     // Per account (in order): whether a connection, a donation touched it.
     let mut accounts: std::collections::BTreeMap<&str, (bool, bool)> = Default::default();
-    for (a, connection) in events.into_iter().flat_map(touched) {
+    for (a, connection) in events.iter().copied().flat_map(touched) {
         let kinds = accounts.entry(a).or_default();
         if connection {
             kinds.0 = true;
@@ -133,7 +138,10 @@ pub(super) async fn award_touched<'a, C: ConnectionTrait>(
             kinds.1 = true;
         }
     }
+    add_to_sets(txn, &events).await?;
     let now = Utc::now();
+    let ids: Vec<&str> = accounts.keys().copied().collect();
+    let known = known(txn, &ids).await?;
     let mut out = Vec::new();
     for (a, (connections, donations)) in accounts {
         let changed = |m: TrophyMeasure| {
@@ -143,10 +151,50 @@ pub(super) async fn award_touched<'a, C: ConnectionTrait>(
                 donations
             }
         };
-        out.extend(award(txn, a, rules, changed, now).await?);
+        out.extend(award(txn, a, &known, rules, changed, now).await?);
     }
     super::append_events(txn, &out, now).await?;
     Ok(out.len())
+}
+
+/// What is known of some accounts before any measure is read: the trophies each holds and
+/// its connections as the projection counts them (folded exactly once, in this same
+/// transaction before the awards).
+#[derive(Default)]
+struct Known {
+    held: HashMap<String, HashSet<String>>,
+    connections: HashMap<String, i64>,
+}
+
+/// Accounts read per query of [`known`].
+const KNOWN_CHUNK: usize = 500;
+
+async fn known<C: ConnectionTrait>(txn: &C, accounts: &[&str]) -> Result<Known, StoreError> {
+    let mut k = Known::default();
+    for chunk in accounts.chunks(KNOWN_CHUNK) {
+        let ids: Vec<&str> = chunk.to_vec();
+        let held = Query::select()
+            .columns(["account_id", "trophy_id"])
+            .from("trophies")
+            .and_where(Expr::col("account_id").is_in(ids.clone()))
+            .to_owned();
+        for r in txn.query_all(&held).await? {
+            k.held
+                .entry(r.try_get("", "account_id")?)
+                .or_default()
+                .insert(r.try_get("", "trophy_id")?);
+        }
+        let stats = Query::select()
+            .columns(["account_id", "connections"])
+            .from("account_stats")
+            .and_where(Expr::col("account_id").is_in(ids))
+            .to_owned();
+        for r in txn.query_all(&stats).await? {
+            k.connections
+                .insert(r.try_get("", "account_id")?, r.try_get("", "connections")?);
+        }
+    }
+    Ok(k)
 }
 
 /// Awards `account` what `rules` give it and it does not hold yet, reading only the
@@ -154,38 +202,42 @@ pub(super) async fn award_touched<'a, C: ConnectionTrait>(
 async fn award<C: ConnectionTrait>(
     txn: &C,
     account: &str,
+    known: &Known,
     rules: &[TrophyRule],
     changed: impl Fn(TrophyMeasure) -> bool,
     at: DateTime<Utc>,
 ) -> Result<Vec<DomainEvent>, StoreError> {
-    if !rules.iter().any(|r| changed(r.measure)) {
-        return Ok(Vec::new());
-    }
-    let held: HashSet<String> = txn
-        .query_all(
-            &Query::select()
-                .column("trophy_id")
-                .from("trophies")
-                .and_where(Expr::col("account_id").eq(account))
-                .to_owned(),
-        )
-        .await?
-        .into_iter()
-        .map(|r| r.try_get("", "trophy_id"))
-        .collect::<Result<_, DbErr>>()?;
+    let none = HashSet::new();
+    let held = known.held.get(account).unwrap_or(&none);
     let pending: Vec<&TrophyRule> = rules
         .iter()
         .filter(|r| changed(r.measure) && !held.contains(&r.id))
         .collect();
-    // Each measure is read once, counting no further than its highest pending rule needs.
-    let mut needed: HashMap<TrophyMeasure, i64> = HashMap::new();
+    if pending.is_empty() {
+        return Ok(Vec::new());
+    }
+    let connections = known.connections.get(account).copied().unwrap_or(0);
+    // Each measure is read once, counting no further than its highest pending rule needs;
+    // distinct counterparts or zips are never more than the connections, so they are not
+    // read while the connections are below the lowest pending threshold.
+    let mut needed: HashMap<TrophyMeasure, (i64, i64)> = HashMap::new();
     for r in &pending {
-        let n = needed.entry(r.measure).or_default();
-        *n = Ord::max(*n, r.at_least);
+        let (lo, hi) = needed.entry(r.measure).or_insert((i64::MAX, 0));
+        *lo = Ord::min(*lo, r.at_least);
+        *hi = Ord::max(*hi, r.at_least);
     }
     let mut value = HashMap::with_capacity(needed.len());
-    for (m, cap) in needed {
-        value.insert(m, measure(txn, account, m, cap).await?);
+    for (m, (lo, hi)) in needed {
+        let v = match m {
+            TrophyMeasure::Connections => connections,
+            TrophyMeasure::DistinctCounterparts | TrophyMeasure::DistinctZips
+                if connections < lo =>
+            {
+                0
+            }
+            _ => measure(txn, account, m, hi).await?,
+        };
+        value.insert(m, v);
     }
     let mut events = Vec::new();
     for r in pending {
@@ -220,6 +272,53 @@ async fn award<C: ConnectionTrait>(
     Ok(events)
 }
 
+/// Rows a set insert writes at most.
+const SET_CHUNK: usize = 500;
+
+/// Adds each connection's other side and zip to both accounts' sets (`account_counterparts`,
+/// `account_zips`): a member already there is kept, so an event folded twice adds nothing.
+async fn add_to_sets<C: ConnectionTrait>(
+    txn: &C,
+    events: &[&DomainEvent],
+) -> Result<(), StoreError> {
+    let mut others = BTreeSet::new();
+    let mut zips = BTreeSet::new();
+    for e in events {
+        if let DomainEvent::ConnectionEstablished {
+            officer_id,
+            citizen_id,
+            zip,
+            ..
+        } = e
+        {
+            others.insert((officer_id.as_str(), citizen_id.as_str()));
+            others.insert((citizen_id.as_str(), officer_id.as_str()));
+            zips.insert((officer_id.as_str(), zip.as_str()));
+            zips.insert((citizen_id.as_str(), zip.as_str()));
+        }
+    }
+    for (table, col, rows) in [
+        ("account_counterparts", "other_id", others),
+        ("account_zips", "zip", zips),
+    ] {
+        let rows: Vec<_> = rows.into_iter().collect();
+        for chunk in rows.chunks(SET_CHUNK) {
+            let mut insert = Query::insert();
+            insert.into_table(table).columns(["account_id", col]);
+            for (a, v) in chunk {
+                insert.values_panic([(*a).into(), (*v).into()]);
+            }
+            insert.on_conflict(
+                OnConflict::columns(["account_id", col])
+                    .do_nothing()
+                    .to_owned(),
+            );
+            txn.execute(&insert).await?;
+        }
+    }
+    Ok(())
+}
+
 /// `account`'s value of `m`, counted up to `cap` at most (what the rules need to know).
 async fn measure<C: ConnectionTrait>(
     txn: &C,
@@ -228,34 +327,21 @@ async fn measure<C: ConnectionTrait>(
     cap: i64,
 ) -> Result<i64, StoreError> {
     let cap = Ord::max(cap, 1) as u64;
-    // Rows of connections on either side: (the column to read, the side's column).
-    let sides = |read: &'static str, distinct: bool| {
-        [("officer_id", "citizen_id"), ("citizen_id", "officer_id")].map(|(side, other)| {
-            let col = match read {
-                "other" => other,
-                c => c,
-            };
-            let mut q = Query::select();
-            q.column(col)
-                .from("connections")
-                .and_where(Expr::col(side).eq(account))
-                .limit(cap);
-            if distinct {
-                q.distinct();
-            }
-            (q.to_owned(), col)
-        })
+    // A set's members, `cap` at most: a few rows read, however many connections made it.
+    let members = |table: &'static str| {
+        Query::select()
+            .column("account_id")
+            .from(table)
+            .and_where(Expr::col("account_id").eq(account))
+            .limit(cap)
+            .to_owned()
     };
     Ok(match m {
-        TrophyMeasure::Connections => {
-            let mut n = 0;
-            for (q, _) in sides("id", false) {
-                n += txn.query_all(&q).await?.len() as i64;
-            }
-            n
+        TrophyMeasure::Connections => unreachable!("award reads connections from the projection"),
+        TrophyMeasure::DistinctCounterparts => {
+            txn.query_all(&members("account_counterparts")).await?.len() as i64
         }
-        TrophyMeasure::DistinctCounterparts => distinct(txn, sides("other", true)).await?,
-        TrophyMeasure::DistinctZips => distinct(txn, sides("zip", true)).await?,
+        TrophyMeasure::DistinctZips => txn.query_all(&members("account_zips")).await?.len() as i64,
         TrophyMeasure::Donations => txn
             .query_all(
                 &Query::select()
@@ -282,20 +368,6 @@ async fn measure<C: ConnectionTrait>(
             }
         }
     })
-}
-
-/// The number of distinct values the queries read together.
-async fn distinct<C: ConnectionTrait>(
-    txn: &C,
-    queries: [(SelectStatement, &'static str); 2],
-) -> Result<i64, StoreError> {
-    let mut seen = HashSet::new();
-    for (q, col) in queries {
-        for r in txn.query_all(&q).await? {
-            seen.insert(r.try_get::<String>("", col)?);
-        }
-    }
-    Ok(seen.len() as i64)
 }
 
 /// Up to `limit` accounts after `after` (in id order) that have a connection or a donation.

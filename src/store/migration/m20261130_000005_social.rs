@@ -2,7 +2,8 @@
 //! happen once, however often the events behind it are delivered or replayed; indexes for
 //! the trophy measures (connections by citizen — by officer is the core index's first
 //! column — and donations by account) and for the public feed (newest first); and each
-//! account's consent to share (`accounts.share_connections`, off until it says so).
+//! account's consent to share (`accounts.share_connections`, off until it says so); and
+//! each account's distinct counterparts and zips (`account_counterparts`, `account_zips`).
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -31,6 +32,35 @@ impl MigrationTrait for Migration {
                 .to_owned(),
         )
         .await?;
+        // Each account's distinct counterparts and zips, so a trophy that counts them reads
+        // a few rows however many connections the account has; filled from the connections
+        // recorded so far, then by the fold.
+        for (table, col) in [
+            ("account_counterparts", "other_id"),
+            ("account_zips", "zip"),
+        ] {
+            m.create_table(
+                Table::create()
+                    .table(table)
+                    .if_not_exists()
+                    .col(string("account_id"))
+                    .col(string(col))
+                    .primary_key(Index::create().col("account_id").col(col))
+                    .to_owned(),
+            )
+            .await?;
+        }
+        let db = m.get_connection();
+        for sql in [
+            "INSERT INTO account_counterparts (account_id, other_id) \
+             SELECT DISTINCT officer_id, citizen_id FROM connections \
+             UNION SELECT DISTINCT citizen_id, officer_id FROM connections",
+            "INSERT INTO account_zips (account_id, zip) \
+             SELECT DISTINCT officer_id, zip FROM connections \
+             UNION SELECT DISTINCT citizen_id, zip FROM connections",
+        ] {
+            db.execute_unprepared(sql).await?;
+        }
         for (name, table, col) in [
             ("connections_citizen", "connections", "citizen_id"),
             ("connections_created", "connections", "created_at"),
@@ -60,8 +90,10 @@ impl MigrationTrait for Migration {
             m.drop_index(Index::drop().name(name).table(table).to_owned())
                 .await?;
         }
-        m.drop_table(Table::drop().table("trophies").if_exists().to_owned())
-            .await?;
+        for t in ["trophies", "account_counterparts", "account_zips"] {
+            m.drop_table(Table::drop().table(t).if_exists().to_owned())
+                .await?;
+        }
         m.alter_table(
             Table::alter()
                 .table("accounts")
