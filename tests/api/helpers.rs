@@ -500,6 +500,18 @@ impl TestApp {
     }
 }
 
+/// `s` percent-encoded for a query string (cursors carry `|`, `:` and `+`).
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The sum of every series of a metric (all label sets) in a Prometheus text body.
 pub fn metric_sum(body: &str, name: &str) -> f64 {
     body.lines()

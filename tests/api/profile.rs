@@ -74,17 +74,6 @@ async fn profile_points_and_history_follow_connections() {
     app.running.shutdown().await;
 }
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn patch_me_validates_the_name() {
     let app = spawn_app().await;

@@ -24,18 +24,6 @@ fn keys(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// `s` percent-encoded for a query string.
-fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The whole feed, a page of `limit` at a time.
 async fn whole_feed(app: &TestApp, token: &str, limit: u64) -> Vec<Value> {
     let mut items = Vec::new();
@@ -46,7 +34,7 @@ async fn whole_feed(app: &TestApp, token: &str, limit: u64) -> Vec<Value> {
         items.extend(page["items"].as_array().unwrap().iter().cloned());
         match page["next"].as_str() {
             None => return items,
-            Some(next) => path = format!("/v1/feed?limit={limit}&before={}", percent(next)),
+            Some(next) => path = format!("/v1/feed?limit={limit}&before={}", urlencode(next)),
         }
     }
 }
