@@ -498,7 +498,13 @@ async fn racing_publishers_project_each_event_once() {
             }
         };
         let counts = futures_util::future::join_all((0..4).map(|_| drain(s.clone()))).await;
-        let events = 6 * 3 + 1 + 2 * 3 + 1;
+        // The accepts', the redemption's and the donation's events, then the trophies they
+        // earned, each awarded once however the publishers raced: c1's first connection
+        // and five different officers, the eight officers' first connections, o1's first
+        // connection and first donation.
+        let trophies = s.events_of_kind("trophy_awarded").await.unwrap() as usize;
+        assert_eq!(trophies, 2 + 8 + 2);
+        let events = 6 * 3 + 1 + 2 * 3 + 1 + trophies;
         assert_eq!(counts.iter().sum::<usize>(), events, "{counts:?}");
         let c1 = s.stats("c1").await.unwrap();
         assert_eq!((c1.earned, c1.spent, c1.connections), (60, 10, 6));
