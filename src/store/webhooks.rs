@@ -14,6 +14,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
+use super::profiles::rfc3339;
 use super::{Store, StoreError};
 use crate::events::DomainEvent;
 
@@ -116,10 +117,6 @@ pub enum After {
     Retry(DateTime<Utc>),
     /// Given up.
     Dead,
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    super::profiles::rfc3339(t)
 }
 
 fn webhook_of(r: &sea_orm::QueryResult) -> Result<Webhook, DbErr> {

@@ -500,6 +500,18 @@ impl TestApp {
     }
 }
 
+/// Every object key anywhere in `v` (to show that no payload carries a position).
+pub fn keys(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => m.iter().for_each(|(k, v)| {
+            out.push(k.clone());
+            keys(v, out);
+        }),
+        Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+        _ => {}
+    }
+}
+
 /// `s` percent-encoded for a query string (cursors carry `|`, `:` and `+`).
 pub fn urlencode(s: &str) -> String {
     s.bytes()

@@ -10,20 +10,6 @@ use crate::helpers::*;
 const HERE: (f64, f64) = (40.7506, -73.9972);
 const NEAR: (f64, f64) = (40.7510, -73.9972);
 
-/// Every key anywhere in `v`.
-fn keys(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                out.push(k.clone());
-                keys(v, out);
-            }
-        }
-        Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
-        _ => {}
-    }
-}
-
 /// The whole feed, a page of `limit` at a time.
 async fn whole_feed(app: &TestApp, token: &str, limit: u64) -> Vec<Value> {
     let mut items = Vec::new();

@@ -123,17 +123,6 @@ async fn shared_connection(app: &TestApp) {
     ask_and_accept(&mut o, &mut c, "o1", "in_person").await;
 }
 
-fn keys(v: &Value, out: &mut Vec<String>) {
-    match v {
-        Value::Object(m) => m.iter().for_each(|(k, v)| {
-            out.push(k.clone());
-            keys(v, out);
-        }),
-        Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
-        _ => {}
-    }
-}
-
 #[tokio::test]
 async fn a_receiver_failing_twice_gets_each_event_once_in_order_signed() {
     let app = spawn_app_with(fast).await;
