@@ -105,13 +105,17 @@ impl Officer {
         if !self.publish_for(c, "available").await {
             return;
         }
-        c.ctx.windows.set(
-            &c.account,
-            StoredWindow {
-                until: expires_at,
-                window_s,
-            },
-        );
+        // Told only once the window is kept: a reconnect through any node resumes it.
+        c.ctx
+            .windows
+            .set(
+                &c.account,
+                StoredWindow {
+                    until: expires_at,
+                    window_s,
+                },
+            )
+            .await;
         c.out.send(&ServerMsg::Availability {
             available: true,
             expires_at: Some(rfc3339(expires_at)),

@@ -23,9 +23,11 @@ pub struct Window {
 pub trait WindowStore: Send + Sync {
     /// `account`'s window, if one runs.
     fn get<'a>(&'a self, account: &'a str) -> BoxFuture<'a, Option<Window>>;
-    /// `account`'s window is `w` (never blocks; a store that cannot take it logs why, and
-    /// a reconnect then starts unavailable).
-    fn set(&self, account: &str, w: Window);
+    /// `account`'s window is `w`. The future ends once the store holds it — or could not
+    /// take it (logged and counted; a reconnect then starts unavailable) — so an officer
+    /// told `availability` keeps its window through a node that dies right after. It never
+    /// takes longer than the store's own write bound.
+    fn set(&self, account: &str, w: Window) -> BoxFuture<'static, ()>;
     /// `account`'s window ended.
     fn clear(&self, account: &str);
 }
@@ -63,15 +65,16 @@ impl WindowStore for LocalWindows {
         Box::pin(async move { found })
     }
 
-    fn set(&self, account: &str, w: Window) {
+    fn set(&self, account: &str, w: Window) -> BoxFuture<'static, ()> {
         if self.map.len() >= self.max && !self.map.contains_key(account) {
             self.sweep();
             if self.map.len() >= self.max {
                 metrics::counter!("windows_not_kept_total").increment(1);
-                return;
+                return Box::pin(std::future::ready(()));
             }
         }
         self.map.insert(account.into(), w);
+        Box::pin(std::future::ready(()))
     }
 
     fn clear(&self, account: &str) {
@@ -91,15 +94,15 @@ mod tests {
             window_s: 900,
         };
         let later = at(60);
-        w.set("a", later);
+        w.set("a", later).await;
         assert_eq!(w.get("a").await, Some(later));
-        w.set("b", at(-1));
+        w.set("b", at(-1)).await;
         assert_eq!(w.get("b").await, None, "an ended window is not resumed");
         // Full of one running and one ended window: the ended one is swept for the new one.
-        w.set("c", later);
+        w.set("c", later).await;
         assert_eq!(w.get("c").await, Some(later));
         // Full of running windows: not kept.
-        w.set("d", later);
+        w.set("d", later).await;
         assert_eq!(w.get("d").await, None);
         w.clear("a");
         assert_eq!(w.get("a").await, None);

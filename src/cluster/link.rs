@@ -161,7 +161,7 @@ impl Cluster {
         if let Some(mut rx) = self.windows_rx.lock().expect("windows lock").take() {
             let store = self.link.get().expect("linked").windows.clone();
             tokio::spawn(async move {
-                while let Some((key, body)) = rx.recv().await {
+                while let Some((key, body, written)) = rx.recv().await {
                     let done = match body {
                         Some(b) => store
                             .put(&key, b.into())
@@ -171,7 +171,11 @@ impl Cluster {
                         None => store.delete(&key).await.map_err(|e| e.to_string()),
                     };
                     if let Err(e) = done {
+                        metrics::counter!("windows_not_kept_total").increment(1);
                         tracing::warn!("cluster: window write failed: {e}");
+                    }
+                    if let Some(tx) = written {
+                        let _ = tx.send(());
                     }
                 }
             });

@@ -45,8 +45,12 @@ use wire::{MemberRecord, NodeCounts, OwnerRecord};
 /// A callback the node's context installs.
 type Hook<A> = Box<dyn Fn(&A) + Send + Sync>;
 
-/// A window write: the key, and the value to put (`None` deletes).
-type WindowWrite = (String, Option<Vec<u8>>);
+/// A window write: the key, the value to put (`None` deletes), and who waits for it.
+type WindowWrite = (
+    String,
+    Option<Vec<u8>>,
+    Option<tokio::sync::oneshot::Sender<()>>,
+);
 
 /// A live member as this node sees it.
 #[derive(Debug, Clone)]

@@ -25,23 +25,38 @@ impl WindowStore for Cluster {
         })
     }
 
-    fn set(&self, account: &str, w: Window) {
+    fn set(&self, account: &str, w: Window) -> futures_util::future::BoxFuture<'static, ()> {
         let body = serde_json::to_vec(&w).expect("windows serialise");
-        self.write_window(account, Some(body));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.write_window(account, Some(body), Some(tx));
+        // The writer's put is bounded by the NATS request timeout; this bounds the wait
+        // for the writes queued before it too (and a cluster not linked yet).
+        let bound = std::time::Duration::from_millis(self.cfg.request_timeout_ms);
+        let account = account.to_owned();
+        Box::pin(async move {
+            if tokio::time::timeout(bound, rx).await.is_err() {
+                tracing::warn!(%account, "cluster: window not written within {bound:?}");
+            }
+        })
     }
 
     fn clear(&self, account: &str) {
-        self.write_window(account, None);
+        self.write_window(account, None, None);
     }
 }
 
 impl Cluster {
     /// Queues a window write; one task applies them in order (a `clear` right after a
     /// `set` must not be overtaken by it). A full queue drops the write, counted.
-    fn write_window(&self, account: &str, body: Option<Vec<u8>>) {
+    fn write_window(
+        &self,
+        account: &str,
+        body: Option<Vec<u8>>,
+        written: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         if self
             .windows_tx
-            .try_send((window_key(account), body))
+            .try_send((window_key(account), body, written))
             .is_err()
         {
             metrics::counter!("windows_not_kept_total").increment(1);
