@@ -7,15 +7,15 @@ use chrono::Utc;
 use heyblue::store::{NewConnection, Store};
 use sea_orm::{ConnectionTrait, Database};
 
-async fn sqlite() -> (Store, std::path::PathBuf) {
+/// A fresh SQLite database: its URL and directory.
+fn sqlite_url() -> (String, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("heyblue-store-{}", uuid::Uuid::new_v4()));
     let url = format!("sqlite://{}/heyblue.db?mode=rwc", dir.display());
-    let s = Store::connect(&url).await.expect("sqlite connects");
-    s.migrate().await.expect("migrates");
-    (s, dir)
+    (url, dir)
 }
 
-async fn postgres() -> Store {
+/// A fresh database on the test PostgreSQL server: its URL.
+async fn postgres_url() -> String {
     let admin = std::env::var("HEYBLUE_TEST_POSTGRES_URL").expect(
         "HEYBLUE_TEST_POSTGRES_URL must name a PostgreSQL server (scripts/test starts one)",
     );
@@ -26,11 +26,23 @@ async fn postgres() -> Store {
         .unwrap();
     db.close().await.unwrap();
     let (base, _) = admin.rsplit_once('/').unwrap();
-    let s = Store::connect(&format!("{base}/{name}"))
-        .await
-        .expect("postgres connects");
+    format!("{base}/{name}")
+}
+
+/// The store at `url`, migrated.
+async fn open(url: &str) -> Store {
+    let s = Store::connect(url).await.expect("store connects");
     s.migrate().await.expect("migrates");
     s
+}
+
+async fn sqlite() -> (Store, std::path::PathBuf) {
+    let (url, dir) = sqlite_url();
+    (open(&url).await, dir)
+}
+
+async fn postgres() -> Store {
+    open(&postgres_url().await).await
 }
 
 /// Runs `f` against both stores.
@@ -43,6 +55,20 @@ where
     f(s).await;
     let _ = std::fs::remove_dir_all(dir);
     f(postgres().await).await;
+}
+
+/// `both`, with a connection of the test's own to the same database, to look at tables the
+/// store shows nobody.
+async fn both_with_sql<F, Fut>(f: F)
+where
+    F: Fn(Store, sea_orm::DatabaseConnection) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (url, dir) = sqlite_url();
+    f(open(&url).await, Database::connect(&url).await.unwrap()).await;
+    let _ = std::fs::remove_dir_all(dir);
+    let url = postgres_url().await;
+    f(open(&url).await, Database::connect(&url).await.unwrap()).await;
 }
 
 fn accepted(request: &str, officer: &str, citizen: &str) -> NewConnection {
@@ -727,4 +753,71 @@ mod trophies {
             }
         }
     }
+}
+
+/// A webhook removed while one of its deliveries is attempted: the attempt's record finds
+/// the delivery gone and leaves nothing behind; a webhook removed after an attempt was
+/// recorded takes the attempt with it.
+#[tokio::test]
+async fn a_webhook_removed_mid_attempt_leaves_no_attempt_behind() {
+    use heyblue::store::webhooks::{After, Attempt};
+    both_with_sql(|s, sql| async move {
+        let events = ["trophy.awarded".to_owned()];
+        let url = "https://93.184.215.14/h";
+        let first = s
+            .create_webhook(url, &events, "secret", 10)
+            .await
+            .unwrap()
+            .unwrap();
+        let second = s
+            .create_webhook(url, &events, "secret", 10)
+            .await
+            .unwrap()
+            .unwrap();
+        s.ensure_account("c1", "citizen", "C One").await.unwrap();
+        s.update_profile("c1", None, Some(true)).await.unwrap();
+        earn(&s, "c1", 1).await;
+        // The connection's round, then its trophies' (queued for both webhooks).
+        while !s.publish_batch(100).await.unwrap().is_empty() {}
+        let now = Utc::now();
+        let due = s.due_deliveries(now, 10).await.unwrap();
+        assert_eq!(due.len(), 2, "{due:?}");
+        let attempt = Attempt {
+            status: Some(200),
+            latency_ms: 3,
+            error: None,
+        };
+        let later = now + chrono::Duration::minutes(1);
+        for d in &due {
+            assert!(s.lease_delivery(d.id, now, later).await.unwrap());
+        }
+        let of = |w: &str| due.iter().find(|d| d.webhook_id == w).unwrap().clone();
+        // The first is removed before its attempt is recorded; the second after.
+        assert!(s.delete_webhook(&first.webhook_id).await.unwrap());
+        s.record_attempt(&of(&first.webhook_id), now, &attempt, After::Delivered)
+            .await
+            .unwrap();
+        s.record_attempt(&of(&second.webhook_id), now, &attempt, After::Delivered)
+            .await
+            .unwrap();
+        let count = |table: &'static str| {
+            let sql = sql.clone();
+            async move {
+                let row = sql
+                    .query_one_raw(sea_orm::Statement::from_string(
+                        sql.get_database_backend(),
+                        format!("SELECT COUNT(*) AS n FROM {table}"),
+                    ))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                row.try_get::<i64>("", "n").unwrap()
+            }
+        };
+        assert_eq!(count("webhook_attempts").await, 1, "the second's only");
+        assert!(s.delete_webhook(&second.webhook_id).await.unwrap());
+        assert_eq!(count("webhook_attempts").await, 0);
+        assert_eq!(count("webhook_deliveries").await, 0);
+    })
+    .await;
 }

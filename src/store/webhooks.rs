@@ -169,12 +169,19 @@ impl Store {
         max: u64,
     ) -> Result<Option<Webhook>, StoreError> {
         let txn = self.db.begin().await?;
+        // Two creations at `max - 1` must not both pass the count. PostgreSQL: a lock on
+        // the table that only its writers wait for (`FOR UPDATE` is not allowed with
+        // `COUNT`). SQLite writes one transaction at a time: of two that counted, the
+        // second to insert fails (busy) instead of passing.
+        if self.backend() == sea_orm::DbBackend::Postgres {
+            txn.execute_unprepared("LOCK TABLE webhooks IN SHARE ROW EXCLUSIVE MODE")
+                .await?;
+        }
         let count = txn
             .query_one(
                 &Query::select()
                     .expr_as(Expr::cust("COUNT(*)"), "n")
                     .from("webhooks")
-                    .lock(sea_orm::sea_query::LockType::Update)
                     .to_owned(),
             )
             .await?
@@ -235,7 +242,9 @@ impl Store {
     /// Removes a webhook with its deliveries and their attempts; false for an unknown id.
     pub async fn delete_webhook(&self, id: &str) -> Result<bool, StoreError> {
         let txn = self.db.begin().await?;
-        for table in ["webhook_attempts", "webhook_deliveries"] {
+        // Deliveries first: an attempt being recorded holds its delivery's row, so this
+        // waits for it and then removes its attempt too (see `record_attempt`).
+        for table in ["webhook_deliveries", "webhook_attempts"] {
             txn.execute(
                 &Query::delete()
                     .from_table(table)
@@ -413,7 +422,8 @@ impl Store {
         Ok(self.db.execute(&q).await?.rows_affected() == 1)
     }
 
-    /// Records an attempt and what becomes of the delivery, and releases its lease.
+    /// Records an attempt and what becomes of the delivery, and releases its lease. A
+    /// delivery gone meanwhile (its webhook removed) records nothing.
     pub async fn record_attempt(
         &self,
         due: &Due,
@@ -422,6 +432,29 @@ impl Store {
         after: After,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
+        let mut q = Query::update();
+        q.table("webhook_deliveries")
+            .value("attempts", due.attempts + 1)
+            .value("lease_until", Option::<DateTime<Utc>>::None)
+            .and_where(Expr::col("id").eq(due.id));
+        match after {
+            After::Delivered => {
+                q.value("status", "delivered")
+                    .value("finished_at", Utc::now());
+            }
+            After::Dead => {
+                q.value("status", "dead").value("finished_at", Utc::now());
+            }
+            After::Retry(t) => {
+                q.value("next_attempt_at", t);
+            }
+        }
+        // The update holds the delivery's row until the commit, so a removal of its
+        // webhook (deliveries first, then attempts) either ran before it — nothing is
+        // updated, nothing recorded — or waits, then removes this attempt too.
+        if txn.execute(&q).await?.rows_affected() == 0 {
+            return Ok(());
+        }
         txn.execute(
             &Query::insert()
                 .into_table("webhook_attempts")
@@ -444,24 +477,6 @@ impl Store {
                 .to_owned(),
         )
         .await?;
-        let mut q = Query::update();
-        q.table("webhook_deliveries")
-            .value("attempts", due.attempts + 1)
-            .value("lease_until", Option::<DateTime<Utc>>::None)
-            .and_where(Expr::col("id").eq(due.id));
-        match after {
-            After::Delivered => {
-                q.value("status", "delivered")
-                    .value("finished_at", Utc::now());
-            }
-            After::Dead => {
-                q.value("status", "dead").value("finished_at", Utc::now());
-            }
-            After::Retry(t) => {
-                q.value("next_attempt_at", t);
-            }
-        }
-        txn.execute(&q).await?;
         txn.commit().await?;
         Ok(())
     }
