@@ -124,9 +124,8 @@ pub struct PatchMe {
 pub async fn patch_me(
     State(st): State<AppState>,
     caller: Caller,
-    body: Result<Json<PatchMe>, axum::extract::rejection::JsonRejection>,
+    super::error::JsonBody(body): super::error::JsonBody<PatchMe>,
 ) -> Result<Json<Profile>, ApiError> {
-    let Json(body) = body.map_err(|e| super::error::body_rejected(e.status(), e.body_text()))?;
     if body.display_name.is_none() && body.share_connections.is_none() {
         return Err(ApiError::bad_request(
             "invalid_body",

@@ -135,6 +135,22 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
     }
 }
 
+/// A JSON request body within the route's `DefaultBodyLimit`, refused with the contract's
+/// errors: over the limit `413 payload_too_large`, anything else (not JSON, a wrong field,
+/// no JSON content type) `400 invalid_body`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(b)| JsonBody(b))
+            .map_err(|e| body_rejected(e.status(), e.body_text()))
+    }
+}
+
 /// The error for a body axum refused.
 pub fn body_rejected(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 
 use super::AppState;
 use super::auth::Caller;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, JsonBody};
 use crate::protocol::Role;
 use crate::store::webhooks::{DeliveryView, EVENT_TYPES, Webhook};
 
@@ -134,13 +134,6 @@ fn unknown() -> ApiError {
     ApiError::not_found("unknown_webhook", "no such webhook")
 }
 
-fn json_body<T>(
-    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, ApiError> {
-    body.map(|Json(b)| b)
-        .map_err(|e| super::error::body_rejected(e.status(), e.body_text()))
-}
-
 /// `POST /admin/v1/webhooks`
 #[utoipa::path(
     post,
@@ -160,10 +153,9 @@ fn json_body<T>(
 pub async fn create(
     State(st): State<AppState>,
     caller: Caller,
-    body: Result<Json<NewWebhook>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<NewWebhook>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
     let admin = caller.require(Role::Admin)?;
-    let b = json_body(body)?;
     let events = check_events(&b.events)?;
     check_secret(&b.secret)?;
     check_url(&st, &b.url).await?;
@@ -233,10 +225,9 @@ pub async fn update(
     State(st): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    body: Result<Json<PatchWebhook>, axum::extract::rejection::JsonRejection>,
+    JsonBody(b): JsonBody<PatchWebhook>,
 ) -> Result<Json<Webhook>, ApiError> {
     caller.require(Role::Admin)?;
-    let b = json_body(body)?;
     if b.url.is_none() && b.events.is_none() && b.secret.is_none() {
         return Err(bad("invalid_body", "give url, events, secret or several"));
     }
