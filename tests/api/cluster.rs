@@ -136,26 +136,50 @@ impl TestCluster {
         )
     }
 
-    async fn get(&self, node: usize, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut r = self.http.get(format!("{}{path}", self.nodes[node].base));
+    /// `method path` on node `node`, with a JSON body if any; the status and JSON answer.
+    async fn send(
+        &self,
+        node: usize,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.nodes[node].base));
         if let Some(t) = token {
             r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.json(&b);
         }
         let resp = r.send().await.expect("request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
+    async fn get(&self, node: usize, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.send(node, reqwest::Method::GET, path, token, None)
+            .await
+    }
+
     async fn delete(&self, node: usize, path: &str, token: &str) -> (u16, Value) {
+        self.send(node, reqwest::Method::DELETE, path, Some(token), None)
+            .await
+    }
+
+    /// The sum of a metric's samples on node `node`.
+    async fn metric(&self, node: usize, name: &str) -> f64 {
         let resp = self
             .http
-            .delete(format!("{}{path}", self.nodes[node].base))
-            .bearer_auth(token)
+            .get(format!("{}/metrics", self.nodes[node].base))
+            .bearer_auth(self.token(Role::Admin, "admin"))
             .send()
             .await
-            .expect("request");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+            .expect("metrics request");
+        assert_eq!(resp.status(), 200);
+        crate::helpers::metric_sum(&resp.text().await.expect("metrics body"), name)
     }
 
     async fn stats(&self, node: usize) -> Value {
@@ -861,4 +885,94 @@ async fn a_node_stopped_with_sigterm_hands_its_sessions_over_and_exits_0() {
     let (mut citizen, _) = c.connect(0, Role::Citizen, "c1", lat + 0.001, lon).await;
     let n = citizen.recv_type("nearby").await;
     assert_eq!(ids(&n), vec!["o1".to_owned()], "{n}");
+}
+
+/// Partner webhooks in a cluster: every node polls for deliveries due and the store's lease
+/// lets one attempt each, so a receiver slower than many polls of every node gets each
+/// event once, in order, whichever node folded the event and whichever attempted it.
+#[tokio::test]
+async fn every_node_delivers_webhooks_and_each_event_reaches_the_receiver_once() {
+    use crate::webhooks::{Receiver, SECRET};
+    let c = TestCluster::start_with(
+        3,
+        &[
+            ("HEYBLUE__WEBHOOKS__ALLOW_PRIVATE", "true"),
+            ("HEYBLUE__WEBHOOKS__POLL_INTERVAL_MS", "20"),
+            ("HEYBLUE__POINTS__PAIR_COOLDOWN_S", "0"),
+        ],
+    )
+    .await;
+    let rx = Receiver::start_slow(&[], Duration::from_millis(250)).await;
+    let admin = c.token(Role::Admin, "ops");
+    let (s, b) = c
+        .send(
+            2,
+            reqwest::Method::POST,
+            "/admin/v1/webhooks",
+            Some(&admin),
+            Some(json!({"url": rx.url, "events": ["connection.shared", "trophy.awarded"], "secret": SECRET})),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let hook = b["webhook_id"].as_str().unwrap().to_owned();
+    for (node, role, who) in [(0, Role::Officer, "o1"), (1, Role::Citizen, "c1")] {
+        let (s, me) = c
+            .send(
+                node,
+                reqwest::Method::PATCH,
+                "/v1/me",
+                Some(&c.token(role, who)),
+                Some(json!({"share_connections": true})),
+            )
+            .await;
+        assert_eq!(s, 200, "{me}");
+    }
+
+    // Four connections across nodes: four `connection.shared`, and each side's first
+    // trophy.
+    let (mut officer, mut citizen, _) = pair_across_a_border(&c).await;
+    const CONNECTIONS: usize = 4;
+    for _ in 0..CONNECTIONS {
+        crate::helpers::ask_and_accept(&mut officer, &mut citizen, "o1", "virtual").await;
+        citizen.recv_type("connection_established").await;
+    }
+    let path = format!("/admin/v1/webhooks/{hook}/deliveries");
+    let deliveries = eventually("every delivery made", || async {
+        let (_, b) = c.get(0, &path, Some(&admin)).await;
+        let ds = b["deliveries"].as_array()?.clone();
+        (ds.len() == CONNECTIONS + 2 && ds.iter().all(|d| d["status"] == "delivered")).then_some(ds)
+    })
+    .await;
+    for d in &deliveries {
+        assert_eq!(d["attempts"], 1, "one attempt each: {d}");
+    }
+    // The receiver saw each event once, oldest first (the listing is newest first).
+    let seen: Vec<String> = rx
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.event_id.clone())
+        .collect();
+    let queued: Vec<String> = deliveries
+        .iter()
+        .rev()
+        .map(|d| d["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(seen, queued);
+    let shared = rx
+        .distinct()
+        .iter()
+        .filter(|s| s.body["type"] == "connection.shared")
+        .count();
+    assert_eq!(shared, CONNECTIONS);
+    let mut attempts = 0.0;
+    for i in 0..3 {
+        attempts += c.metric(i, "webhook_attempts_total").await;
+    }
+    assert_eq!(
+        attempts,
+        (CONNECTIONS + 2) as f64,
+        "attempts over all nodes"
+    );
 }

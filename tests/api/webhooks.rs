@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use heyblue::protocol::Role;
 use serde_json::{Value, json};
@@ -11,36 +12,44 @@ use crate::helpers::*;
 
 const HERE: (f64, f64) = (40.7506, -73.9972);
 const NEAR: (f64, f64) = (40.7510, -73.9972);
-const SECRET: &str = "a-partner-secret-0123";
+pub const SECRET: &str = "a-partner-secret-0123";
 
 /// What the receiver answers the next request with.
 #[derive(Clone, Copy)]
-enum Plan {
+pub enum Plan {
     Status(u16),
     Hang,
 }
 
 /// A request the receiver took: event id header, signature header, body.
 #[derive(Clone, Debug)]
-struct Seen {
-    event_id: String,
-    signature: String,
-    body: Value,
-    raw: Vec<u8>,
+pub struct Seen {
+    pub event_id: String,
+    pub signature: String,
+    pub body: Value,
+    pub raw: Vec<u8>,
 }
 
 #[derive(Clone, Default)]
-struct Receiver {
-    url: String,
+pub struct Receiver {
+    pub url: String,
     plan: Arc<Mutex<VecDeque<Plan>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// How long every answer takes.
+    delay: Duration,
 }
 
 impl Receiver {
     /// Starts on port 0; answers 200 once its plan is used up.
-    async fn start(plan: &[Plan]) -> Self {
+    pub async fn start(plan: &[Plan]) -> Self {
+        Self::start_slow(plan, Duration::ZERO).await
+    }
+
+    /// `start`, each answer taking `delay`.
+    pub async fn start_slow(plan: &[Plan], delay: Duration) -> Self {
         let r = Receiver {
             plan: Arc::new(Mutex::new(plan.iter().copied().collect())),
+            delay,
             ..Default::default()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -53,6 +62,7 @@ impl Receiver {
                     let state = state.clone();
                     async move {
                         let next = state.plan.lock().unwrap().pop_front();
+                        tokio::time::sleep(state.delay).await;
                         if let Some(Plan::Hang) = next {
                             std::future::pending::<()>().await;
                         }
@@ -83,7 +93,7 @@ impl Receiver {
     }
 
     /// Event ids in the order first answered 2xx-or-not, without repeats.
-    fn distinct(&self) -> Vec<Seen> {
+    pub fn distinct(&self) -> Vec<Seen> {
         let mut out: Vec<Seen> = Vec::new();
         for s in self.seen.lock().unwrap().iter() {
             if !out.iter().any(|o| o.event_id == s.event_id) {
