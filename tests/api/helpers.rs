@@ -71,9 +71,23 @@ where
     F: Fn(TestApp) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    f(spawn_app().await).await;
+    on_both_stores_with(|_| {}, f).await
+}
+
+/// `on_both_stores`, each app with the settings `settings` makes.
+pub async fn on_both_stores_with<F, Fut>(settings: impl Fn(&mut Settings), f: F)
+where
+    F: Fn(TestApp) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    f(spawn_app_with(&settings).await).await;
     let url = postgres_database().await;
-    f(spawn_app_with(|s| s.database.url = url).await).await;
+    f(spawn_app_with(|s| {
+        settings(s);
+        s.database.url = url;
+    })
+    .await)
+    .await;
 }
 
 pub async fn spawn_app() -> TestApp {

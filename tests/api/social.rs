@@ -27,92 +27,94 @@ async fn whole_feed(app: &TestApp, token: &str, limit: u64) -> Vec<Value> {
 
 #[tokio::test]
 async fn the_feed_shares_what_both_or_its_own_account_consented_to() {
-    let app = spawn_app().await;
-    let mut o1 = app.officer("o1", NEAR.0, NEAR.1).await;
-    let mut o2 = app.officer("o2", NEAR.0, NEAR.1 + 0.0002).await;
-    let (mut c1, _) = app.citizen("c1", HERE.0, HERE.1).await;
-    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
-    // Consent: o1 and c1 share; o2 and c2 do not (the default).
-    let me = app.consent(Role::Officer, "o1", true).await;
-    assert_eq!(me["display_name"], "Name o1", "the name is kept");
-    app.consent(Role::Citizen, "c1", true).await;
-    let (_, me) = app
-        .get("/v1/me", Some(&app.token(Role::Citizen, "c2")))
-        .await;
-    assert_eq!(me["share_connections"], false, "off until it says so");
+    on_both_stores(|app| async move {
+        let mut o1 = app.officer("o1", NEAR.0, NEAR.1).await;
+        let mut o2 = app.officer("o2", NEAR.0, NEAR.1 + 0.0002).await;
+        let (mut c1, _) = app.citizen("c1", HERE.0, HERE.1).await;
+        let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+        // Consent: o1 and c1 share; o2 and c2 do not (the default).
+        let me = app.consent(Role::Officer, "o1", true).await;
+        assert_eq!(me["display_name"], "Name o1", "the name is kept");
+        app.consent(Role::Citizen, "c1", true).await;
+        let (_, me) = app
+            .get("/v1/me", Some(&app.token(Role::Citizen, "c2")))
+            .await;
+        assert_eq!(me["share_connections"], false, "off until it says so");
 
-    // Both / one (officer) / one (citizen) / neither.
-    ask_and_accept(&mut o1, &mut c1, "o1", "in_person").await;
-    ask_and_accept(&mut o1, &mut c2, "o1", "virtual").await;
-    ask_and_accept(&mut o2, &mut c1, "o2", "virtual").await;
-    ask_and_accept(&mut o2, &mut c2, "o2", "virtual").await;
+        // Both / one (officer) / one (citizen) / neither.
+        ask_and_accept(&mut o1, &mut c1, "o1", "in_person").await;
+        ask_and_accept(&mut o1, &mut c2, "o1", "virtual").await;
+        ask_and_accept(&mut o2, &mut c1, "o2", "virtual").await;
+        ask_and_accept(&mut o2, &mut c2, "o2", "virtual").await;
 
-    let reader = app.token(Role::Citizen, "c2");
-    let items = whole_feed(&app, &reader, 100).await;
-    let connections: Vec<&Value> = items.iter().filter(|i| i["type"] == "connection").collect();
-    assert_eq!(connections.len(), 1, "{items:?}");
-    let c = connections[0];
-    assert_eq!(
-        (
-            c["officer"]["account_id"].as_str(),
-            c["citizen"]["account_id"].as_str()
-        ),
-        (Some("o1"), Some("c1"))
-    );
-    assert_eq!(c["officer"]["display_name"], "Name o1");
-    assert_eq!(c["mode"], "in_person");
-    assert_eq!(c["zip"], "10001");
-    assert_eq!(c["city"], "New York, NY");
-    let mut trophies: Vec<(String, String)> = items
-        .iter()
-        .filter(|i| i["type"] == "trophy")
-        .map(|i| {
+        let reader = app.token(Role::Citizen, "c2");
+        let items = whole_feed(&app, &reader, 100).await;
+        let connections: Vec<&Value> = items.iter().filter(|i| i["type"] == "connection").collect();
+        assert_eq!(connections.len(), 1, "{items:?}");
+        let c = connections[0];
+        assert_eq!(
             (
-                i["account"]["account_id"].as_str().unwrap().to_owned(),
-                i["trophy_id"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    trophies.sort();
-    assert_eq!(
-        trophies,
-        [
-            ("c1".to_owned(), "first_connection".to_owned()),
-            ("o1".to_owned(), "first_connection".to_owned())
-        ]
-    );
-    // Newest first; no position and no one who did not consent, anywhere.
-    let ats: Vec<&str> = items.iter().map(|i| i["at"].as_str().unwrap()).collect();
-    assert!(ats.windows(2).all(|w| w[0] >= w[1]), "{ats:?}");
-    let text = serde_json::to_string(&items).unwrap();
-    assert!(
-        !text.contains("\"o2\"") && !text.contains("\"c2\""),
-        "{text}"
-    );
-    let mut all = Vec::new();
-    keys(&Value::Array(items.clone()), &mut all);
-    assert!(
-        !all.iter()
-            .any(|k| k == "lat" || k == "lon" || k.contains("position")),
-        "{all:?}"
-    );
-    // One item a page walks the same items, none twice.
-    assert_eq!(whole_feed(&app, &reader, 1).await, items);
+                c["officer"]["account_id"].as_str(),
+                c["citizen"]["account_id"].as_str()
+            ),
+            (Some("o1"), Some("c1"))
+        );
+        assert_eq!(c["officer"]["display_name"], "Name o1");
+        assert_eq!(c["mode"], "in_person");
+        assert_eq!(c["zip"], "10001");
+        assert_eq!(c["city"], "New York, NY");
+        let mut trophies: Vec<(String, String)> = items
+            .iter()
+            .filter(|i| i["type"] == "trophy")
+            .map(|i| {
+                (
+                    i["account"]["account_id"].as_str().unwrap().to_owned(),
+                    i["trophy_id"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        trophies.sort();
+        assert_eq!(
+            trophies,
+            [
+                ("c1".to_owned(), "first_connection".to_owned()),
+                ("o1".to_owned(), "first_connection".to_owned())
+            ]
+        );
+        // Newest first; no position and no one who did not consent, anywhere.
+        let ats: Vec<&str> = items.iter().map(|i| i["at"].as_str().unwrap()).collect();
+        assert!(ats.windows(2).all(|w| w[0] >= w[1]), "{ats:?}");
+        let text = serde_json::to_string(&items).unwrap();
+        assert!(
+            !text.contains("\"o2\"") && !text.contains("\"c2\""),
+            "{text}"
+        );
+        let mut all = Vec::new();
+        keys(&Value::Array(items.clone()), &mut all);
+        assert!(
+            !all.iter()
+                .any(|k| k == "lat" || k == "lon" || k.contains("position")),
+            "{all:?}"
+        );
+        // One item a page walks the same items, none twice.
+        assert_eq!(whole_feed(&app, &reader, 1).await, items);
 
-    // c1 withdraws: its connection and its trophy leave the feed.
-    app.consent(Role::Citizen, "c1", false).await;
-    let items = whole_feed(&app, &reader, 100).await;
-    assert_eq!(items.len(), 1, "{items:?}");
-    assert_eq!(items[0]["account"]["account_id"], "o1");
+        // c1 withdraws: its connection and its trophy leave the feed.
+        app.consent(Role::Citizen, "c1", false).await;
+        let items = whole_feed(&app, &reader, 100).await;
+        assert_eq!(items.len(), 1, "{items:?}");
+        assert_eq!(items[0]["account"]["account_id"], "o1");
 
-    let (s, b) = app.get("/v1/feed?before=nonsense", Some(&reader)).await;
-    assert_eq!(
-        (s, b["error"]["code"].as_str()),
-        (400, Some("invalid_cursor"))
-    );
-    let (s, _) = app.get("/v1/feed", None).await;
-    assert_eq!(s, 401);
-    app.running.shutdown().await;
+        let (s, b) = app.get("/v1/feed?before=nonsense", Some(&reader)).await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (400, Some("invalid_cursor"))
+        );
+        let (s, _) = app.get("/v1/feed", None).await;
+        assert_eq!(s, 401);
+        app.running.shutdown().await;
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -135,98 +135,100 @@ async fn shared_connection(app: &TestApp) {
 
 #[tokio::test]
 async fn a_receiver_failing_twice_gets_each_event_once_in_order_signed() {
-    let app = spawn_app_with(fast).await;
-    let rx = Receiver::start(&[Plan::Status(500), Plan::Status(503)]).await;
-    let hook = subscribe(
-        &app,
-        &rx.url,
-        &["connection.shared", "trophy.awarded", "donation.made"],
-    )
-    .await;
-    shared_connection(&app).await;
+    on_both_stores_with(fast, |app| async move {
+        let rx = Receiver::start(&[Plan::Status(500), Plan::Status(503)]).await;
+        let hook = subscribe(
+            &app,
+            &rx.url,
+            &["connection.shared", "trophy.awarded", "donation.made"],
+        )
+        .await;
+        shared_connection(&app).await;
 
-    let got = eventually("three events delivered", || async {
-        let d = rx.distinct();
-        (d.len() == 3 && rx.seen.lock().unwrap().len() >= 5).then_some(d)
+        let got = eventually("three events delivered", || async {
+            let d = rx.distinct();
+            (d.len() == 3 && rx.seen.lock().unwrap().len() >= 5).then_some(d)
+        })
+        .await;
+        let types: Vec<&str> = got
+            .iter()
+            .map(|s| s.body["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            ["connection.shared", "trophy.awarded", "trophy.awarded"]
+        );
+        // In order: the failing first event held the later ones back.
+        let ids: Vec<i64> = got.iter().map(|s| s.event_id.parse().unwrap()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        for s in rx.seen.lock().unwrap().iter() {
+            assert_eq!(
+                s.signature,
+                heyblue::webhooks::signature(SECRET, &s.raw),
+                "every delivery is signed"
+            );
+            assert_eq!(s.body["event_id"].as_str(), Some(s.event_id.as_str()));
+            let mut all = Vec::new();
+            keys(&s.body, &mut all);
+            assert!(!all.iter().any(|k| k == "lat" || k == "lon"), "{}", s.body);
+        }
+        let c = &got[0].body["data"];
+        assert_eq!(c["officer"]["account_id"], "o1");
+        assert_eq!(c["citizen"]["display_name"], "Name c1");
+        assert_eq!(c["city"], "New York, NY");
+        assert!(got[0].body["at"].as_str().unwrap().contains('T'));
+
+        // The admin view: the first delivery took three attempts, newest first.
+        let admin = app.token(Role::Admin, "ops");
+        let (s, b) = app
+            .get(
+                &format!("/admin/v1/webhooks/{hook}/deliveries"),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+        let ds = b["deliveries"].as_array().unwrap();
+        assert_eq!(ds.len(), 3, "{b}");
+        let first = &ds[2];
+        assert_eq!(
+            (first["status"].as_str(), first["attempts"].as_i64()),
+            (Some("delivered"), Some(3)),
+            "{b}"
+        );
+        let statuses: Vec<i64> = first["attempt_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["status"].as_i64().unwrap())
+            .collect();
+        assert_eq!(statuses, [200, 503, 500]);
+        assert!(
+            first["attempt_log"][1]["error"]
+                .as_str()
+                .unwrap()
+                .contains("503")
+        );
+
+        // Accounts that did not consent: their connection and trophies queue nothing (the
+        // fold queues deliveries in its own transaction, so two publishing rounds — the
+        // connection's, then its trophies' — decide it).
+        let mut o2 = app.officer("o2", NEAR.0, NEAR.1 + 0.0002).await;
+        let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+        ask_and_accept(&mut o2, &mut c2, "o2", "virtual").await;
+        c2.recv_type("trophy_awarded").await;
+        let publisher = &app.running.ctx().publisher;
+        publisher.publish_pending().await.unwrap();
+        publisher.publish_pending().await.unwrap();
+        let (_, b) = app
+            .get(
+                &format!("/admin/v1/webhooks/{hook}/deliveries"),
+                Some(&admin),
+            )
+            .await;
+        assert_eq!(b["deliveries"].as_array().unwrap().len(), 3, "{b}");
+        app.running.shutdown().await;
     })
     .await;
-    let types: Vec<&str> = got
-        .iter()
-        .map(|s| s.body["type"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        types,
-        ["connection.shared", "trophy.awarded", "trophy.awarded"]
-    );
-    // In order: the failing first event held the later ones back.
-    let ids: Vec<i64> = got.iter().map(|s| s.event_id.parse().unwrap()).collect();
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-    for s in rx.seen.lock().unwrap().iter() {
-        assert_eq!(
-            s.signature,
-            heyblue::webhooks::signature(SECRET, &s.raw),
-            "every delivery is signed"
-        );
-        assert_eq!(s.body["event_id"].as_str(), Some(s.event_id.as_str()));
-        let mut all = Vec::new();
-        keys(&s.body, &mut all);
-        assert!(!all.iter().any(|k| k == "lat" || k == "lon"), "{}", s.body);
-    }
-    let c = &got[0].body["data"];
-    assert_eq!(c["officer"]["account_id"], "o1");
-    assert_eq!(c["citizen"]["display_name"], "Name c1");
-    assert_eq!(c["city"], "New York, NY");
-    assert!(got[0].body["at"].as_str().unwrap().contains('T'));
-
-    // The admin view: the first delivery took three attempts, newest first.
-    let admin = app.token(Role::Admin, "ops");
-    let (s, b) = app
-        .get(
-            &format!("/admin/v1/webhooks/{hook}/deliveries"),
-            Some(&admin),
-        )
-        .await;
-    assert_eq!(s, 200, "{b}");
-    let ds = b["deliveries"].as_array().unwrap();
-    assert_eq!(ds.len(), 3, "{b}");
-    let first = &ds[2];
-    assert_eq!(
-        (first["status"].as_str(), first["attempts"].as_i64()),
-        (Some("delivered"), Some(3)),
-        "{b}"
-    );
-    let statuses: Vec<i64> = first["attempt_log"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["status"].as_i64().unwrap())
-        .collect();
-    assert_eq!(statuses, [200, 503, 500]);
-    assert!(
-        first["attempt_log"][1]["error"]
-            .as_str()
-            .unwrap()
-            .contains("503")
-    );
-
-    // Accounts that did not consent: their connection and trophies queue nothing (the
-    // fold queues deliveries in its own transaction, so two publishing rounds — the
-    // connection's, then its trophies' — decide it).
-    let mut o2 = app.officer("o2", NEAR.0, NEAR.1 + 0.0002).await;
-    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
-    ask_and_accept(&mut o2, &mut c2, "o2", "virtual").await;
-    c2.recv_type("trophy_awarded").await;
-    let publisher = &app.running.ctx().publisher;
-    publisher.publish_pending().await.unwrap();
-    publisher.publish_pending().await.unwrap();
-    let (_, b) = app
-        .get(
-            &format!("/admin/v1/webhooks/{hook}/deliveries"),
-            Some(&admin),
-        )
-        .await;
-    assert_eq!(b["deliveries"].as_array().unwrap().len(), 3, "{b}");
-    app.running.shutdown().await;
 }
 
 #[tokio::test]
@@ -288,7 +290,7 @@ async fn pending_deliveries_survive_a_restart() {
 
 #[tokio::test]
 async fn webhooks_are_validated_listed_changed_and_removed() {
-    let app = spawn_app_with(|s| s.webhooks.max_webhooks = 2).await;
+    on_both_stores_with(|s| s.webhooks.max_webhooks = 2, |app| async move {
     let admin = app.token(Role::Admin, "ops");
     let post = |body: Value| {
         let (app, admin) = (&app, admin.clone());
@@ -382,4 +384,6 @@ async fn webhooks_are_validated_listed_changed_and_removed() {
         .await;
     assert_eq!(s, 403);
     app.running.shutdown().await;
+    })
+    .await;
 }
