@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use heyblue::protocol::{
-    ClientMsg, DecodeLimits, NearbyOfficer, NearbyOfficerRef, NearbyRef, OfficerCard, Role,
-    ServerMsg, decode,
+    ClientMsg, NearbyOfficer, NearbyOfficerRef, NearbyRef, OfficerCard, Role, ServerMsg, decode,
 };
 
 const LOCATION: &str = r#"{"type":"location","lat":40.75061234567,"lon":-73.99721234567}"#;
@@ -33,7 +32,7 @@ fn answer() -> Vec<Officer> {
 }
 
 fn wire(c: &mut Criterion) {
-    let lim = DecodeLimits::from_settings(&heyblue::config::Settings::defaults());
+    let lim = heyblue::config::Settings::defaults().decode_limits();
     c.bench_function("decode_location", |b| {
         b.iter(|| decode(black_box(LOCATION), Role::Citizen, &lim).unwrap())
     });

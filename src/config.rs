@@ -425,6 +425,17 @@ pub enum ConfigError {
 }
 
 impl Settings {
+    /// The range limits a session decodes its frames with.
+    pub fn decode_limits(&self) -> crate::protocol::DecodeLimits {
+        crate::protocol::DecodeLimits {
+            max_frame_bytes: self.limits.max_frame_bytes,
+            max_window_s: self.officer.max_window_s,
+            min_radius_m: self.citizen.min_radius_m,
+            max_radius_m: self.citizen.max_radius_m,
+            max_limit: self.citizen.max_limit,
+        }
+    }
+
     /// Defaults, then `overlay` if given, then the environment; then [`Settings::validate`].
     pub fn load(overlay: Option<&Path>) -> Result<Self, ConfigError> {
         let s: Self = Self::figment(overlay)

@@ -14,10 +14,11 @@ use crate::actors::windows::{LocalWindows, WindowStore};
 use crate::cluster::wire::NodeCounts;
 use crate::cluster::{Cluster, ClusterError, MapData};
 use crate::config::Settings;
-use crate::events::{EventBus, Publisher};
+use crate::events::EventBus;
 use crate::geo::ZipTable;
 use crate::protocol::Role;
 use crate::store::Store;
+use crate::store::publisher::Publisher;
 use crate::store::rewards::VoucherSigner;
 
 /// One live session, as the registry knows it.

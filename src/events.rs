@@ -1,5 +1,6 @@
 //! Domain events, published after commit. The store writes every event into its outbox
-//! table in the same transaction as the change it describes; the [`Publisher`] claims
+//! table in the same transaction as the change it describes; the
+//! [`Publisher`](crate::store::publisher::Publisher) claims
 //! committed, unpublished rows, folds them into the profile statistics projection and marks
 //! them published in one transaction, then hands them to the in-process [`EventBus`]. So
 //! an event is never published for a change that did not commit, a crash between commit
@@ -7,13 +8,10 @@
 //! typed ([`DomainEvent`]) from the store's write to every consumer.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
-
-use crate::store::Store;
 
 /// What happened, as the store records it in its outbox (in the transaction of the change)
 /// and as every consumer reads it. Stored as the variant's name (`kind`) and its fields as
@@ -161,7 +159,8 @@ impl EventBus {
         self.tx.subscribe()
     }
 
-    fn publish(&self, e: Event) {
+    /// Hands `e` to every subscriber (the publisher does, once `e` committed).
+    pub(crate) fn publish(&self, e: Event) {
         metrics::counter!("events_published_total", "kind" => e.event.kind()).increment(1);
         // No subscriber is fine: the outbox row stays as the record.
         let _ = self.tx.send(Arc::new(e));
@@ -189,82 +188,6 @@ pub struct StreamEvent {
     pub event_id: String,
     /// What happened.
     pub event: DomainEvent,
-}
-
-/// Moves committed outbox rows onto the bus (and, in a cluster, the durable stream).
-pub struct Publisher {
-    store: Store,
-    bus: EventBus,
-    batch: u64,
-    stream: Option<Arc<dyn EventStream>>,
-}
-
-impl Publisher {
-    /// A publisher reading at most `batch` rows per round.
-    pub fn new(store: Store, bus: EventBus, batch: u64) -> Self {
-        Self {
-            store,
-            bus,
-            batch: batch.max(1),
-            stream: None,
-        }
-    }
-
-    /// A publisher whose events go to `stream` first (cluster mode): a row is marked
-    /// published only once the stream stored it, and the projection is folded by the
-    /// stream's consumer.
-    pub fn with_stream(mut self, stream: Arc<dyn EventStream>) -> Self {
-        self.stream = Some(stream);
-        self
-    }
-
-    /// Publishes what is pending now; returns how many events went out.
-    pub async fn publish_pending(&self) -> Result<usize, crate::store::StoreError> {
-        let mut total = 0;
-        loop {
-            let rows = match &self.stream {
-                None => self.store.publish_batch(self.batch).await?,
-                Some(stream) => {
-                    let sent = self
-                        .store
-                        .publish_batch_with(self.batch, async |evs: &[Event]| {
-                            stream.send(evs).await
-                        })
-                        .await?;
-                    match sent {
-                        Ok(rows) => rows,
-                        Err(e) => {
-                            metrics::counter!("event_publish_failures_total").increment(1);
-                            tracing::warn!("events not stored by the stream (will retry): {e}");
-                            return Ok(total);
-                        }
-                    }
-                }
-            };
-            if rows.is_empty() {
-                return Ok(total);
-            }
-            total += rows.len();
-            for e in rows {
-                self.bus.publish(e);
-            }
-        }
-    }
-
-    /// Runs until the task is aborted: publishes every `every`, and at once when `wake`
-    /// is notified (after a commit).
-    pub async fn run(self: Arc<Self>, every: Duration, wake: Arc<tokio::sync::Notify>) {
-        loop {
-            if let Err(e) = self.publish_pending().await {
-                metrics::counter!("event_publish_failures_total").increment(1);
-                tracing::warn!("publishing events failed (will retry): {e}");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = wake.notified() => {}
-            }
-        }
-    }
 }
 
 #[cfg(test)]

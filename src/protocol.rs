@@ -460,19 +460,6 @@ pub struct DecodeLimits {
     pub max_limit: usize,
 }
 
-impl DecodeLimits {
-    /// The limits the settings give.
-    pub fn from_settings(s: &crate::config::Settings) -> Self {
-        Self {
-            max_frame_bytes: s.limits.max_frame_bytes,
-            max_window_s: s.officer.max_window_s,
-            min_radius_m: s.citizen.min_radius_m,
-            max_radius_m: s.citizen.max_radius_m,
-            max_limit: s.citizen.max_limit,
-        }
-    }
-}
-
 /// A validated command for a session.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {

@@ -27,7 +27,7 @@ type Target = fn(&[u8]) -> Result<(), String>;
 
 fn frame(input: &[u8]) -> Result<(), String> {
     static LIM: OnceLock<DecodeLimits> = OnceLock::new();
-    let lim = LIM.get_or_init(|| DecodeLimits::from_settings(&Settings::defaults()));
+    let lim = LIM.get_or_init(|| Settings::defaults().decode_limits());
     let text = String::from_utf8_lossy(input);
     for role in [Role::Officer, Role::Citizen] {
         if decode(&text, role, lim).is_ok() && text.len() > lim.max_frame_bytes {

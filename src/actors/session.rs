@@ -333,7 +333,7 @@ async fn drive<R: RoleSession>(
     let per_s = NonZeroU32::new(lim.messages_per_s.max(1)).expect("max(1) is non-zero");
     let burst = NonZeroU32::new(lim.messages_burst.max(1)).expect("max(1) is non-zero");
     let limiter = RateLimiter::direct(Quota::per_second(per_s).allow_burst(burst));
-    let dl = DecodeLimits::from_settings(&ctx.settings);
+    let dl = ctx.settings.decode_limits();
     // Once the socket is closing it has `grace` to finish: boxed, as most sockets never
     // close this way.
     let mut closing: Option<Pin<Box<Sleep>>> = None;

@@ -12,6 +12,7 @@ pub mod imports;
 mod migration;
 pub mod profiles;
 pub mod projection;
+pub mod publisher;
 pub mod reports;
 pub mod rewards;
 pub mod trophies;
