@@ -70,6 +70,17 @@ pub struct Settings {
     pub trophies: TrophySettings,
     /// Partner webhooks.
     pub webhooks: WebhookSettings,
+    /// The public feed.
+    pub feed: FeedSettings,
+}
+
+/// `[feed]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    /// How long a node serves the first page of each size before reading it again (0: every
+    /// request reads the store).
+    pub cache_ms: u64,
 }
 
 /// `[webhooks]`

@@ -34,7 +34,7 @@ pub struct ConnectionsPage {
     pub next: Option<String>,
 }
 
-fn invalid_cursor() -> ApiError {
+pub(super) fn invalid_cursor() -> ApiError {
     ApiError::bad_request(
         "invalid_cursor",
         "before must be a cursor from a previous page",
@@ -146,6 +146,8 @@ pub async fn patch_me(
         .store
         .update_profile(&c.sub, name, body.share_connections)
         .await?;
+    // A name or a consent changed: this node's feed shows it from the next read.
+    st.feed.forget();
     get_me(State(st), caller).await
 }
 
@@ -217,49 +219,4 @@ pub async fn my_connections(
     let c = me_account(&st, &caller).await?;
     let (connections, next) = st.ctx.store.connections_page(&c.sub, limit, before).await?;
     Ok(Json(ConnectionsPage { connections, next }))
-}
-
-/// `GET /v1/feed`: shareable connections and trophies, newest first.
-#[derive(Serialize, ToSchema)]
-pub struct FeedPage {
-    /// The items (display names, zip, city, time; never a position).
-    pub items: Vec<crate::store::feed::FeedItem>,
-    /// Cursor of the next page (`before`), null on the last.
-    pub next: Option<String>,
-}
-
-/// Largest page of the feed.
-pub const MAX_FEED_PAGE: u64 = 100;
-
-/// `GET /v1/feed?limit=..&before=..`
-#[utoipa::path(
-    get,
-    path = "/v1/feed",
-    tag = "profile",
-    params(
-        ("limit" = Option<u64>, Query, description = "Page size (default 20)", minimum = 1, maximum = 100),
-        ("before" = Option<String>, Query, description = "Cursor: the previous page's `next`"),
-    ),
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "Shareable connections (both sides consented) and trophies (their account consented), newest first", body = FeedPage),
-        (status = 400, description = "Bad input", body = ErrorBody),
-        (status = 503, description = "Store unavailable", body = ErrorBody),
-        (status = 401, description = "No valid token", body = ErrorBody),
-    )
-)]
-pub async fn feed(
-    State(st): State<AppState>,
-    _caller: Caller,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<FeedPage>, ApiError> {
-    let limit = super::limit_param(&q, 20, MAX_FEED_PAGE)?;
-    let before = match q.get("before") {
-        None => None,
-        Some(b) => Some(crate::store::feed::FeedCursor::parse(b).ok_or_else(invalid_cursor)?),
-    };
-    // Read your writes: what committed is folded (trophies awarded) before it is read.
-    st.ctx.publisher.publish_pending().await?;
-    let (items, next) = st.ctx.store.feed_page(limit, before.as_ref()).await?;
-    Ok(Json(FeedPage { items, next }))
 }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod cluster;
 pub mod error;
+pub mod feed;
 pub mod live;
 pub mod oidc;
 pub mod rewards;
@@ -52,6 +53,8 @@ pub struct HttpState {
     pub openapi: OnceLock<Value>,
     /// The dashboard's live feed.
     pub live: Arc<live::LiveFeed>,
+    /// The public feed's first pages.
+    pub feed: feed::FeedCache,
 }
 
 impl HttpState {
@@ -60,12 +63,14 @@ impl HttpState {
         let auth = Auth::from_settings(&ctx.settings.auth);
         let tickets = Tickets::new(ctx.settings.auth.max_outstanding_tickets);
         let live = live::LiveFeed::new(ctx.settings.admin.live_queue);
+        let feed = feed::FeedCache::new(ctx.settings.feed.cache_ms);
         Arc::new(Self {
             ctx,
             auth,
             tickets,
             openapi: OnceLock::new(),
             live,
+            feed,
         })
     }
 }
@@ -135,7 +140,7 @@ pub fn router_and_openapi(state: AppState) -> (Router, utoipa::openapi::OpenApi)
         .routes(routes!(api::get_me, api::patch_me))
         .routes(routes!(api::my_points))
         .routes(routes!(api::my_connections))
-        .routes(routes!(api::feed))
+        .routes(routes!(feed::feed))
         .routes(routes!(rewards::offers))
         .routes(routes!(rewards::redeem))
         .routes(routes!(rewards::voucher))

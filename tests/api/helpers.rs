@@ -44,6 +44,8 @@ fn test_settings(dir: &std::path::Path) -> Settings {
     s.server.bind = "127.0.0.1:0".into();
     s.server.shutdown_grace_ms = 1000;
     s.citizen.push_interval_ms = 200;
+    // Feed reads see every write at once (the cache has a test of its own).
+    s.feed.cache_ms = 0;
     s.database.url = format!("sqlite://{}/heyblue.db?mode=rwc", dir.display());
     s
 }

@@ -143,3 +143,62 @@ async fn a_patch_needs_something_to_change() {
     );
     app.running.shutdown().await;
 }
+
+/// The first page of each size is served from the node's cache for `feed.cache_ms` (here
+/// longer than the test): a new shareable connection does not show on it while pages after
+/// a cursor are read each time, and a change of consent on this node shows at once.
+#[tokio::test]
+async fn the_first_page_is_cached_until_a_consent_changes_on_the_node() {
+    let app = spawn_app_with(|s| s.feed.cache_ms = 600_000).await;
+    let reader = app.token(Role::Citizen, "reader");
+    let mut o1 = app.officer("o1", NEAR.0, NEAR.1).await;
+    let mut o2 = app.officer("o2", NEAR.0, NEAR.1 + 0.0002).await;
+    let (mut c1, _) = app.citizen("c1", HERE.0, HERE.1).await;
+    let (mut c2, _) = app.citizen("c2", HERE.0, HERE.1).await;
+    for (role, who) in [
+        (Role::Officer, "o1"),
+        (Role::Officer, "o2"),
+        (Role::Citizen, "c1"),
+        (Role::Citizen, "c2"),
+    ] {
+        app.consent(role, who, true).await;
+    }
+    ask_and_accept(&mut o1, &mut c1, "o1", "virtual").await;
+    c1.recv_type("trophy_awarded").await;
+    let kinds = |items: &[Value]| -> Vec<String> {
+        items
+            .iter()
+            .map(|i| i["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let first = whole_feed(&app, &reader, 20).await;
+    assert_eq!(
+        kinds(&first),
+        ["trophy", "trophy", "connection"],
+        "{first:?}"
+    );
+
+    let hits = app.metric("feed_cache_total").await;
+    ask_and_accept(&mut o2, &mut c2, "o2", "virtual").await;
+    c2.recv_type("trophy_awarded").await;
+    assert_eq!(
+        whole_feed(&app, &reader, 20).await,
+        first,
+        "the cached page"
+    );
+    assert!(app.metric("feed_cache_total").await > hits);
+    // Another page size is read afresh, and so is every page after a cursor.
+    assert_eq!(whole_feed(&app, &reader, 1).await.len(), 6);
+
+    // c1 withdraws: this node's cache is emptied; its connection and trophy go.
+    app.consent(Role::Citizen, "c1", false).await;
+    let now = whole_feed(&app, &reader, 20).await;
+    assert_eq!(now.len(), 4, "{now:?}");
+    assert!(
+        !now.to_vec()
+            .iter()
+            .any(|i| i.to_string().contains("\"c1\"")),
+        "{now:?}"
+    );
+    app.running.shutdown().await;
+}
