@@ -204,7 +204,7 @@ async fn attempt(store: &Store, http: &reqwest::Client, cfg: &WebhookSettings, d
     } else {
         let next = Utc::now()
             + chrono::Duration::from_std(backoff(cfg, d.attempts as u32 + 1)).unwrap_or_default();
-        let deadline = d.created_at
+        let deadline = d.since
             + chrono::Duration::from_std(Duration::from_secs(cfg.max_age_s)).unwrap_or_default();
         if next > deadline {
             After::Dead

@@ -322,3 +322,41 @@ pub async fn deliveries(
     let (deliveries, next) = st.ctx.store.deliveries(&id, limit, before).await?;
     Ok(Json(Deliveries { deliveries, next }))
 }
+
+/// Answer of `POST /admin/v1/webhooks/{id}/requeue`.
+#[derive(Serialize, ToSchema)]
+pub struct Requeued {
+    /// Given-up deliveries put back in the queue.
+    pub requeued: u64,
+}
+
+/// `POST /admin/v1/webhooks/{id}/requeue`: the webhook's given-up (`dead`) deliveries go back
+/// in the queue — due now, attempts counted afresh, `webhooks.max_age_s` from now — and
+/// out oldest first, before its later pending ones (after a partner's long outage).
+#[utoipa::path(
+    post,
+    path = "/admin/v1/webhooks/{id}/requeue",
+    tag = "admin",
+    params(("id" = String, Path, description = "Webhook id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Put back; delivered from now on", body = Requeued),
+        (status = 404, description = "unknown_webhook", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Wrong role", body = ErrorBody),
+    )
+)]
+pub async fn requeue(
+    State(st): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<Requeued>), ApiError> {
+    let admin = caller.require(Role::Admin)?;
+    if st.ctx.store.webhook(&id).await?.is_none() {
+        return Err(unknown());
+    }
+    let requeued = st.ctx.store.requeue_dead(&id, chrono::Utc::now()).await?;
+    tracing::info!(webhook = %id, by = %admin.sub, requeued, "given-up deliveries requeued");
+    Ok((StatusCode::ACCEPTED, Json(Requeued { requeued })))
+}

@@ -64,7 +64,8 @@ pub struct DeliveryView {
     pub event_type: String,
     /// `pending`, `delivered`, or `dead` (given up after `webhooks.max_age_s`).
     pub status: String,
-    /// Attempts made.
+    /// Attempts made since it was queued, or last put back in the queue
+    /// (`POST /admin/v1/webhooks/{id}/requeue`).
     pub attempts: i32,
     /// When it was queued (RFC 3339).
     pub created_at: String,
@@ -91,10 +92,11 @@ pub struct Due {
     pub event_id: String,
     /// The JSON body.
     pub body: String,
-    /// Attempts made before this one.
+    /// Attempts made before this one (since it was queued, or put back).
     pub attempts: i32,
-    /// When it was queued.
-    pub created_at: DateTime<Utc>,
+    /// When it was queued, or put back in the queue: it is given up
+    /// `webhooks.max_age_s` after this.
+    pub since: DateTime<Utc>,
 }
 
 /// How an attempt ended.
@@ -364,6 +366,7 @@ impl Store {
                     "body",
                     "attempts",
                     "created_at",
+                    "retried_at",
                 ]
                 .map(|c| ("webhook_deliveries", c)),
             )
@@ -395,7 +398,10 @@ impl Store {
                     event_id: r.try_get("", "event_id")?,
                     body: r.try_get("", "body")?,
                     attempts: r.try_get("", "attempts")?,
-                    created_at: r.try_get("", "created_at")?,
+                    since: match r.try_get::<Option<DateTime<Utc>>>("", "retried_at")? {
+                        Some(t) => t,
+                        None => r.try_get("", "created_at")?,
+                    },
                 })
             })
             .collect::<Result<_, DbErr>>()?)
@@ -420,6 +426,28 @@ impl Store {
             )
             .to_owned();
         Ok(self.db.execute(&q).await?.rows_affected() == 1)
+    }
+
+    /// Puts a webhook's given-up (`dead`) deliveries back in the queue, due now, with
+    /// their attempts counted afresh and `webhooks.max_age_s` counted from `now`; returns
+    /// how many. They go out oldest first, before the webhook's later pending ones.
+    pub async fn requeue_dead(
+        &self,
+        webhook_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let q = Query::update()
+            .table("webhook_deliveries")
+            .value("status", "pending")
+            .value("attempts", 0)
+            .value("next_attempt_at", now)
+            .value("retried_at", now)
+            .value("finished_at", Option::<DateTime<Utc>>::None)
+            .value("lease_until", Option::<DateTime<Utc>>::None)
+            .and_where(Expr::col("webhook_id").eq(webhook_id))
+            .and_where(Expr::col("status").eq("dead"))
+            .to_owned();
+        Ok(self.db.execute(&q).await?.rows_affected())
     }
 
     /// Records an attempt and what becomes of the delivery, and releases its lease. A

@@ -234,6 +234,7 @@ async fn openapi_describes_every_route() {
         ("patch", "/admin/v1/webhooks/{id}"),
         ("delete", "/admin/v1/webhooks/{id}"),
         ("get", "/admin/v1/webhooks/{id}/deliveries"),
+        ("post", "/admin/v1/webhooks/{id}/requeue"),
     ];
     let paths = doc["paths"].as_object().unwrap();
     let described: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();

@@ -387,3 +387,57 @@ async fn webhooks_are_validated_listed_changed_and_removed() {
     })
     .await;
 }
+
+/// A delivery given up after `webhooks.max_age_s` is listed `dead`; once the receiver is
+/// mended an administrator requeues it, and it is delivered, its attempts counted afresh.
+#[tokio::test]
+async fn given_up_deliveries_are_requeued_by_an_administrator() {
+    let settings = |s: &mut heyblue::config::Settings| {
+        fast(s);
+        s.webhooks.max_age_s = 1;
+    };
+    on_both_stores_with(settings, |app| async move {
+        let rx = Receiver::start(&[Plan::Status(500); 1000]).await;
+        let hook = subscribe(&app, &rx.url, &["connection.shared"]).await;
+        shared_connection(&app).await;
+        let admin = app.token(Role::Admin, "ops");
+        let path = format!("/admin/v1/webhooks/{hook}/deliveries");
+        let latest = |status: &'static str| {
+            let (app, admin, path) = (&app, admin.clone(), path.clone());
+            async move {
+                let (_, b) = app.get(&path, Some(&admin)).await;
+                let d = &b["deliveries"][0];
+                (d["status"] == status).then(|| d.clone())
+            }
+        };
+        let dead = eventually("the delivery is given up", || latest("dead")).await;
+        assert!(dead["attempts"].as_i64().unwrap() >= 2, "{dead}");
+
+        rx.plan.lock().unwrap().clear();
+        let seen = rx.seen.lock().unwrap().len();
+        let requeue = format!("/admin/v1/webhooks/{hook}/requeue");
+        let (s, b) = app.post(&requeue, &admin, json!({})).await;
+        assert_eq!((s, b["requeued"].as_u64()), (202, Some(1)), "{b}");
+        let done = eventually("delivered once requeued", || latest("delivered")).await;
+        assert_eq!(done["attempts"], 1, "{done}");
+        assert_eq!(rx.seen.lock().unwrap().len(), seen + 1);
+
+        let (s, b) = app.post(&requeue, &admin, json!({})).await;
+        assert_eq!(
+            (s, b["requeued"].as_u64()),
+            (202, Some(0)),
+            "nothing left: {b}"
+        );
+        let (s, b) = app
+            .post("/admin/v1/webhooks/wh_nope/requeue", &admin, json!({}))
+            .await;
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (404, Some("unknown_webhook"))
+        );
+        let citizen = app.token(Role::Citizen, "c1");
+        assert_eq!(app.post(&requeue, &citizen, json!({})).await.0, 403);
+        app.running.shutdown().await;
+    })
+    .await;
+}

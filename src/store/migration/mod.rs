@@ -8,6 +8,7 @@ mod m20261128_000003_account_stats;
 mod m20261130_000004_processed_events;
 mod m20261130_000005_social;
 mod m20261130_000006_webhooks;
+mod m20261130_000007_webhook_requeue;
 
 /// Every migration, in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261130_000004_processed_events::Migration),
             Box::new(m20261130_000005_social::Migration),
             Box::new(m20261130_000006_webhooks::Migration),
+            Box::new(m20261130_000007_webhook_requeue::Migration),
         ]
     }
 }
