@@ -410,6 +410,16 @@ async fn the_dashboard_shows_the_live_picture_in_a_real_browser() {
         "document.querySelector('#deliveries-table') !== null",
     )
     .await;
+    b.eval("document.querySelector('button[data-requeue]').click(); true")
+        .await;
+    b.wait_for(
+        "the requeue answered (nothing was given up)",
+        &format!(
+            "document.querySelector('#webhook-note').textContent === '0 given-up deliveries of {} requeued'",
+            id.as_str().unwrap()
+        ),
+    )
+    .await;
     b.eval(
         "window.confirm = () => true; document.querySelector('button[data-remove]').click(); true",
     )

@@ -243,13 +243,13 @@ $("#report-csv").addEventListener("click", async () => {
   } catch (err) { $("#report").textContent = err.message; }
 });
 
-// Partner webhooks: the list, adding one, removing one (confirmed), and one's deliveries
-// with their attempts.
+// Partner webhooks: the list, adding one, removing one (confirmed), one's deliveries with
+// their attempts, and putting its given-up deliveries back in the queue.
 async function showWebhooks() {
   try {
     const r = await api("/admin/v1/webhooks");
     $("#webhooks tbody").innerHTML = r.webhooks.map((w) => `<tr data-webhook-id="${escapeHtml(w.webhook_id)}"><td>${escapeHtml(w.webhook_id)}</td><td>${escapeHtml(w.url)}</td><td>${escapeHtml(w.events.join(", "))}</td>` +
-      `<td><button data-deliveries="${escapeHtml(w.webhook_id)}">Deliveries</button> <button data-remove="${escapeHtml(w.webhook_id)}">Remove</button></td></tr>`).join("");
+      `<td><button data-deliveries="${escapeHtml(w.webhook_id)}">Deliveries</button> <button data-requeue="${escapeHtml(w.webhook_id)}">Requeue given-up</button> <button data-remove="${escapeHtml(w.webhook_id)}">Remove</button></td></tr>`).join("");
   } catch (e) { $("#webhook-error").textContent = e.message; }
 }
 async function showDeliveries(id) {
@@ -272,8 +272,15 @@ $("#webhook-form").addEventListener("submit", async (e) => {
   } catch (err) { $("#webhook-error").textContent = err.message; }
 });
 $("#webhooks").addEventListener("click", async (e) => {
-  const { deliveries, remove } = e.target.dataset ?? {};
+  const { deliveries, requeue, remove } = e.target.dataset ?? {};
   if (deliveries) return showDeliveries(deliveries);
+  if (requeue) {
+    try {
+      const r = await api(`/admin/v1/webhooks/${encodeURIComponent(requeue)}/requeue`, { method: "POST" });
+      $("#webhook-note").textContent = `${r.requeued} given-up deliveries of ${requeue} requeued`;
+      return showDeliveries(requeue);
+    } catch (err) { $("#webhook-error").textContent = err.message; return; }
+  }
   if (!remove || !confirm(`Remove webhook ${remove} and its deliveries?`)) return;
   try { await api(`/admin/v1/webhooks/${encodeURIComponent(remove)}`, { method: "DELETE" }); $("#deliveries").textContent = ""; showWebhooks(); }
   catch (err) { $("#webhook-error").textContent = err.message; }
