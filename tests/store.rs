@@ -683,6 +683,26 @@ mod trophies {
         .await;
     }
 
+    /// Connections folded while no rule counted anything still count when rules are
+    /// set later and replayed: distinct counterparts and zips are kept whatever the rules.
+    #[tokio::test]
+    async fn rules_set_after_the_connections_award_them_on_replay() {
+        both(|s| async move {
+            let s = s.with_trophy_rules(Vec::new());
+            s.record_accepted(&in_zip("r1", "o1", "c1", "10001"))
+                .await
+                .unwrap();
+            s.record_accepted(&in_zip("r2", "o1", "c2", "10002"))
+                .await
+                .unwrap();
+            while !s.publish_batch(2).await.unwrap().is_empty() {}
+            assert!(held(&s, "o1").await.is_empty());
+            assert_eq!(s.replay_trophies(&rules()).await.unwrap(), (3, 5));
+            assert_eq!(held(&s, "o1").await, ["first", "two_people", "two_zips"]);
+        })
+        .await;
+    }
+
     mod deliveries {
         use super::*;
         use proptest::prelude::*;

@@ -116,15 +116,18 @@ impl Store {
     }
 }
 
-/// Awards, in `txn`, what `rules` give the accounts `events` touch, and appends a
-/// `trophy_awarded` event per award to the outbox. Accounts are taken in order, so two
-/// transactions awarding to the same accounts lock them in the same order.
+/// Adds the connections of `events` to their accounts' counterpart and zip sets (whatever
+/// the rules: a rule set later and replayed counts them), then awards, in `txn`, what
+/// `rules` give the accounts `events` touch, and appends a `trophy_awarded` event per award
+/// to the outbox. Accounts are taken in order, so two transactions awarding to the same
+/// accounts lock them in the same order.
 pub(super) async fn award_touched<'a, C: ConnectionTrait>(
     txn: &C,
     events: impl IntoIterator<Item = &'a DomainEvent>,
     rules: &[TrophyRule],
 ) -> Result<usize, StoreError> {
     let events: Vec<&DomainEvent> = events.into_iter().collect();
+    add_to_sets(txn, &events).await?;
     if rules.is_empty() {
         return Ok(0);
     }
@@ -138,7 +141,6 @@ pub(super) async fn award_touched<'a, C: ConnectionTrait>(
             kinds.1 = true;
         }
     }
-    add_to_sets(txn, &events).await?;
     let now = Utc::now();
     let ids: Vec<&str> = accounts.keys().copied().collect();
     let known = known(txn, &ids).await?;
